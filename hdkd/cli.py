@@ -1,0 +1,61 @@
+"""The `hdkd` command. Each subcommand module exposes register(subparsers), which adds its parser
+and sets `func`; main() dispatches."""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from typing import Optional
+
+
+def _info(args: argparse.Namespace) -> int:
+    import torch
+
+    import hdkd
+    from hdkd.ops import AUTO_ORDER, backends, get_backend, resolve
+
+    print(f"hdkd {hdkd.__version__}  python {platform.python_version()}  torch {torch.__version__}"
+          f"  (CUDA build: {torch.version.cuda or 'no'})")
+    cuda = torch.cuda.is_available()
+    print(f"GPU: {torch.cuda.get_device_name(0) if cuda else 'none visible'}")
+    print(f"backend selection: {get_backend()}  (auto order: "
+          + "; ".join(f"{dev}: {' > '.join(order)}" for dev, order in AUTO_ORDER.items()) + ")")
+    print("backends:")
+    registry = hdkd.ops.backends_registry()
+    for name, status in backends().items():
+        detail = registry[name].describe()
+        print(f"  {name:7s} {status}" + (f"  [{detail}]" if detail and status == "available" else ""))
+    devices = ["cpu"] + (["cuda"] if cuda else [])
+    for dev in devices:
+        picks = {op: resolve(op, torch.device(dev), "auto").name
+                 for op in ("channel_spatial_attention", "dwconv_bn_gelu", "mbcsa_train",
+                            "mbcsa_eval")}
+        print(f"auto on {dev}: " + ", ".join(f"{op} -> {b}" for op, b in picks.items()))
+    return 0
+
+
+def _register_info(sub) -> None:
+    p = sub.add_parser("info", help="versions, GPU and each backend: available or why not")
+    p.set_defaults(func=_info)
+
+
+COMMANDS = [_register_info]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hdkd", description="HDKD: fast hybrid data-efficient knowledge distillation.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

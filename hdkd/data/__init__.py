@@ -1,0 +1,1 @@
+"""Dataset readers and transforms (image folders, MedMNIST .npz, the embedded digits demo data)."""

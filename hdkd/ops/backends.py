@@ -1,0 +1,115 @@
+"""The backend registry: which implementation of each fused op runs.
+
+Backends: `torch` (the reference, always there), `triton` and `ext` (registered by their modules
+when importable). Selection, strongest first: a per-call/per-module backend other than "auto",
+then hdkd.set_backend(...), then the HDKD_BACKEND environment variable, then "auto", which takes
+the first backend in AUTO_ORDER that is available, runs on the tensor's device and has the op.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+# Fastest first. The Triton interpreter is never chosen automatically: it is for testing.
+AUTO_ORDER = {"cuda": ("triton", "ext", "torch"), "cpu": ("ext", "torch")}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested explicitly but cannot run here; the message says why."""
+
+
+@dataclass
+class Backend:
+    """name; devices it runs on; ops: op name -> callable; unavailable_reason() returns None when
+    the backend can run in this process, else a one-line reason."""
+
+    name: str
+    devices: Callable[[], tuple[str, ...]]
+    ops: dict[str, Callable] = field(default_factory=dict)
+    unavailable_reason: Callable[[], Optional[str]] = lambda: None
+    describe: Callable[[], str] = lambda: ""
+
+
+_registry: dict[str, Backend] = {}
+_selected: Optional[str] = None
+
+
+def register_backend(backend: Backend) -> None:
+    _registry[backend.name] = backend
+
+
+def validate_backend_name(name: str) -> str:
+    """Returns name when it is "auto" or a registered backend, else raises ValueError."""
+    if name != "auto" and name not in _registry:
+        known = ", ".join(["auto", *sorted(_registry)])
+        raise ValueError(f"unknown hdkd backend {name!r}; expected one of: {known}")
+    return name
+
+
+def backends() -> dict[str, str]:
+    """Each registered backend -> "available" or the reason it is not."""
+    return {name: (b.unavailable_reason() or "available") for name, b in sorted(_registry.items())}
+
+
+def backends_registry() -> dict[str, Backend]:
+    """The registered Backend objects by name (read-only use)."""
+    return dict(_registry)
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Select the backend for every op whose caller says "auto"; None restores the default
+    (HDKD_BACKEND, else auto). An unavailable backend is refused here, with the reason."""
+    global _selected
+    if name is not None:
+        validate_backend_name(name)
+        if name != "auto":
+            reason = _registry[name].unavailable_reason()
+            if reason:
+                raise BackendUnavailableError(f"hdkd backend {name!r} is unavailable: {reason}")
+    _selected = name
+
+
+def get_backend() -> str:
+    """The process-wide choice: set_backend(...), else HDKD_BACKEND, else "auto"."""
+    if _selected is not None:
+        return _selected
+    env = os.environ.get("HDKD_BACKEND", "").strip()
+    if env:
+        try:
+            validate_backend_name(env)
+        except ValueError as e:
+            raise ValueError(f"HDKD_BACKEND={env!r}: {e}") from None
+        return env
+    return "auto"
+
+
+def _device_kind(device: torch.device) -> str:
+    return "cuda" if device.type == "cuda" else device.type
+
+
+def resolve(op: str, device: torch.device, requested: Optional[str] = "auto") -> Backend:
+    """The backend that runs `op` for tensors on `device`."""
+    name = requested if requested not in (None, "auto") else get_backend()
+    validate_backend_name(name)
+    kind = _device_kind(device)
+    if name == "auto":
+        for candidate in AUTO_ORDER.get(kind, ("torch",)):
+            b = _registry.get(candidate)
+            if b and op in b.ops and kind in b.devices() and b.unavailable_reason() is None:
+                return b
+        return _registry["torch"]
+    b = _registry[name]
+    reason = b.unavailable_reason()
+    if reason:
+        raise BackendUnavailableError(f"hdkd backend {name!r} is unavailable: {reason}")
+    if kind not in b.devices():
+        raise BackendUnavailableError(
+            f"hdkd backend {name!r} does not run on {device.type} tensors "
+            f"(it runs on: {', '.join(b.devices()) or 'nothing here'})")
+    if op not in b.ops:
+        raise BackendUnavailableError(f"hdkd backend {name!r} has no {op!r} op; "
+                                      f"it implements: {', '.join(sorted(b.ops))}")
+    return b

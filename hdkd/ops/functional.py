@@ -1,0 +1,84 @@
+"""The public fused ops: argument checks, then the selected backend's implementation.
+
+`backend` is "auto" (default), "torch", "triton" or "ext"; see hdkd.ops.backends for selection.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from . import reference
+from .backends import resolve
+from .checks import check_activation, check_same_device_dtype, check_shape
+from .reference import BatchNormState, MBCSAWeights
+
+
+def channel_spatial_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
+                              sa_weight: Tensor, *, backend: Optional[str] = "auto") -> Tensor:
+    """CBAM with its residual: h * ca(h) * sa(h * ca(h)) + h (MODEL.md)."""
+    op = "hdkd.channel_spatial_attention"
+    check_activation(op, "h", h)
+    c = h.shape[1]
+    r = fc1_weight.shape[0]
+    check_shape(op, "fc1_weight", fc1_weight, (r, c, 1, 1))
+    check_shape(op, "fc2_weight", fc2_weight, (c, r, 1, 1))
+    check_shape(op, "sa_weight", sa_weight, (1, 2, sa_weight.shape[-1], sa_weight.shape[-1]))
+    check_same_device_dtype(op, h, [("fc1_weight", fc1_weight), ("fc2_weight", fc2_weight),
+                                    ("sa_weight", sa_weight)])
+    impl = resolve("channel_spatial_attention", h.device, backend).ops["channel_spatial_attention"]
+    return impl(h, fc1_weight, fc2_weight, sa_weight)
+
+
+def dwconv_bn_gelu(x: Tensor, dw_weight: Tensor, bn: BatchNormState, training: bool,
+                   momentum: float = 0.1, eps: float = 1e-5, *,
+                   backend: Optional[str] = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    """GELU(BN(depthwise kxk conv(x))) and the per-channel average and max of the result."""
+    op = "hdkd.dwconv_bn_gelu"
+    check_activation(op, "x", x)
+    c = x.shape[1]
+    k = dw_weight.shape[-1]
+    check_shape(op, "dw_weight", dw_weight, (c, 1, k, k))
+    _check_bn(op, "bn", bn, c, x)
+    check_same_device_dtype(op, x, [("dw_weight", dw_weight)])
+    impl = resolve("dwconv_bn_gelu", x.device, backend).ops["dwconv_bn_gelu"]
+    return impl(x, dw_weight, bn, training, momentum, eps)
+
+
+def mbcsa(x: Tensor, w: MBCSAWeights, training: bool, momentum: float = 0.1, eps: float = 1e-5,
+          *, backend: Optional[str] = "auto") -> Tensor:
+    """The whole MBCSA block (train: batch statistics; eval: running statistics)."""
+    op = "hdkd.mbcsa"
+    cin = w.pre_norm.weight.shape[0]
+    check_activation(op, "x", x, channels=cin)
+    named = [(f"{field}", t) for field, t in zip(w._fields, w) if isinstance(t, Tensor)]
+    check_same_device_dtype(op, x, named)
+    for field in ("pre_norm", "expand_norm", "dw_norm", "project_norm"):
+        bn = getattr(w, field)
+        if bn is not None:
+            _check_bn(op, field, bn, bn.weight.shape[0], x)
+    name = "mbcsa_train" if training else "mbcsa_eval"
+    impl = resolve(name, x.device, backend).ops[name]
+    return impl(x, w, momentum, eps)
+
+
+def _check_bn(op: str, name: str, bn: BatchNormState, channels: int, x: Tensor) -> None:
+    for part, t in zip(bn._fields, bn):
+        check_shape(op, f"{name}.{part}", t, (channels,))
+    check_same_device_dtype(op, x, [(f"{name}.{p}", t) for p, t in zip(bn._fields, bn)])
+
+
+def _torch_mbcsa_train(x, w, momentum, eps):
+    return reference.mbcsa(x, w, True, momentum, eps)
+
+
+def _torch_mbcsa_eval(x, w, momentum, eps):
+    return reference.mbcsa(x, w, False, momentum, eps)
+
+
+TORCH_OPS = {
+    "channel_spatial_attention": reference.channel_spatial_attention,
+    "dwconv_bn_gelu": reference.dwconv_bn_gelu,
+    "mbcsa_train": _torch_mbcsa_train,
+    "mbcsa_eval": _torch_mbcsa_eval,
+}

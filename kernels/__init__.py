@@ -1,0 +1,1 @@
+"""Triton kernels for hdkd's fused ops (installed as hdkd.kernels)."""
