@@ -41,6 +41,12 @@ def register_backend(backend: Backend) -> None:
     _registry[backend.name] = backend
 
 
+def unregister_backend(name: str) -> None:
+    if name == "torch":
+        raise ValueError("the torch backend is the reference and cannot be unregistered")
+    _registry.pop(name, None)
+
+
 def validate_backend_name(name: str) -> str:
     """Returns name when it is "auto" or a registered backend, else raises ValueError."""
     if name != "auto" and name not in _registry:
