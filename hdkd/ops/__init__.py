@@ -15,3 +15,4 @@ __all__ = [
     "dwconv_bn_gelu", "get_backend", "mbcsa", "reference", "register_backend", "resolve",
     "set_backend", "unregister_backend", "validate_backend_name",
 ]
+from . import triton_backend  # noqa: E402,F401  (registers the "triton" backend)

@@ -1,0 +1,289 @@
+"""The `triton` backend: hdkd.kernels registered as torch custom ops (fake implementations and
+autograd included, so torch.compile(fullgraph=True) traces through them), and the registry entry.
+
+The kernels run on CUDA tensors, and on CPU tensors through the Triton interpreter when
+TRITON_INTERPRET=1 (how CI tests them). hdkd.kernels is imported on the first call, not here:
+the interpreter flag is read when the kernels are decorated.
+
+float64 inputs take the reference path (the kernels compute in float32). Under autocast the
+activation is cast to the autocast dtype; weights may stay float32 (the kernels read them in
+float32 and return their gradients in their own dtype).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import reference
+from .backends import Backend, register_backend
+from .reference import BatchNormState, MBCSAWeights
+
+_NS = "hdkd_triton"
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _unavailable_reason() -> Optional[str]:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    if not torch.cuda.is_available() and not _interpret():
+        return ("no CUDA GPU, and TRITON_INTERPRET is not set (set TRITON_INTERPRET=1 before "
+                "triton is imported to run the kernels on the CPU through the interpreter)")
+    return None
+
+
+def _devices() -> tuple[str, ...]:
+    return ("cuda", "cpu") if _interpret() else ("cuda",)
+
+
+def _kernels():
+    from hdkd.kernels import channel_spatial_attention, dwconv_bn_gelu, mbcsa_eval
+    return channel_spatial_attention, dwconv_bn_gelu, mbcsa_eval
+
+
+def _autocast(x: Tensor) -> Tensor:
+    kind = x.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return x.to(torch.get_autocast_dtype(kind))
+    return x
+
+
+def _stats_like(x: Tensor, *shape) -> Tensor:
+    return x.new_empty(shape, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ channel-spatial attention
+
+@torch.library.custom_op(f"{_NS}::csa_forward", mutates_args=())
+def _csa_forward(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(out, ch_sum, ch_max, ch_ties, ca, pooled, pixel_ties, sa_map)."""
+    return tuple(_kernels()[0].forward(h, fc1, fc2, sa))
+
+
+@_csa_forward.register_fake
+def _(h, fc1, fc2, sa):
+    B, C, H, W = h.shape
+    return (torch.empty_like(h), *(_stats_like(h, B, C) for _ in range(4)),
+            _stats_like(h, B, 2, H, W), _stats_like(h, B, H, W), _stats_like(h, B, H, W))
+
+
+@torch.library.custom_op(f"{_NS}::csa_backward", mutates_args=())
+def _csa_backward(grad: Tensor, h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor, ch_sum: Tensor,
+                  ch_max: Tensor, ch_cnt: Tensor, ca: Tensor, pooled: Tensor, pcnt: Tensor,
+                  s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_kernels()[0].backward(grad, h, fc1, fc2, sa, ch_sum, ch_max, ch_cnt, ca, pooled,
+                                        pcnt, s))
+
+
+@_csa_backward.register_fake
+def _(grad, h, fc1, fc2, sa, *saved):
+    return torch.empty_like(h), torch.empty_like(fc1), torch.empty_like(fc2), torch.empty_like(sa)
+
+
+def _csa_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, *output[1:])
+
+
+def _csa_grad(ctx, grad, *_unused):
+    h, fc1, fc2, sa, *saved = ctx.saved_tensors
+    if grad is None:
+        grad = torch.zeros_like(h)
+    return _csa_backward(grad, h, fc1, fc2, sa, *saved)
+
+
+_csa_forward.register_autograd(_csa_grad, setup_context=_csa_setup)
+
+
+def channel_spatial_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
+                              sa_weight: Tensor) -> Tensor:
+    if h.dtype == torch.float64:
+        return reference.channel_spatial_attention(h, fc1_weight, fc2_weight, sa_weight)
+    return _csa_forward(_autocast(h), fc1_weight, fc2_weight, sa_weight)[0]
+
+
+# ------------------------------------------------------------------ depthwise conv + BN + GELU
+
+def _out_hw(x: Tensor, k: int, stride: int) -> tuple[int, int]:
+    return tuple((n + 2 * (k // 2) - k) // stride + 1 for n in x.shape[2:])
+
+
+def _affine(gamma, beta, mean, rstd):
+    scale = gamma.float() * rstd
+    return scale, beta.float() - mean * scale
+
+
+@torch.library.custom_op(f"{_NS}::dwconv_forward", mutates_args=())
+def _dwconv_forward(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, running_mean: Tensor,
+                    running_var: Tensor, training: bool, eps: float, stride: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, avg, max, ties at max, mean, 1/std, unbiased variance); the statistics float32."""
+    dw = _kernels()[1]
+    weight = weight.contiguous()
+    if training:
+        mean, var, var_unbiased = dw.batch_stats(x, weight, stride)
+    else:
+        mean, var = running_mean.float().clone(), running_var.float()
+        var_unbiased = var.clone()
+    rstd = torch.rsqrt(var + eps)
+    y, avg, mx, cnt = dw.forward(x, weight, *_affine(gamma, beta, mean, rstd), stride)
+    return y, avg, mx, cnt, mean, rstd, var_unbiased
+
+
+@_dwconv_forward.register_fake
+def _(x, weight, gamma, beta, running_mean, running_var, training, eps, stride):
+    from hdkd.kernels._config import empty_like_format
+    B, C = x.shape[:2]
+    y = empty_like_format(x, (B, C, *_out_hw(x, weight.shape[-1], stride)))
+    return (y, *(_stats_like(x, B, C) for _ in range(3)), *(_stats_like(x, C) for _ in range(3)))
+
+
+@torch.library.custom_op(f"{_NS}::dwconv_backward", mutates_args=())
+def _dwconv_backward(gy: Tensor, gavg: Tensor, gmax: Tensor, x: Tensor, weight: Tensor,
+                     gamma: Tensor, beta: Tensor, y: Tensor, ymax: Tensor, ycnt: Tensor,
+                     mean: Tensor, rstd: Tensor, training: bool, stride: int
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dx, dweight, dgamma, dbeta = _kernels()[1].backward(
+        gy, gavg, gmax, x, weight.contiguous(), y, ymax, ycnt, *_affine(gamma, beta, mean, rstd),
+        mean, rstd, training, stride)
+    return dx, dweight.to(weight.dtype), dgamma.to(gamma.dtype), dbeta.to(beta.dtype)
+
+
+@_dwconv_backward.register_fake
+def _(gy, gavg, gmax, x, weight, gamma, beta, *rest):
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(gamma), torch.empty_like(beta)
+
+
+def _dwconv_setup(ctx, inputs, output):
+    x, weight, gamma, beta, _, _, training, _, stride = inputs
+    y, _, ymax, ycnt, mean, rstd, _ = output
+    ctx.training, ctx.stride = training, stride
+    ctx.save_for_backward(x, weight, gamma, beta, y, ymax, ycnt, mean, rstd)
+
+
+def _dwconv_grad(ctx, gy, gavg, gmax, *_unused):
+    x, weight, gamma, beta, y, ymax, ycnt, mean, rstd = ctx.saved_tensors
+    gy = torch.zeros_like(y) if gy is None else gy
+    gavg = torch.zeros_like(ymax) if gavg is None else gavg
+    gmax = torch.zeros_like(ymax) if gmax is None else gmax
+    dx, dweight, dgamma, dbeta = _dwconv_backward(gy, gavg, gmax, x, weight, gamma, beta, y, ymax,
+                                                  ycnt, mean, rstd, ctx.training, ctx.stride)
+    return dx, dweight, dgamma, dbeta, None, None, None, None, None
+
+
+_dwconv_forward.register_autograd(_dwconv_grad, setup_context=_dwconv_setup)
+
+
+def dwconv_bn_gelu(x: Tensor, dw_weight: Tensor, bn: BatchNormState, training: bool,
+                   momentum: float = 0.1, eps: float = 1e-5,
+                   stride: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+    if x.dtype == torch.float64:
+        return reference.dwconv_bn_gelu(x, dw_weight, bn, training, momentum, eps, stride)
+    x = _autocast(x)
+    if training:
+        n = x.shape[0] * _out_hw(x, dw_weight.shape[-1], stride)[0] * \
+            _out_hw(x, dw_weight.shape[-1], stride)[1]
+        if n < 2:
+            raise ValueError(f"hdkd.dwconv_bn_gelu: batch statistics need more than 1 value per "
+                             f"channel, got input shape {tuple(x.shape)}")
+    y, avg, mx, _, mean, _, var_unbiased = _dwconv_forward(
+        x, dw_weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, training, eps, stride)
+    if training:
+        with torch.no_grad():
+            bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
+            bn.running_var.mul_(1 - momentum).add_(var_unbiased.to(bn.running_var.dtype),
+                                                  alpha=momentum)
+    return y, avg.to(y.dtype), mx.to(y.dtype)
+
+
+# ------------------------------------------------------------------ MBCSA
+
+@torch.library.custom_op(f"{_NS}::mbcsa_eval_fused", mutates_args=())
+def _mbcsa_eval_fused(x: Tensor, expand_weight: Tensor, expand_bias: Tensor, dw_weight: Tensor,
+                      dw_bias: Tensor, ca_fc1: Tensor, ca_fc2: Tensor, sa_weight: Tensor,
+                      project_weight: Tensor, project_bias: Tensor,
+                      shortcut: Optional[Tensor]) -> Tensor:
+    """Inference only (no autograd): the fused eval block from folded weights."""
+    folded = reference.FoldedMBCSA(expand_weight, expand_bias, dw_weight, dw_bias, ca_fc1, ca_fc2,
+                                   sa_weight, project_weight, project_bias, shortcut)
+    return _kernels()[2].forward(x, folded)
+
+
+@_mbcsa_eval_fused.register_fake
+def _(x, expand_weight, expand_bias, dw_weight, dw_bias, ca_fc1, ca_fc2, sa_weight,
+      project_weight, project_bias, shortcut):
+    from hdkd.kernels._config import empty_like_format
+    stride = 1 if shortcut is None else 2
+    hw = tuple((n - 1) // stride + 1 for n in x.shape[2:])
+    return empty_like_format(x, (x.shape[0], project_weight.shape[0], *hw))
+
+
+def _needs_grad(x: Tensor, w: MBCSAWeights) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    leaves = [x, *(t for t in w if isinstance(t, Tensor))]
+    leaves += [t for bn in w if isinstance(bn, BatchNormState) for t in (bn.weight, bn.bias)]
+    return any(t.requires_grad for t in leaves)
+
+
+def _fold_float32(w: MBCSAWeights, eps: float) -> reference.FoldedMBCSA:
+    def f32(v):
+        if isinstance(v, BatchNormState):
+            return BatchNormState(*(t.float() for t in v))
+        return None if v is None else v.float()
+    with torch.no_grad():
+        return reference.fold_mbcsa(MBCSAWeights(*(f32(v) for v in w)), eps)
+
+
+def _mbcsa_composed(x: Tensor, w: MBCSAWeights, training: bool, momentum: float,
+                    eps: float) -> Tensor:
+    """The block from the Triton depthwise and attention ops, torch for the 1x1 convs and their
+    BNs; differentiable, train or eval."""
+    stride = 1 if w.shortcut is None else 2
+
+    def bn(t, s):
+        return F.batch_norm(t, s.running_mean, s.running_var, s.weight, s.bias, training,
+                            momentum, eps)
+
+    z = bn(x, w.pre_norm)
+    if w.expand is None:
+        h, _, _ = dwconv_bn_gelu(z, w.dw, w.dw_norm, training, momentum, eps, stride=stride)
+    else:
+        e = F.gelu(bn(F.conv2d(z, w.expand, stride=stride), w.expand_norm))
+        d, _, _ = dwconv_bn_gelu(e, w.dw, w.dw_norm, training, momentum, eps)
+        h = channel_spatial_attention(d, w.ca_fc1, w.ca_fc2, w.sa_weight)
+    body = bn(F.conv2d(h, w.project), w.project_norm)
+    return reference.mbcsa_shortcut(x, w.shortcut) + body
+
+
+def mbcsa_train(x: Tensor, w: MBCSAWeights, momentum: float, eps: float) -> Tensor:
+    if x.dtype == torch.float64:
+        return reference.mbcsa(x, w, True, momentum, eps)
+    return _mbcsa_composed(x, w, True, momentum, eps)
+
+
+def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float, eps: float) -> Tensor:
+    if x.dtype == torch.float64:
+        return reference.mbcsa(x, w, False, momentum, eps)
+    if w.expand is None or _needs_grad(x, w):
+        return _mbcsa_composed(x, w, False, momentum, eps)
+    x = _autocast(x)
+    return _mbcsa_eval_fused(x, *_fold_float32(w, eps))
+
+
+def _describe() -> str:
+    mode = "interpreter on the CPU and CUDA" if _interpret() else "CUDA"
+    return f"Triton kernels (hdkd.kernels), {mode}"
+
+
+register_backend(Backend(
+    name="triton", devices=_devices, unavailable_reason=_unavailable_reason, describe=_describe,
+    ops={"channel_spatial_attention": channel_spatial_attention,
+         "dwconv_bn_gelu": dwconv_bn_gelu, "mbcsa_train": mbcsa_train, "mbcsa_eval": mbcsa_eval}))

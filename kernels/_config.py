@@ -1,0 +1,42 @@
+"""Shared settings for the Triton kernels: interpreter detection, autotune config lists, dtypes.
+
+TRITON_INTERPRET is read when a kernel is decorated, so hdkd imports these modules lazily (on the
+first Triton op call), after a test or user has had the chance to set it.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def configs(gpu: list[dict], interpret: dict, warps: tuple[int, ...] = (4,),
+            stages: tuple[int, ...] = (1,)) -> list[triton.Config]:
+    """Autotune candidates: the GPU list crossed with num_warps/num_stages, or the single small
+    configuration the interpreter runs (it would otherwise time every candidate on the CPU)."""
+    if INTERPRET:
+        return [triton.Config(interpret, num_warps=1, num_stages=1)]
+    return [triton.Config(kw, num_warps=w, num_stages=s) for kw in gpu for w in warps for s in stages]
+
+
+def dot_dtype(dtype: torch.dtype):
+    """Input type of tl.dot for activations of `dtype`: bf16/fp16 tensor-core GEMMs on the GPU.
+    The interpreter multiplies bf16 tiles as raw uint16 (triton 3.8), so it gets float32."""
+    if dtype == torch.float32 or (INTERPRET and dtype == torch.bfloat16):
+        return tl.float32
+    return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+
+
+def next_pow2(n: int, lo: int = 1) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+def empty_like_format(x: torch.Tensor, shape, dtype=None) -> torch.Tensor:
+    """An empty tensor of `shape` in x's memory format (channels_last stays channels_last)."""
+    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return torch.empty(shape, device=x.device, dtype=dtype or x.dtype, memory_format=fmt)

@@ -1,0 +1,36 @@
+"""Element-wise helpers shared by the kernels (all in float32)."""
+import triton
+import triton.language as tl
+
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+
+@triton.jit
+def gelu(x):
+    """Exact (erf) GELU."""
+    return 0.5 * x * (1.0 + tl.erf(x * _SQRT1_2))
+
+
+@triton.jit
+def gelu_grad(x):
+    """d GELU(x) / dx."""
+    return 0.5 * (1.0 + tl.erf(x * _SQRT1_2)) + x * _INV_SQRT_2PI * tl.exp(-0.5 * x * x)
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def max_with_ties(run_max, run_cnt, tile, axis: tl.constexpr):
+    """Running max and the number of elements equal to it (torch.amax splits its gradient evenly
+    among ties). `tile` holds -inf where masked."""
+    tile_max = tl.max(tile, axis)
+    new_max = tl.maximum(run_max, tile_max)
+    if axis == 0:
+        hits = tl.sum((tile == new_max[None, :]).to(tl.float32), 0)
+    else:
+        hits = tl.sum((tile == new_max[:, None]).to(tl.float32), 1)
+    return new_max, tl.where(run_max == new_max, run_cnt, 0.0) + hits

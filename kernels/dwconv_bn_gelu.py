@@ -1,0 +1,296 @@
+"""Depthwise k x k conv + BN + GELU that also emits the per-channel average and max of its output.
+
+y = GELU(conv(x) * scale + shift), per channel: eval folds BN into (scale, shift); train first
+runs a statistics pass over the conv output (tile mean and M2, combined with Chan's formula on
+the host) and then the output pass, recomputing the 9-tap conv rather than storing it.
+
+Every kernel works on [pixels, channels] tiles of one image with any input strides; per-tile
+partial reductions are written to small float32 buffers (rows = tiles) and summed on the host,
+which keeps the result deterministic. The tile shape is fixed per process (the partial buffers
+depend on it); autotuning picks num_warps.
+
+Backward, with dy = gy + gavg / HW + gmax * [y == max] / ties and da = dy * GELU'(a):
+  R. partial sums of da and da * xhat per channel (dbeta, dgamma),
+  V. dv = d(conv output) (train: through the batch mean and variance) -> float32 buffer, with
+     the per-tap partials of d(weight) = sum dv * x(shifted),
+  X. dx = transposed depthwise conv of dv.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._config import INTERPRET, configs, empty_like_format
+from ._math import gelu, gelu_grad, max_with_ties
+
+_NEG_INF = tl.constexpr(float("-inf"))
+# [pixels, channels] tile: 64 x 64 bf16 channels_last rows are 128-byte lines on the GPU
+TILE_P, TILE_C = (32, 16) if INTERPRET else (64, 64)
+_WARPS = configs(gpu=[{}], interpret={}, warps=(4, 8))
+
+
+@triton.jit
+def _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, H, W, Wo, sb, sc, sh, sw,
+               STRIDE: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
+               BLOCK_C: tl.constexpr):
+    """The depthwise conv at output pixels offs_p, channels offs_c (float32, zero padding)."""
+    oh = offs_p // Wo
+    ow = offs_p % Wo
+    base = x_ptr + b * sb + offs_c[None, :] * sc
+    acc = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    for ky in tl.static_range(K):
+        ih = oh * STRIDE + (ky - K // 2)
+        for kx in tl.static_range(K):
+            iw = ow * STRIDE + (kx - K // 2)
+            ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xv = tl.load(base + (ih * sh + iw * sw)[:, None], mask=ok[:, None] & cmask[None, :],
+                         other=0.0)
+            wv = tl.load(w_ptr + offs_c * (K * K) + ky * K + kx, mask=cmask, other=0.0)
+            acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _tile_index(HWo, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, C):
+    b = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row = b * tl.num_programs(1) + pid_p
+    return b, offs_p, offs_c, offs_p < HWo, offs_c < C, row
+
+
+@triton.autotune(_WARPS, key=["C", "HWo"])
+@triton.jit
+def _batch_stats_kernel(x_ptr, w_ptr, psum_ptr, pm2_ptr, C, H, W, Wo, HWo, sb, sc, sh, sw,
+                        STRIDE: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    """Per-tile sum and sum of squared deviations from the tile mean of the conv output."""
+    b, offs_p, offs_c, pmask, cmask, row = _tile_index(HWo, BLOCK_P, BLOCK_C, C)
+    acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, H, W, Wo, sb, sc, sh, sw,
+                     STRIDE, K, BLOCK_P, BLOCK_C)
+    m = pmask[:, None] & cmask[None, :]
+    n = tl.sum(pmask.to(tl.float32), 0)
+    tsum = tl.sum(tl.where(m, acc, 0.0), 0)
+    dev = tl.where(m, acc - (tsum / n)[None, :], 0.0)
+    tl.store(psum_ptr + row * C + offs_c, tsum, mask=cmask)
+    tl.store(pm2_ptr + row * C + offs_c, tl.sum(dev * dev, 0), mask=cmask)
+
+
+@triton.autotune(_WARPS, key=["C", "HWo"])
+@triton.jit
+def _output_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, psum_ptr, pmax_ptr, pcnt_ptr,
+                   C, H, W, Wo, HWo, sb, sc, sh, sw, yb, yc, yh, yw,
+                   STRIDE: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    """y = GELU(conv * scale + shift), and per-tile sum / max / ties-at-max of y as stored."""
+    b, offs_p, offs_c, pmask, cmask, row = _tile_index(HWo, BLOCK_P, BLOCK_C, C)
+    acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, H, W, Wo, sb, sc, sh, sw,
+                     STRIDE, K, BLOCK_P, BLOCK_C)
+    scale = tl.load(scale_ptr + offs_c, mask=cmask, other=0.0)
+    shift = tl.load(shift_ptr + offs_c, mask=cmask, other=0.0)
+    y = gelu(acc * scale[None, :] + shift[None, :]).to(y_ptr.dtype.element_ty)
+    m = pmask[:, None] & cmask[None, :]
+    tl.store(y_ptr + b * yb + ((offs_p // Wo) * yh + (offs_p % Wo) * yw)[:, None]
+             + offs_c[None, :] * yc, y, mask=m)
+    yf = y.to(tl.float32)
+    tmax, tcnt = max_with_ties(tl.full([BLOCK_C], _NEG_INF, tl.float32),
+                               tl.zeros([BLOCK_C], tl.float32), tl.where(m, yf, _NEG_INF), 0)
+    tl.store(psum_ptr + row * C + offs_c, tl.sum(tl.where(m, yf, 0.0), 0), mask=cmask)
+    tl.store(pmax_ptr + row * C + offs_c, tmax, mask=cmask)
+    tl.store(pcnt_ptr + row * C + offs_c, tcnt, mask=cmask)
+
+
+@triton.jit
+def _grad_pre_activation(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ymax_ptr, ycnt_ptr,
+                         scale_ptr, shift_ptr, mean_ptr, rstd_ptr, b, offs_p, offs_c, pmask,
+                         cmask, C, H, W, Wo, HWo, sb, sc, sh, sw, yb, yc, yh, yw,
+                         gb, gc, gh, gw, STRIDE: tl.constexpr, K: tl.constexpr,
+                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(da, xhat) at a tile: the conv recomputed, the normalised value and dL/d(BN output)."""
+    acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, H, W, Wo, sb, sc, sh, sw,
+                     STRIDE, K, BLOCK_P, BLOCK_C)
+    m = pmask[:, None] & cmask[None, :]
+    pix_y = ((offs_p // Wo) * yh + (offs_p % Wo) * yw)[:, None]
+    pix_g = ((offs_p // Wo) * gh + (offs_p % Wo) * gw)[:, None]
+    y = tl.load(y_ptr + b * yb + pix_y + offs_c[None, :] * yc, mask=m, other=0.0).to(tl.float32)
+    gy = tl.load(gy_ptr + b * gb + pix_g + offs_c[None, :] * gc, mask=m, other=0.0).to(tl.float32)
+    gavg = tl.load(gavg_ptr + b * C + offs_c, mask=cmask, other=0.0)
+    gmax = tl.load(gmax_ptr + b * C + offs_c, mask=cmask, other=0.0)
+    ymax = tl.load(ymax_ptr + b * C + offs_c, mask=cmask, other=0.0)
+    ycnt = tl.load(ycnt_ptr + b * C + offs_c, mask=cmask, other=1.0)
+    scale = tl.load(scale_ptr + offs_c, mask=cmask, other=0.0)
+    shift = tl.load(shift_ptr + offs_c, mask=cmask, other=0.0)
+    mean = tl.load(mean_ptr + offs_c, mask=cmask, other=0.0)
+    rstd = tl.load(rstd_ptr + offs_c, mask=cmask, other=0.0)
+    dy = gy + (gavg / HWo)[None, :] + (gmax / ycnt)[None, :] * (y == ymax[None, :]).to(tl.float32)
+    da = tl.where(m, dy * gelu_grad(acc * scale[None, :] + shift[None, :]), 0.0)
+    xhat = (acc - mean[None, :]) * rstd[None, :]
+    return da, xhat
+
+
+@triton.autotune(_WARPS, key=["C", "HWo"])
+@triton.jit
+def _grad_reduce_kernel(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ymax_ptr, ycnt_ptr,
+                        scale_ptr, shift_ptr, mean_ptr, rstd_ptr, pda_ptr, pdax_ptr,
+                        C, H, W, Wo, HWo, sb, sc, sh, sw, yb, yc, yh, yw, gb, gc, gh, gw,
+                        STRIDE: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    """Per-tile sums of da and da * xhat (-> dbeta, dgamma)."""
+    b, offs_p, offs_c, pmask, cmask, row = _tile_index(HWo, BLOCK_P, BLOCK_C, C)
+    da, xhat = _grad_pre_activation(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ymax_ptr,
+                                    ycnt_ptr, scale_ptr, shift_ptr, mean_ptr, rstd_ptr, b, offs_p,
+                                    offs_c, pmask, cmask, C, H, W, Wo, HWo, sb, sc, sh, sw,
+                                    yb, yc, yh, yw, gb, gc, gh, gw, STRIDE, K, BLOCK_P, BLOCK_C)
+    tl.store(pda_ptr + row * C + offs_c, tl.sum(da, 0), mask=cmask)
+    tl.store(pdax_ptr + row * C + offs_c, tl.sum(da * xhat, 0), mask=cmask)
+
+
+@triton.autotune(_WARPS, key=["C", "HWo"])
+@triton.jit
+def _grad_conv_output_kernel(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ymax_ptr, ycnt_ptr,
+                             scale_ptr, shift_ptr, mean_ptr, rstd_ptr, dbeta_ptr, dgamma_ptr,
+                             dv_ptr, pdw_ptr, C, H, W, Wo, HWo, inv_n, sb, sc, sh, sw,
+                             yb, yc, yh, yw, gb, gc, gh, gw, TRAINING: tl.constexpr,
+                             STRIDE: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
+                             BLOCK_C: tl.constexpr):
+    """dv = dL/d(conv output) into a B x Ho x Wo x C float32 buffer, and per-tile partials of
+    d(weight)[c, t] = sum_p dv * x(p shifted by tap t)."""
+    b, offs_p, offs_c, pmask, cmask, row = _tile_index(HWo, BLOCK_P, BLOCK_C, C)
+    da, xhat = _grad_pre_activation(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ymax_ptr,
+                                    ycnt_ptr, scale_ptr, shift_ptr, mean_ptr, rstd_ptr, b, offs_p,
+                                    offs_c, pmask, cmask, C, H, W, Wo, HWo, sb, sc, sh, sw,
+                                    yb, yc, yh, yw, gb, gc, gh, gw, STRIDE, K, BLOCK_P, BLOCK_C)
+    scale = tl.load(scale_ptr + offs_c, mask=cmask, other=0.0)
+    m = pmask[:, None] & cmask[None, :]
+    if TRAINING:  # the batch mean and variance depend on every pixel of the channel
+        dbeta = tl.load(dbeta_ptr + offs_c, mask=cmask, other=0.0)
+        dgamma = tl.load(dgamma_ptr + offs_c, mask=cmask, other=0.0)
+        dv = scale[None, :] * (da - (dbeta * inv_n)[None, :] - xhat * (dgamma * inv_n)[None, :])
+    else:
+        dv = da * scale[None, :]
+    dv = tl.where(m, dv, 0.0)
+    tl.store(dv_ptr + (b * HWo + offs_p)[:, None] * C + offs_c[None, :], dv, mask=m)
+    oh = offs_p // Wo
+    ow = offs_p % Wo
+    base = x_ptr + b * sb + offs_c[None, :] * sc
+    for ky in tl.static_range(K):
+        ih = oh * STRIDE + (ky - K // 2)
+        for kx in tl.static_range(K):
+            iw = ow * STRIDE + (kx - K // 2)
+            ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xv = tl.load(base + (ih * sh + iw * sw)[:, None], mask=ok[:, None] & cmask[None, :],
+                         other=0.0).to(tl.float32)
+            tl.store(pdw_ptr + (row * C + offs_c) * (K * K) + ky * K + kx, tl.sum(dv * xv, 0),
+                     mask=cmask)
+
+
+@triton.autotune(_WARPS, key=["C", "HW"])
+@triton.jit
+def _grad_input_kernel(dv_ptr, w_ptr, dx_ptr, C, H, W, HW, Ho, Wo, db, dc, dh, dw,
+                       STRIDE: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+    """dx[q] = sum_t w[t] * dv[o] over the output pixels o that read q through tap t."""
+    b = tl.program_id(0)
+    offs_q = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    qmask = offs_q < HW
+    cmask = offs_c < C
+    ih = offs_q // W
+    iw = offs_q % W
+    acc = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    for ky in tl.static_range(K):
+        nh = ih + (K // 2 - ky)
+        oh = nh // STRIDE
+        okh = (nh >= 0) & (nh % STRIDE == 0) & (oh < Ho)
+        for kx in tl.static_range(K):
+            nw = iw + (K // 2 - kx)
+            ow = nw // STRIDE
+            ok = qmask & okh & (nw >= 0) & (nw % STRIDE == 0) & (ow < Wo)
+            dv = tl.load(dv_ptr + ((b * Ho + oh) * Wo + ow)[:, None] * C + offs_c[None, :],
+                         mask=ok[:, None] & cmask[None, :], other=0.0)
+            wv = tl.load(w_ptr + offs_c * (K * K) + ky * K + kx, mask=cmask, other=0.0)
+            acc += dv * wv.to(tl.float32)[None, :]
+    tl.store(dx_ptr + b * db + (ih * dh + iw * dw)[:, None] + offs_c[None, :] * dc,
+             acc.to(dx_ptr.dtype.element_ty), mask=qmask[:, None] & cmask[None, :])
+
+
+# ------------------------------------------------------------------------------ launchers
+
+def _out_size(n: int, k: int, stride: int) -> int:
+    return (n + 2 * (k // 2) - k) // stride + 1
+
+
+def _grid(B, HWo, C):
+    return (B, triton.cdiv(HWo, TILE_P), triton.cdiv(C, TILE_C))
+
+
+def _partials(B, HWo, C, device, n=1, per=()):
+    rows = B * triton.cdiv(HWo, TILE_P)
+    return [torch.empty(rows, C, *per, device=device, dtype=torch.float32) for _ in range(n)]
+
+
+def batch_stats(x, weight, stride: int):
+    """Per-channel mean and biased / unbiased variance of the conv output (float32)."""
+    B, C, H, W = x.shape
+    k = weight.shape[-1]
+    Ho, Wo = _out_size(H, k, stride), _out_size(W, k, stride)
+    HWo = Ho * Wo
+    psum, pm2 = _partials(B, HWo, C, x.device, 2)
+    _batch_stats_kernel[_grid(B, HWo, C)](x, weight, psum, pm2, C, H, W, Wo, HWo, *x.stride(),
+                                          STRIDE=stride, K=k, BLOCK_P=TILE_P, BLOCK_C=TILE_C)
+    n_tile = torch.full((triton.cdiv(HWo, TILE_P),), float(TILE_P), device=x.device)
+    n_tile[-1] = HWo - TILE_P * (n_tile.numel() - 1)
+    n_tile = n_tile.repeat(B)[:, None]
+    n = B * HWo
+    mean = psum.sum(0) / n
+    m2 = (pm2 + n_tile * (psum / n_tile - mean) ** 2).sum(0)
+    return mean, m2 / n, m2 / max(n - 1, 1)
+
+
+def forward(x, weight, scale, shift, stride: int):
+    """y = GELU(dwconv(x) * scale + shift) and float32 per-channel (avg, max, ties at max)."""
+    B, C, H, W = x.shape
+    k = weight.shape[-1]
+    Ho, Wo = _out_size(H, k, stride), _out_size(W, k, stride)
+    HWo = Ho * Wo
+    y = empty_like_format(x, (B, C, Ho, Wo))
+    psum, pmax, pcnt = _partials(B, HWo, C, x.device, 3)
+    _output_kernel[_grid(B, HWo, C)](x, weight, scale, shift, y, psum, pmax, pcnt, C, H, W, Wo,
+                                     HWo, *x.stride(), *y.stride(), STRIDE=stride, K=k,
+                                     BLOCK_P=TILE_P, BLOCK_C=TILE_C)
+    psum, pmax, pcnt = (t.view(B, -1, C) for t in (psum, pmax, pcnt))
+    mx = pmax.amax(1)
+    cnt = (pcnt * (pmax == mx[:, None]).float()).sum(1)
+    return y, psum.sum(1) / HWo, mx, cnt
+
+
+def backward(gy, gavg, gmax, x, weight, y, ymax, ycnt, scale, shift, mean, rstd,
+             training: bool, stride: int):
+    """(dx, d weight, d(sum da * xhat) = dgamma, dbeta), float32 for the per-channel ones."""
+    B, C, H, W = x.shape
+    k = weight.shape[-1]
+    Ho, Wo = y.shape[2:]
+    HWo = Ho * Wo
+    common = (C, H, W, Wo, HWo)
+    strides = (*x.stride(), *y.stride(), *gy.stride())
+    meta = dict(STRIDE=stride, K=k, BLOCK_P=TILE_P, BLOCK_C=TILE_C)
+    grid = _grid(B, HWo, C)
+    pre = (x, weight, y, gy, gavg.float().contiguous(), gmax.float().contiguous(), ymax, ycnt,
+           scale, shift, mean, rstd)
+    pda, pdax = _partials(B, HWo, C, x.device, 2)
+    _grad_reduce_kernel[grid](*pre, pda, pdax, *common, *strides, **meta)
+    dbeta, dgamma = pda.sum(0), pdax.sum(0)
+
+    dv = torch.empty(B, Ho, Wo, C, device=x.device, dtype=torch.float32)
+    (pdw,) = _partials(B, HWo, C, x.device, 1, per=(k * k,))
+    _grad_conv_output_kernel[grid](*pre, dbeta, dgamma, dv, pdw, *common, 1.0 / (B * HWo),
+                                   *strides, TRAINING=training, **meta)
+    dweight = pdw.sum(0).view(C, 1, k, k)
+
+    dx = torch.empty_like(x)
+    _grad_input_kernel[(B, triton.cdiv(H * W, TILE_P), triton.cdiv(C, TILE_C))](
+        dv, weight, dx, C, H, W, H * W, Ho, Wo, *dx.stride(), STRIDE=stride, K=k,
+        BLOCK_P=TILE_P, BLOCK_C=TILE_C)
+    return dx, dweight, dgamma, dbeta

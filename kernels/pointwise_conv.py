@@ -1,0 +1,124 @@
+"""1x1 convolutions as tl.dot GEMMs with fused prologues and epilogues (the MBCSA eval path).
+
+out[b, n, p] = epilogue(sum_k A[b, p, k] * weight[n, k] + bias[n]) where
+  A is the input sampled at every STRIDE-th pixel (the strided expand conv), optionally gated
+    while it is loaded: A = h * (ca[b, k] * sa[b, p] + 1), which is CBAM's output u * sa + h, so
+    the attention result never goes to memory;
+  the epilogue is GELU (expand), or adds the block's shortcut (project): the input itself
+    (identity) or MaxPool(3, 2, 1)(x) @ shortcut_weight^T, a second GEMM whose loader pools.
+One program computes a [BLOCK_M pixels, BLOCK_N outputs] tile of one image, K in BLOCK_K steps,
+with fp32 accumulation; tiles are converted to bf16/fp16 for the tensor cores (fp32 inputs use
+the IEEE path so float32 results match the reference to 1e-5).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._config import configs, dot_dtype, empty_like_format
+from ._math import gelu
+
+_NEG_INF = tl.constexpr(float("-inf"))
+RES_NONE, RES_IDENTITY, RES_POOL_GEMM = 0, 1, 2
+
+
+@triton.jit
+def _mma(a, w, acc, DOT_DTYPE: tl.constexpr):
+    if DOT_DTYPE == tl.float32:
+        return tl.dot(a.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision="ieee")
+    return tl.dot(a.to(DOT_DTYPE), w.to(DOT_DTYPE), acc)
+
+
+@triton.autotune(
+    configs(gpu=[dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64), dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64),
+                 dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64), dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)],
+            interpret=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16), warps=(4, 8), stages=(3, 4)),
+    key=["K", "N", "HWo", "GATED", "EPI_GELU", "RESIDUAL"])
+@triton.jit
+def _pointwise_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, ca_ptr, s_ptr, x_ptr, scw_ptr,
+                      K, N, Wo, HWo, Hx, Wx, CX, ab, ac, ah, aw, ob, oc, oh, ow,
+                      xb, xc, xh, xw, IN_STRIDE: tl.constexpr, GATED: tl.constexpr,
+                      EPI_GELU: tl.constexpr, RESIDUAL: tl.constexpr,
+                      DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
+    b = tl.program_id(0)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mmask = offs_m < HWo
+    nmask = offs_n < N
+    py = offs_m // Wo
+    px = offs_m % Wo
+    a_rows = a_ptr + b * ab + (py * IN_STRIDE * ah + px * IN_STRIDE * aw)[:, None]
+    if GATED:
+        s = tl.load(s_ptr + b * HWo + offs_m, mask=mmask, other=0.0)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        kmask = offs_k < K
+        a = tl.load(a_rows + offs_k[None, :] * ac, mask=mmask[:, None] & kmask[None, :], other=0.0)
+        if GATED:
+            ca = tl.load(ca_ptr + b * K + offs_k, mask=kmask, other=0.0)
+            a = a.to(tl.float32) * (ca[None, :] * s[:, None] + 1.0)
+        w = tl.load(w_ptr + offs_n[None, :] * K + offs_k[:, None],
+                    mask=kmask[:, None] & nmask[None, :], other=0.0)
+        acc = _mma(a, w, acc, DOT_DTYPE)
+    acc += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    if EPI_GELU:
+        acc = gelu(acc)
+    omask = mmask[:, None] & nmask[None, :]
+    if RESIDUAL == 1:
+        r = tl.load(x_ptr + b * xb + (py * xh + px * xw)[:, None] + offs_n[None, :] * xc,
+                    mask=omask, other=0.0)
+        acc += r.to(tl.float32)
+    if RESIDUAL == 2:
+        for k0 in range(0, CX, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            kmask = offs_k < CX
+            lmask = mmask[:, None] & kmask[None, :]
+            pooled = tl.full([BLOCK_M, BLOCK_K], _NEG_INF, tl.float32)
+            for dy in tl.static_range(3):
+                iy = py * 2 + dy - 1
+                for dx in tl.static_range(3):
+                    ix = px * 2 + dx - 1
+                    ok = (iy >= 0) & (iy < Hx) & (ix >= 0) & (ix < Wx)
+                    v = tl.load(x_ptr + b * xb + (iy * xh + ix * xw)[:, None] + offs_k[None, :] * xc,
+                                mask=lmask & ok[:, None], other=float("-inf"))
+                    pooled = tl.maximum(pooled, v.to(tl.float32))
+            pooled = tl.where(lmask, pooled, 0.0)
+            w = tl.load(scw_ptr + offs_n[None, :] * CX + offs_k[:, None],
+                        mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc = _mma(pooled, w, acc, DOT_DTYPE)
+    tl.store(out_ptr + b * ob + (py * oh + px * ow)[:, None] + offs_n[None, :] * oc,
+             acc.to(out_ptr.dtype.element_ty), mask=omask)
+
+
+def pointwise_conv(a, weight, bias, out_hw, *, in_stride=1, gelu_out=False, gate=None,
+                   residual=None, shortcut_weight=None, out=None):
+    """out = epilogue(conv1x1(a, weight, bias)) as described above.
+
+    a: B x K x H x W (any strides); weight: N x K (x 1 x 1); bias: N; gate: (ca B x K, sa B x HWo)
+    float32 or None; residual: the block input x for the shortcut (identity when shortcut_weight
+    is None, else MaxPool(3,2,1) then shortcut_weight N x Cx). The output takes a's memory format
+    unless `out` is given.
+    """
+    B, K = a.shape[:2]
+    Ho, Wo = out_hw
+    N = weight.shape[0]
+    w = weight.reshape(N, K).to(a.dtype).contiguous()
+    if out is None:
+        out = empty_like_format(a, (B, N, Ho, Wo))
+    ca, s = gate if gate is not None else (bias, bias)
+    if residual is None:
+        mode, x, scw = RES_NONE, a, w
+    elif shortcut_weight is None:
+        mode, x, scw = RES_IDENTITY, residual, w
+    else:
+        mode, x = RES_POOL_GEMM, residual
+        scw = shortcut_weight.reshape(N, -1).to(a.dtype).contiguous()
+    grid = lambda meta: (B, triton.cdiv(Ho * Wo, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
+    _pointwise_kernel[grid](a, w, bias, out, ca, s, x, scw, K, N, Wo, Ho * Wo, x.shape[2],
+                            x.shape[3], x.shape[1], *a.stride(), *out.stride(), *x.stride(),
+                            IN_STRIDE=in_stride, GATED=gate is not None, EPI_GELU=gelu_out,
+                            RESIDUAL=mode, DOT_DTYPE=dot_dtype(a.dtype))
+    return out
