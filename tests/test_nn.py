@@ -54,6 +54,18 @@ def test_mbcsa_backward_matches_reference(training):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
+def test_mbcsa_cumulative_momentum_like_batch_norm():
+    m = make_block(8, 8, False, 4)
+    twin = copy.deepcopy(m)
+    for bn in m.batch_norms():
+        bn.momentum = None
+    x = torch.randn(2, 8, 5, 5)
+    m(x)
+    factor = 1.0 / float(twin.pre_norm.num_batches_tracked + 1)
+    R.mbcsa(x, twin.weights(), True, momentum=factor)
+    torch.testing.assert_close(m.pre_norm.running_var, twin.pre_norm.running_var)
+
+
 def test_mbcsa_channels_last_and_non_contiguous():
     m = make_block(16, 16, False, 4).eval()
     x = torch.randn(2, 16, 11, 13)

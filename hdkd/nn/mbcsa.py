@@ -83,8 +83,11 @@ class MBCSA(nn.Module):
                 if m is not None]
 
     def forward(self, x: Tensor) -> Tensor:
-        out = ops.mbcsa(x, self.weights(), self.training, self.pre_norm.momentum,
-                        self.pre_norm.eps, backend=self.backend)
+        momentum = self.pre_norm.momentum
+        if momentum is None:  # nn.BatchNorm2d's cumulative moving average
+            momentum = 1.0 / float(self.pre_norm.num_batches_tracked + 1)
+        out = ops.mbcsa(x, self.weights(), self.training, momentum, self.pre_norm.eps,
+                        backend=self.backend)
         if self.training:
             for bn in self.batch_norms():
                 bn.num_batches_tracked.add_(1)
