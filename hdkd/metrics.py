@@ -1,0 +1,124 @@
+"""Classification metrics for (often imbalanced) medical data, in plain numpy."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _check_inputs(labels, probs, class_names):
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] < 2:
+        raise ValueError(f"classification_metrics: expected probs of shape N x num_classes "
+                         f"(num_classes >= 2), got {probs.shape}")
+    if labels.ndim != 1 or len(labels) != len(probs):
+        raise ValueError(f"classification_metrics: expected labels of shape ({len(probs)},) "
+                         f"to match probs {probs.shape}, got {labels.shape}")
+    if len(labels) == 0:
+        raise ValueError("classification_metrics: labels is empty")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"classification_metrics: expected integer class labels, got "
+                         f"{labels.dtype}")
+    k = probs.shape[1]
+    if labels.min() < 0 or labels.max() >= k:
+        raise ValueError(f"classification_metrics: expected labels in [0, {k - 1}] for "
+                         f"{k} classes, got values from {labels.min()} to {labels.max()}")
+    if not np.isfinite(probs).all():
+        raise ValueError("classification_metrics: probs holds NaN or infinite values")
+    names = [str(i) for i in range(k)] if class_names is None else [str(c) for c in class_names]
+    if len(names) != k:
+        raise ValueError(f"classification_metrics: expected {k} class_names (one per column of "
+                         f"probs), got {len(names)}")
+    return labels.astype(np.int64), probs, names
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den is 0 (scikit-learn's zero_division=0)."""
+    return np.divide(num, den, out=np.zeros(num.shape, dtype=np.float64), where=den > 0)
+
+
+def binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve = P(score of a positive > score of a negative), ties counted
+    half (the Mann-Whitney U statistic with average ranks)."""
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # average rank within each run of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def classification_metrics(labels: Sequence[int], probs, class_names=None) -> dict:
+    """Metrics of predictions argmax(probs) against integer labels.
+
+    probs: N x K class probabilities (or any scores; AUROC uses them as rankings). Returns
+    accuracy, balanced_accuracy (mean recall over the classes present in labels), macro_f1 (mean
+    F1 over the classes present in labels or predictions, as scikit-learn), per_class (class,
+    precision, recall, f1, support, auroc), auroc_ovr (macro one-vs-rest, or None with an
+    "auroc_note" when a class has no samples or all of them), confusion_matrix (rows: true
+    class, columns: predicted) and num_samples.
+    """
+    labels, probs, names = _check_inputs(labels, probs, class_names)
+    k = probs.shape[1]
+    preds = probs.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision, recall = _divide(tp, predicted), _divide(tp, support)
+    f1 = _divide(2 * precision * recall, precision + recall)
+    present = support > 0
+    seen = present | (predicted > 0)
+
+    aurocs = [binary_auroc(labels == c, probs[:, c]) if 0 < support[c] < len(labels) else None
+              for c in range(k)]
+    missing = [names[c] for c in range(k) if aurocs[c] is None]
+    out = {
+        "num_samples": int(len(labels)),
+        "accuracy": float(tp.sum() / len(labels)),
+        "balanced_accuracy": float(recall[present].mean()),
+        "macro_f1": float(f1[seen].mean()),
+        "auroc_ovr": None if missing else float(np.mean(aurocs)),
+        "per_class": [{"class": names[c], "precision": float(precision[c]),
+                       "recall": float(recall[c]), "f1": float(f1[c]),
+                       "support": int(support[c]), "auroc": aurocs[c]} for c in range(k)],
+        "confusion_matrix": cm.tolist(),
+    }
+    if missing:
+        out["auroc_note"] = (f"one-vs-rest AUROC is undefined: labels have no samples (or only "
+                             f"samples) of class {', '.join(missing)}")
+    return out
+
+
+def format_metrics_table(metrics: dict) -> str:
+    """A plain-text report of classification_metrics' result: summary, per-class table and
+    confusion matrix."""
+    auroc = metrics.get("auroc_ovr")
+    auroc_text = f"{auroc:.4f}" if auroc is not None else f"n/a ({metrics.get('auroc_note', '')})"
+    lines = [f"samples            {metrics['num_samples']}" if "num_samples" in metrics else None,
+             f"accuracy           {metrics['accuracy']:.4f}",
+             f"balanced accuracy  {metrics['balanced_accuracy']:.4f}",
+             f"macro F1           {metrics['macro_f1']:.4f}",
+             f"AUROC (OvR, macro) {auroc_text}", ""]
+    lines = [line for line in lines if line is not None]
+    rows = metrics["per_class"]
+    width = max(5, *(len(r["class"]) for r in rows))
+    lines.append(f"{'class':<{width}}  precision  recall      f1  support    auroc")
+    for r in rows:
+        auc = f"{r['auroc']:.4f}" if r.get("auroc") is not None else "n/a"
+        lines.append(f"{r['class']:<{width}}  {r['precision']:9.4f}  {r['recall']:6.4f}  "
+                     f"{r['f1']:6.4f}  {r['support']:7d}  {auc:>7}")
+    cm = metrics["confusion_matrix"]
+    cell = max(4, width, *(len(str(v)) for row in cm for v in row))
+    lines += ["", "confusion matrix (rows: true class, columns: predicted class)",
+              " " * width + "".join(f"  {r['class']:>{cell}}" for r in rows)]
+    for r, row in zip(rows, cm):
+        lines.append(f"{r['class']:<{width}}" + "".join(f"  {v:>{cell}}" for v in row))
+    return "\n".join(lines)
