@@ -4,8 +4,9 @@ fvcore traces the model with torch.jit and counts convolutions, matrix products 
 op it does not know as zero. hdkd's fused ops (torch.ops.hdkd.*, Triton ops registered with
 torch.library) are therefore given handles here that return exactly what fvcore counts for the
 reference computation of the same op (hdkd.ops.reference), so a fused path reports the same FLOPs as
-the reference. Handles are found by op family from the op's name, for every op registered in the
-"hdkd" namespace at the time of counting: an op that does not exist yet simply never matches.
+the reference. Handles are found by op family from the op's name (e.g. hdkd::mbcsa_eval,
+hdkd_triton::csa_forward), for every op registered, at the time of counting, in a namespace that
+starts with "hdkd": an op that does not exist yet simply never matches.
 
 Conventions per reference op (fvcore's own rules): conv = N * Cout * Cin/groups * k*k * Hout*Wout;
 linear = rows * in * out; batch norm = 2 per element in eval, 5 per element in training (with affine);
@@ -143,7 +144,7 @@ def _mbcsa_handle(op_name: str) -> Handle:
 FAMILIES: list[tuple[tuple[str, ...], Callable[[str], Handle]]] = [
     (("mbcsa",), _mbcsa_handle),
     (("dwconv",), _dwconv_handle),
-    (("channel_spatial_attention", "cbam"), _csa_handle),
+    (("channel_spatial_attention", "cbam", "csa"), _csa_handle),
 ]
 
 
@@ -153,15 +154,28 @@ def _sdpa_flops(inputs: list, outputs: list) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + k[-1])
 
 
+def _matmul_flops(inputs: list, outputs: list) -> int:
+    """fvcore's matmul rule, extended to matrix-vector products (fvcore asserts on those; BN
+    folding does one)."""
+    a, b = _shape(inputs[0]), _shape(inputs[1])
+    if len(b) == 1:
+        return math.prod(a)
+    if len(a) == 1:
+        return math.prod(b)
+    return math.prod(a) * b[-1]
+
+
 def custom_op_handles(namespaces: Sequence[str] = ("hdkd",)) -> dict[str, Handle]:
-    """fvcore handles for every registered op of `namespaces` whose name names a known family
-    (forward ops only: a backward op never appears in a forward trace), plus attention."""
-    handles: dict[str, Handle] = {"aten::scaled_dot_product_attention": _sdpa_flops}
-    prefixes = tuple(f"{ns}::" for ns in namespaces)
+    """fvcore handles for every registered op whose namespace starts with one of `namespaces`
+    and whose name names a known family (forward ops only: a backward op never appears in a
+    forward trace), plus attention."""
+    handles: dict[str, Handle] = {"aten::scaled_dot_product_attention": _sdpa_flops,
+                                  "aten::matmul": _matmul_flops}
     for op in torch._C._dispatch_get_all_op_names():
-        if not op.startswith(prefixes):
+        ns, _, name = op.partition("::")
+        if not ns.startswith(tuple(namespaces)):
             continue
-        base = op.split("::", 1)[1].split(".")[0].lower()
+        base = name.split(".")[0].lower()
         if "backward" in base or "bwd" in base:
             continue
         for keys, factory in FAMILIES:

@@ -154,3 +154,43 @@ def test_flops_command(capsys):
     assert float(total[2]) == pytest.approx(gflops, abs=1e-3)
     lines = out.splitlines()
     assert [line.split()[0] for line in lines[2:5]] == ["stage1", "stage2", "stage3"]
+
+
+_TRITON_SCRIPT = """
+import json, torch
+from hdkd import flops
+from hdkd.nn import MBCSA
+out = []
+for cin, cout, ds in ((32, 32, False), (32, 48, True)):
+    for training in (False, True):
+        torch.manual_seed(0)
+        m = MBCSA(cin, cout, downsample=ds).train(training)
+        x = torch.randn(1, cin, 6, 6)
+        row = {}
+        for backend in ("torch", "triton"):
+            m.backend = backend
+            by_op = flops.flop_analysis(m, (x,)).by_operator()
+            # the triton eval path folds the BNs on each call: one small matrix-vector product
+            row[backend] = int(sum(v for k, v in by_op.items() if k != "matmul"))
+            row[backend + "_ops"] = sorted(by_op)
+        out.append(row)
+print(json.dumps(out))
+"""
+
+
+def test_triton_backend_counted_as_the_reference():
+    """The Triton backend's custom ops (under the interpreter on the CPU) count as the reference."""
+    pytest.importorskip("triton")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    for row in rows:
+        assert row["triton"] == row["torch"] > 0
+        assert any(op.startswith(("mbcsa", "csa", "dwconv")) for op in row["triton_ops"]), row
