@@ -44,7 +44,8 @@ def load_dataset(source: str, img_size: int, seed: int = 0, val_fraction: float 
         splits = read_npz(source)
         if "val" not in splits:
             splits["train"], splits["val"] = _split_val(*splits["train"], val_fraction, seed)
-        classes = [str(i) for i in range(1 + max(max(y, default=0) for _, y in splits.values()))]
+        num_classes = 1 + max(max(labels, default=0) for _, labels in splits.values())
+        classes = [str(i) for i in range(num_classes)]  # .npz archives carry no class names
         splits = {name: (prepare_array(im, img_size), y) for name, (im, y) in splits.items()}
     elif not os.path.exists(source):
         raise FileNotFoundError(f"load_dataset: source {source!r} does not exist (expected "
