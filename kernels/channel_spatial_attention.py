@@ -23,10 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import configs, next_pow2
+from ._config import INTERPRET, configs, next_pow2
 from ._math import gelu, max_with_ties, sigmoid
 
 _NEG_INF = tl.constexpr(float("-inf"))
+_CONV_GRAD_BLOCK_P = 64 if INTERPRET else 256
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
@@ -205,8 +206,7 @@ def _spatial_logit_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dlogit_ptr, C, HW, W
     tl.store(dlogit_ptr + b * HW + offs_p, acc * s * (1.0 - s), mask=pmask)
 
 
-@triton.autotune(configs(gpu=[dict(BLOCK_P=128), dict(BLOCK_P=256)], interpret=dict(BLOCK_P=64),
-                         warps=(4,)), key=["HW"])
+@triton.autotune(configs(gpu=[{}], interpret={}, warps=(4, 8)), key=["HW"])
 @triton.jit
 def _spatial_conv_grad_kernel(dlogit_ptr, pooled_ptr, w_ptr, dpooled_ptr, dw_part_ptr, H, W, HW,
                               K: tl.constexpr, BLOCK_P: tl.constexpr):
@@ -391,11 +391,12 @@ def backward(grad, h, fc1_weight, fc2_weight, sa_weight, ch_sum, ch_max, ch_cnt,
         grad, h, ca, s, dlogit, C, HW, W, *_strides(grad), *_strides(h))
 
     dpooled = torch.empty_like(pooled)
-    # one row of conv-weight partials per program: sized for the smallest BLOCK_P candidate
-    max_rows = B * triton.cdiv(HW, min(c.kwargs["BLOCK_P"] for c in _spatial_conv_grad_kernel.configs))
-    dw_part = torch.zeros(max_rows, 2 * k * k, device=h.device, dtype=torch.float32)
-    _spatial_conv_grad_kernel[lambda meta: (B, triton.cdiv(HW, meta["BLOCK_P"]))](
-        dlogit, pooled, sa_weight.contiguous(), dpooled, dw_part, H, W, HW, K=k)
+    # one row of conv-weight partials per program; a fixed BLOCK_P so that every row is
+    # rewritten on every launch (autotuning only the warps)
+    n_blocks = triton.cdiv(HW, _CONV_GRAD_BLOCK_P)
+    dw_part = torch.empty(B * n_blocks, 2 * k * k, device=h.device, dtype=torch.float32)
+    _spatial_conv_grad_kernel[(B, n_blocks)](dlogit, pooled, sa_weight.contiguous(), dpooled,
+                                             dw_part, H, W, HW, K=k, BLOCK_P=_CONV_GRAD_BLOCK_P)
     dsa = dw_part.sum(0).view(1, 2, k, k)
 
     dca = torch.empty_like(ca)

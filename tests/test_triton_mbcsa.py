@@ -1,0 +1,129 @@
+"""hdkd.nn.MBCSA(..., backend="triton") against the float64 reference block: the fused eval
+kernels (no grad), eval with grad, and training (batch statistics, running statistics)."""
+import pytest
+import torch
+
+from triton_env import DEVICE, TOL, cuda_only, layout, rel_err, requires_triton
+
+import hdkd
+
+pytestmark = requires_triton
+
+
+def _pair(cin, cout, down, expansion, dtype, seed):
+    torch.manual_seed(seed)
+    fast = hdkd.nn.MBCSA(cin, cout, downsample=down, expansion=expansion, backend="triton")
+    with torch.no_grad():  # non-trivial running statistics and affines
+        for bn in fast.batch_norms():
+            bn.running_mean.normal_(0, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0, 0.1)
+    ref = hdkd.nn.MBCSA(cin, cout, downsample=down, expansion=expansion, backend="torch")
+    ref.load_state_dict(fast.state_dict())
+    return fast.to(DEVICE, dtype), ref.to(DEVICE, torch.float64)
+
+
+def _x(shape, dtype, kind, seed):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
+    return layout(x, kind), x.double()
+
+
+SMALL_EVAL = [(5, 5, False, (2, 5, 7, 6), torch.float32, "contiguous"),
+              (4, 6, True, (1, 4, 9, 9), torch.float32, "channels_last"),
+              (5, 5, False, (2, 5, 9, 7), torch.bfloat16, "channels_last"),
+              (4, 6, True, (2, 4, 7, 6), torch.float16, "strided")]
+REALISTIC_EVAL = [(96, 96, False, (64, 96, 56, 56), torch.bfloat16, "channels_last"),
+                  (192, 192, False, (64, 192, 28, 28), torch.bfloat16, "channels_last"),
+                  (64, 96, True, (64, 64, 112, 112), torch.bfloat16, "channels_last"),
+                  (96, 96, False, (4, 96, 30, 30), torch.float32, "contiguous")]
+
+
+def _check_eval_fused(cin, cout, down, shape, dtype, kind):
+    fast, ref = _pair(cin, cout, down, 4, dtype, seed=cin + shape[2])
+    fast.eval(), ref.eval()
+    x, xr = _x(shape, dtype, kind, seed=shape[3])
+    with torch.no_grad():
+        out = fast(x)
+        expect = ref(xr)
+    assert out.dtype == dtype and out.shape == expect.shape
+    assert rel_err(out, expect) < TOL[dtype]
+    if kind == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("cin,cout,down,shape,dtype,kind", SMALL_EVAL)
+def test_eval_fused_small(cin, cout, down, shape, dtype, kind):
+    _check_eval_fused(cin, cout, down, shape, dtype, kind)
+
+
+@cuda_only
+@pytest.mark.parametrize("cin,cout,down,shape,dtype,kind", REALISTIC_EVAL)
+def test_eval_fused_realistic(cin, cout, down, shape, dtype, kind):
+    _check_eval_fused(cin, cout, down, shape, dtype, kind)
+
+
+def _errors(backend, cin, cout, down, expansion, training, shape, dtype, kind):
+    """Relative errors of one block run (output, input grad, each parameter grad, each buffer)
+    against the float64 reference."""
+    fast, ref = _pair(cin, cout, down, expansion, dtype, seed=cin * 7 + shape[3])
+    fast.backend = backend
+    fast.train(training), ref.train(training)
+    x, xr = _x(shape, dtype, kind, seed=shape[2])
+    x.requires_grad_(), xr.requires_grad_()
+    out, expect = fast(x), ref(xr)
+    grad = torch.randn(expect.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
+    out.backward(grad)
+    expect.backward(grad.double())
+    errors = {"out": rel_err(out, expect), "x.grad": rel_err(x.grad, xr.grad)}
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
+        if name == "pre_norm.bias" and training:
+            continue  # its gradient is zero up to rounding: the expand BN removes any shift
+        errors[name] = rel_err(p.grad, q.grad)
+    for (name, b), r in zip(fast.named_buffers(), ref.buffers()):
+        errors[name] = 0.0 if b.double().equal(r) else rel_err(b, r)
+    return errors
+
+
+def _check_with_grad(*case):
+    dtype = case[-2]
+    errors = _errors("triton", *case)
+    if dtype == torch.float32:
+        bounds = {k: TOL[dtype] for k in errors}
+    else:
+        # a whole block trained in half precision drifts past 1e-2 in some parameter gradients
+        # in eager PyTorch too (tests/test_triton_dwconv.py and _attention.py hold each Triton op
+        # to 1e-2): here the Triton block must stay within twice eager's own error
+        eager = _errors("torch", *case)
+        bounds = {k: max(TOL[dtype], 2 * eager[k]) for k in errors}
+    bad = {k: (e, bounds[k]) for k, e in errors.items() if not e < bounds[k]}
+    assert not bad, f"relative error above bound (error, bound): {bad}"
+
+
+SMALL_GRAD = [(5, 5, False, 4, True, (2, 5, 7, 6), torch.float32, "channels_last"),
+              (4, 6, True, 4, True, (1, 4, 9, 9), torch.float32, "contiguous"),
+              (5, 5, False, 4, False, (2, 5, 7, 6), torch.float32, "strided"),
+              (5, 5, False, 4, True, (2, 5, 7, 6), torch.bfloat16, "channels_last"),
+              (6, 6, False, 1, True, (2, 6, 7, 6), torch.float32, "contiguous"),
+              (4, 6, True, 1, False, (2, 4, 9, 8), torch.float32, "channels_last")]
+REALISTIC_GRAD = [(96, 96, False, 4, True, (64, 96, 56, 56), torch.bfloat16, "channels_last"),
+                  (64, 96, True, 4, True, (16, 64, 112, 112), torch.float32, "channels_last")]
+
+
+@pytest.mark.parametrize("cin,cout,down,expansion,training,shape,dtype,kind", SMALL_GRAD)
+def test_with_grad_small(cin, cout, down, expansion, training, shape, dtype, kind):
+    _check_with_grad(cin, cout, down, expansion, training, shape, dtype, kind)
+
+
+@cuda_only
+@pytest.mark.parametrize("cin,cout,down,expansion,training,shape,dtype,kind", REALISTIC_GRAD)
+def test_with_grad_realistic(cin, cout, down, expansion, training, shape, dtype, kind):
+    _check_with_grad(cin, cout, down, expansion, training, shape, dtype, kind)
+
+
+def test_expansion_one_eval_without_grad():
+    fast, ref = _pair(4, 6, True, 1, torch.float32, seed=5)
+    fast.eval(), ref.eval()
+    x, xr = _x((2, 4, 7, 6), torch.float32, "contiguous", seed=2)
+    with torch.no_grad():
+        assert rel_err(fast(x), ref(xr)) < TOL[torch.float32]

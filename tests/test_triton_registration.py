@@ -1,0 +1,94 @@
+"""The triton backend's registry entry, its torch.library custom ops (opcheck: schema, fake
+implementation, autograd registration) and torch.compile(fullgraph=True) through them."""
+import pytest
+import torch
+
+from triton_env import DEVICE, INTERPRET, ON_CUDA, rel_err, requires_triton
+
+import hdkd
+from hdkd.ops import backends_registry, resolve, triton_backend
+
+pytestmark = requires_triton
+OPS = ("channel_spatial_attention", "dwconv_bn_gelu", "mbcsa_train", "mbcsa_eval")
+
+
+def test_registry_entry():
+    b = backends_registry()["triton"]
+    assert b.unavailable_reason() is None
+    assert set(b.ops) == set(OPS)
+    assert "cuda" in b.devices()
+    assert ("cpu" in b.devices()) == INTERPRET
+    assert hdkd.backends()["triton"] == "available"
+
+
+def test_auto_picks_triton_for_cuda_tensors_only():
+    for op in OPS:
+        assert resolve(op, torch.device("cuda")).name == "triton"
+        assert resolve(op, torch.device("cpu")).name != "triton"
+
+
+def test_unavailable_reason_without_gpu_or_interpreter(monkeypatch):
+    if ON_CUDA:
+        pytest.skip("a GPU is present")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET" in triton_backend._unavailable_reason()
+    with pytest.raises(hdkd.BackendUnavailableError, match="TRITON_INTERPRET"):
+        hdkd.ops.channel_spatial_attention(torch.randn(1, 4, 3, 3), torch.randn(1, 4, 1, 1),
+                                           torch.randn(4, 1, 1, 1), torch.randn(1, 2, 7, 7),
+                                           backend="triton")
+
+
+def _csa_args():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(2, 12, 5, 4, generator=g).to(DEVICE).requires_grad_(),
+            torch.randn(1, 12, 1, 1, generator=g).to(DEVICE).requires_grad_(),
+            torch.randn(12, 1, 1, 1, generator=g).to(DEVICE).requires_grad_(),
+            torch.randn(1, 2, 7, 7, generator=g).to(DEVICE).requires_grad_())
+
+
+def test_opcheck_channel_spatial_attention():
+    torch.library.opcheck(triton_backend._csa_forward, _csa_args())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_opcheck_dwconv(training):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 5, 4, generator=g).to(DEVICE).requires_grad_()
+    w = torch.randn(5, 1, 3, 3, generator=g).to(DEVICE).requires_grad_()
+    gamma, beta = (torch.rand(5, generator=g).to(DEVICE).requires_grad_() for _ in range(2))
+    rm, rv = torch.zeros(5, device=DEVICE), torch.ones(5, device=DEVICE)
+    torch.library.opcheck(triton_backend._dwconv_forward,
+                          (x, w, gamma, beta, rm, rv, training, 1e-5, 1))
+
+
+def test_opcheck_mbcsa_eval_fused():
+    m = hdkd.nn.MBCSA(4, 6, downsample=True).to(DEVICE).eval()
+    folded = triton_backend._fold_float32(m.weights(), 1e-5)
+    torch.library.opcheck(triton_backend._mbcsa_eval_fused,
+                          (torch.randn(2, 4, 7, 6, device=DEVICE), *folded),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_compile_fullgraph_train_and_eval():
+    torch.manual_seed(0)
+    m = hdkd.nn.MBCSA(5, 5, backend="triton").to(DEVICE)
+    x = torch.randn(2, 5, 7, 6, device=DEVICE)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+
+    m.train()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    xe = x.clone().requires_grad_()
+    m(xe).square().sum().backward()
+    eager_grads = [p.grad.clone() for p in m.parameters()] + [xe.grad]
+    eager_stats = m.dw_norm.running_var.clone()
+    m.load_state_dict(state)
+    m.zero_grad()
+    xc = x.clone().requires_grad_()
+    compiled(xc).square().sum().backward()
+    for a, b in zip([p.grad for p in m.parameters()] + [xc.grad], eager_grads):
+        assert rel_err(a, b) < 1e-5 or a.abs().max() < 1e-6
+    assert rel_err(m.dw_norm.running_var, eager_stats) < 1e-6
+
+    m.eval()
+    with torch.no_grad():
+        assert rel_err(compiled(x), m(x)) < 1e-6

@@ -1,0 +1,61 @@
+"""Shared setup for the Triton tests: kernels on CUDA when a GPU is present, else on the CPU
+through the Triton interpreter (TRITON_INTERPRET=1 is set here, before hdkd.kernels is imported,
+unless the caller set it). Small odd shapes under the interpreter, realistic ones on CUDA."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+ON_CUDA = torch.cuda.is_available()
+if not ON_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEVICE = torch.device("cpu" if INTERPRET else "cuda")
+
+_already = sys.modules.get("hdkd.kernels._config")
+_reason = None
+try:
+    import triton  # noqa: F401
+except ImportError:
+    _reason = "triton is not installed"
+if _reason is None and not ON_CUDA and not INTERPRET:
+    _reason = "no CUDA GPU and TRITON_INTERPRET=0"
+if _reason is None and _already is not None and _already.INTERPRET != INTERPRET:
+    _reason = ("hdkd.kernels was imported before TRITON_INTERPRET was set; run the Triton tests "
+               "in their own pytest process: TRITON_INTERPRET=1 pytest tests/test_triton_*.py")
+requires_triton = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+cuda_only = pytest.mark.skipif(INTERPRET, reason="realistic shapes run on a CUDA GPU only")
+
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """||got - ref|| / ||ref|| in float64."""
+    got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """contiguous, channels_last, or a non-contiguous view (every other column of a wider
+    tensor) holding the same values."""
+    if kind == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if kind == "strided":
+        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+        wide[..., ::2] = t
+        view = wide[..., ::2]
+        assert not view.is_contiguous()
+        return view
+    return t.contiguous()
+
+
+def leaf(t: torch.Tensor, dtype, kind: str = "contiguous"):
+    """(the tensor in dtype and layout, requiring grad; its float64 twin with the same values)."""
+    low = t.to(dtype)
+    fast = layout(low, kind).detach().requires_grad_()
+    ref = low.double().detach().requires_grad_()
+    return fast, ref
