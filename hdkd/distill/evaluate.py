@@ -1,0 +1,50 @@
+"""Evaluation over a dataset split, gathered across ranks: labels, class probabilities, loss."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .ddp import DistContext, ShardSampler
+
+
+def eval_loader(dataset: Dataset, batch_size: int, ctx: DistContext, workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      sampler=ShardSampler(len(dataset), ctx.rank, ctx.world_size),
+                      pin_memory=ctx.device.type == "cuda")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, ctx: DistContext,
+            autocast=contextlib.nullcontext, channels_last: bool = False):
+    """(labels int64 [N], probs float64 [N, classes], mean cross-entropy) over the whole split,
+    every sample exactly once across ranks. The model is put in eval mode (the HDKD student then
+    predicts with the mean of its two heads) and restored afterwards."""
+    was_training = model.training
+    model.eval()
+    labels, probs, loss_sum = [], [], 0.0
+    try:
+        for x, y in loader:
+            x = x.to(ctx.device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = torch.as_tensor(y).to(ctx.device)
+            with autocast():
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            labels.append(y.cpu())
+            probs.append(logits.softmax(dim=1).double().cpu())
+    finally:
+        model.train(was_training)
+    local = (torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
+             torch.cat(probs).numpy() if probs else None, loss_sum)
+    parts = ctx.all_gather(local)
+    all_labels = np.concatenate([p[0] for p in parts])
+    all_probs = np.concatenate([p[1] for p in parts if p[1] is not None])
+    total = sum(p[2] for p in parts)
+    return all_labels, all_probs, total / max(len(all_labels), 1)
