@@ -350,16 +350,27 @@ def spatial_gate(h: torch.Tensor, ca: torch.Tensor, sa_weight: torch.Tensor):
     return pooled, pcnt, s
 
 
+def gates(h, fc1_weight, fc2_weight, sa_weight):
+    """Both gates and the statistics the backward needs: (ch_sum, ch_max, ch_cnt, ca, pooled,
+    pixel_cnt, sa)."""
+    ch_sum, ch_max, ch_cnt = channel_stats(h)
+    ca = channel_gate(ch_sum, ch_max, fc1_weight, fc2_weight, h.shape[2] * h.shape[3])
+    return (ch_sum, ch_max, ch_cnt, ca, *spatial_gate(h, ca, sa_weight))
+
+
 def forward(h, fc1_weight, fc2_weight, sa_weight):
     """out and the statistics the backward needs: (out, ch_sum, ch_max, ch_cnt, ca, pooled,
     pixel_cnt, sa)."""
+    ch_sum, ch_max, ch_cnt, ca, pooled, pcnt, s = gates(h, fc1_weight, fc2_weight, sa_weight)
+    return apply_gates(h, ca, s), ch_sum, ch_max, ch_cnt, ca, pooled, pcnt, s
+
+
+def apply_gates(h, ca, s):
+    """h * (ca * sa + 1), in h's dtype and memory format."""
     B, C, H, W = h.shape
-    ch_sum, ch_max, ch_cnt = channel_stats(h)
-    ca = channel_gate(ch_sum, ch_max, fc1_weight, fc2_weight, H * W)
-    pooled, pcnt, s = spatial_gate(h, ca, sa_weight)
     out = torch.empty_like(h)
     _apply_kernel[_grid_pc(B, H * W, C)](h, ca, s, out, C, H * W, W, *_strides(h), *_strides(out))
-    return out, ch_sum, ch_max, ch_cnt, ca, pooled, pcnt, s
+    return out
 
 
 def _gate_mlp_backward(dca, ca, avg, mx, fc1_weight, fc2_weight):

@@ -4,8 +4,10 @@ out[b, n, p] = epilogue(sum_k A[b, p, k] * weight[n, k] + bias[n]) where
   A is the input sampled at every STRIDE-th pixel (the strided expand conv), optionally gated
     while it is loaded: A = h * (ca[b, k] * sa[b, p] + 1), which is CBAM's output u * sa + h, so
     the attention result never goes to memory;
-  the epilogue is GELU (expand), or adds the block's shortcut (project): the input itself
-    (identity) or MaxPool(3, 2, 1)(x) @ shortcut_weight^T, a second GEMM whose loader pools.
+  the epilogue is GELU (expand), GELU'(.) * G for a given gradient G (the expand's backward,
+    recomputing its pre-activation instead of storing it), or adds the block's shortcut
+    (project): the input itself (identity) or MaxPool(3, 2, 1)(x) @ shortcut_weight^T, a second
+    GEMM whose loader pools.
 One program computes a [BLOCK_M pixels, BLOCK_N outputs] tile of one image, K in BLOCK_K steps,
 with fp32 accumulation; tiles are converted to bf16/fp16 for the tensor cores (fp32 inputs use
 the IEEE path so float32 results match the reference to 1e-5).
@@ -17,10 +19,11 @@ import triton
 import triton.language as tl
 
 from ._config import configs, dot_dtype, empty_like_format
-from ._math import gelu
+from ._math import gelu, gelu_grad
 
 _NEG_INF = tl.constexpr(float("-inf"))
 RES_NONE, RES_IDENTITY, RES_POOL_GEMM = 0, 1, 2
+EPI_NONE, EPI_GELU, EPI_GELU_GRAD = 0, 1, 2
 
 
 @triton.jit
@@ -34,12 +37,12 @@ def _mma(a, w, acc, DOT_DTYPE: tl.constexpr):
     configs(gpu=[dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64), dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64),
                  dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64), dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32)],
             interpret=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16), warps=(4, 8), stages=(3, 4)),
-    key=["K", "N", "HWo", "GATED", "EPI_GELU", "RESIDUAL"])
+    key=["K", "N", "HWo", "GATED", "EPILOGUE", "RESIDUAL"])
 @triton.jit
 def _pointwise_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, ca_ptr, s_ptr, x_ptr, scw_ptr,
                       K, N, Wo, HWo, Hx, Wx, CX, ab, ac, ah, aw, ob, oc, oh, ow,
                       xb, xc, xh, xw, IN_STRIDE: tl.constexpr, GATED: tl.constexpr,
-                      EPI_GELU: tl.constexpr, RESIDUAL: tl.constexpr,
+                      EPILOGUE: tl.constexpr, RESIDUAL: tl.constexpr,
                       DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr):
     b = tl.program_id(0)
@@ -64,9 +67,13 @@ def _pointwise_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, ca_ptr, s_ptr, x_ptr, scw
                     mask=kmask[:, None] & nmask[None, :], other=0.0)
         acc = _mma(a, w, acc, DOT_DTYPE)
     acc += tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)[None, :]
-    if EPI_GELU:
-        acc = gelu(acc)
     omask = mmask[:, None] & nmask[None, :]
+    if EPILOGUE == 1:
+        acc = gelu(acc)
+    if EPILOGUE == 2:  # x_ptr holds the gradient at the output
+        g = tl.load(x_ptr + b * xb + (py * xh + px * xw)[:, None] + offs_n[None, :] * xc,
+                    mask=omask, other=0.0)
+        acc = gelu_grad(acc) * g.to(tl.float32)
     if RESIDUAL == 1:
         r = tl.load(x_ptr + b * xb + (py * xh + px * xw)[:, None] + offs_n[None, :] * xc,
                     mask=omask, other=0.0)
@@ -94,13 +101,13 @@ def _pointwise_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, ca_ptr, s_ptr, x_ptr, scw
 
 
 def pointwise_conv(a, weight, bias, out_hw, *, in_stride=1, gelu_out=False, gate=None,
-                   residual=None, shortcut_weight=None, out=None):
+                   residual=None, shortcut_weight=None, gelu_grad_of=None, out=None):
     """out = epilogue(conv1x1(a, weight, bias)) as described above.
 
     a: B x K x H x W (any strides); weight: N x K (x 1 x 1); bias: N; gate: (ca B x K, sa B x HWo)
     float32 or None; residual: the block input x for the shortcut (identity when shortcut_weight
-    is None, else MaxPool(3,2,1) then shortcut_weight N x Cx). The output takes a's memory format
-    unless `out` is given.
+    is None, else MaxPool(3,2,1) then shortcut_weight N x Cx); gelu_grad_of: G (B x N x Ho x Wo),
+    the output is then GELU'(conv) * G. The output takes a's memory format unless `out` is given.
     """
     B, K = a.shape[:2]
     Ho, Wo = out_hw
@@ -109,7 +116,10 @@ def pointwise_conv(a, weight, bias, out_hw, *, in_stride=1, gelu_out=False, gate
     if out is None:
         out = empty_like_format(a, (B, N, Ho, Wo))
     ca, s = gate if gate is not None else (bias, bias)
-    if residual is None:
+    epilogue = EPI_GELU if gelu_out else EPI_NONE
+    if gelu_grad_of is not None:
+        epilogue, mode, x, scw = EPI_GELU_GRAD, RES_NONE, gelu_grad_of, w
+    elif residual is None:
         mode, x, scw = RES_NONE, a, w
     elif shortcut_weight is None:
         mode, x, scw = RES_IDENTITY, residual, w
@@ -119,6 +129,6 @@ def pointwise_conv(a, weight, bias, out_hw, *, in_stride=1, gelu_out=False, gate
     grid = lambda meta: (B, triton.cdiv(Ho * Wo, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
     _pointwise_kernel[grid](a, w, bias, out, ca, s, x, scw, K, N, Wo, Ho * Wo, x.shape[2],
                             x.shape[3], x.shape[1], *a.stride(), *out.stride(), *x.stride(),
-                            IN_STRIDE=in_stride, GATED=gate is not None, EPI_GELU=gelu_out,
+                            IN_STRIDE=in_stride, GATED=gate is not None, EPILOGUE=epilogue,
                             RESIDUAL=mode, DOT_DTYPE=dot_dtype(a.dtype))
     return out

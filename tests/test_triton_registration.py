@@ -61,6 +61,23 @@ def test_opcheck_dwconv(training):
                           (x, w, gamma, beta, rm, rv, training, 1e-5, 1))
 
 
+@pytest.mark.parametrize("training,stride", [(True, 1), (False, 2)])
+def test_opcheck_expand(training, stride):
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(2, 4, 5, 6, generator=g).to(DEVICE).requires_grad_()
+    w = torch.randn(12, 4, 1, 1, generator=g).to(DEVICE).requires_grad_()
+    gamma, beta = (torch.rand(12, generator=g).to(DEVICE).requires_grad_() for _ in range(2))
+    rm, rv = torch.zeros(12, device=DEVICE), torch.ones(12, device=DEVICE)
+    torch.library.opcheck(triton_backend._expand_forward,
+                          (z, w, gamma, beta, rm, rv, training, 1e-5, stride))
+
+
+def test_opcheck_attention_project():
+    args = _csa_args()
+    project = torch.randn(5, 12, 1, 1, device=DEVICE).requires_grad_()
+    torch.library.opcheck(triton_backend._csa_project_forward, (*args, project))
+
+
 def test_opcheck_mbcsa_eval_fused():
     m = hdkd.nn.MBCSA(4, 6, downsample=True).to(DEVICE).eval()
     folded = triton_backend._fold_float32(m.weights(), 1e-5)

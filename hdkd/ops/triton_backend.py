@@ -196,11 +196,130 @@ def dwconv_bn_gelu(x: Tensor, dw_weight: Tensor, bn: BatchNormState, training: b
     y, avg, mx, _, mean, _, var_unbiased = _dwconv_forward(
         x, dw_weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, training, eps, stride)
     if training:
-        with torch.no_grad():
-            bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
-            bn.running_var.mul_(1 - momentum).add_(var_unbiased.to(bn.running_var.dtype),
-                                                  alpha=momentum)
+        _update_running_stats(bn, mean, var_unbiased, momentum)
     return y, avg.to(y.dtype), mx.to(y.dtype)
+
+
+def _update_running_stats(bn: BatchNormState, mean: Tensor, var_unbiased: Tensor,
+                          momentum: float) -> None:
+    """As F.batch_norm does in training (unbiased variance)."""
+    with torch.no_grad():
+        bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
+        bn.running_var.mul_(1 - momentum).add_(var_unbiased.to(bn.running_var.dtype),
+                                              alpha=momentum)
+
+
+# ------------------------------------------------------------------ expand: 1x1 conv + BN + GELU
+
+@torch.library.custom_op(f"{_NS}::expand_forward", mutates_args=())
+def _expand_forward(z: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, running_mean: Tensor,
+                    running_var: Tensor, training: bool, eps: float, stride: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(e, mean, 1/std, unbiased variance); the statistics float32."""
+    from hdkd.kernels import expand_bn_gelu
+    if training:
+        mean, var, var_unbiased = expand_bn_gelu.batch_stats(z, weight, stride)
+    else:
+        mean, var = running_mean.float().clone(), running_var.float()
+        var_unbiased = var.clone()
+    rstd = torch.rsqrt(var + eps)
+    e = expand_bn_gelu.forward(z, weight, gamma, beta, mean, rstd, stride)
+    return e, mean, rstd, var_unbiased
+
+
+@_expand_forward.register_fake
+def _(z, weight, gamma, beta, running_mean, running_var, training, eps, stride):
+    hw = tuple((n - 1) // stride + 1 for n in z.shape[2:])
+    e = z.new_empty((z.shape[0], weight.shape[0], *hw)).to(memory_format=torch.channels_last)
+    return (e, *(_stats_like(z, weight.shape[0]) for _ in range(3)))
+
+
+@torch.library.custom_op(f"{_NS}::expand_backward", mutates_args=())
+def _expand_backward(ge: Tensor, z: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
+                     mean: Tensor, rstd: Tensor, training: bool, stride: int
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from hdkd.kernels import expand_bn_gelu
+    return expand_bn_gelu.backward(ge, z, weight, gamma, beta, mean, rstd, training, stride)
+
+
+@_expand_backward.register_fake
+def _(ge, z, weight, gamma, beta, *rest):
+    return tuple(torch.empty_like(t) for t in (z, weight, gamma, beta))
+
+
+def _expand_setup(ctx, inputs, output):
+    z, weight, gamma, beta, _, _, training, _, stride = inputs
+    _, mean, rstd, _ = output
+    ctx.training, ctx.stride = training, stride
+    ctx.save_for_backward(z, weight, gamma, beta, mean, rstd)
+
+
+def _expand_grad(ctx, ge, *_unused):
+    z, weight, gamma, beta, mean, rstd = ctx.saved_tensors
+    grads = _expand_backward(ge, z, weight, gamma, beta, mean, rstd, ctx.training, ctx.stride)
+    return (*grads, None, None, None, None, None)
+
+
+_expand_forward.register_autograd(_expand_grad, setup_context=_expand_setup)
+
+
+def expand_bn_gelu(z: Tensor, weight: Tensor, bn: BatchNormState, training: bool,
+                   momentum: float, eps: float, stride: int) -> Tensor:
+    """GELU(BN(conv1x1(z, weight, stride))): one GEMM pass, only z saved for the backward."""
+    e, mean, _, var_unbiased = _expand_forward(_autocast(z), weight, bn.weight, bn.bias, bn.running_mean,
+                                               bn.running_var, training, eps, stride)
+    if training:
+        _update_running_stats(bn, mean, var_unbiased, momentum)
+    return e
+
+
+# ------------------------------------------------------------------ attention + project conv
+
+@torch.library.custom_op(f"{_NS}::csa_project_forward", mutates_args=())
+def _csa_project_forward(d: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor, project: Tensor
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(conv1x1(CBAM(d), project) without bias, ch_sum, ch_max, ch_ties, ca, pooled,
+    pixel_ties, sa_map)."""
+    from hdkd.kernels import attention_project
+    return tuple(attention_project.forward(d, fc1, fc2, sa, project))
+
+
+@_csa_project_forward.register_fake
+def _(d, fc1, fc2, sa, project):
+    from hdkd.kernels._config import empty_like_format
+    B, C, H, W = d.shape
+    v = empty_like_format(d, (B, project.shape[0], H, W))
+    return (v, *(_stats_like(d, B, C) for _ in range(4)), _stats_like(d, B, 2, H, W),
+            _stats_like(d, B, H, W), _stats_like(d, B, H, W))
+
+
+@torch.library.custom_op(f"{_NS}::csa_project_backward", mutates_args=())
+def _csa_project_backward(grad: Tensor, d: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor,
+                          project: Tensor, ch_sum: Tensor, ch_max: Tensor, ch_cnt: Tensor,
+                          ca: Tensor, pooled: Tensor, pcnt: Tensor, s: Tensor
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from hdkd.kernels import attention_project
+    return tuple(attention_project.backward(grad, d, fc1, fc2, sa, project, ch_sum, ch_max,
+                                            ch_cnt, ca, pooled, pcnt, s))
+
+
+@_csa_project_backward.register_fake
+def _(grad, d, fc1, fc2, sa, project, *saved):
+    return tuple(torch.empty_like(t) for t in (d, fc1, fc2, sa, project))
+
+
+def _csa_project_grad(ctx, grad, *_unused):
+    d, fc1, fc2, sa, project, *saved = ctx.saved_tensors
+    return _csa_project_backward(grad, d, fc1, fc2, sa, project, *saved)
+
+
+_csa_project_forward.register_autograd(_csa_project_grad, setup_context=_csa_setup)
+
+
+def attention_project(d: Tensor, fc1_weight: Tensor, fc2_weight: Tensor, sa_weight: Tensor,
+                      project_weight: Tensor) -> Tensor:
+    """conv1x1(CBAM(d), project_weight): the attention output is never stored."""
+    return _csa_project_forward(_autocast(d), fc1_weight, fc2_weight, sa_weight, project_weight)[0]
 
 
 # ------------------------------------------------------------------ MBCSA
@@ -255,11 +374,12 @@ def _mbcsa_composed(x: Tensor, w: MBCSAWeights, training: bool, momentum: float,
     z = bn(x, w.pre_norm)
     if w.expand is None:
         h, _, _ = dwconv_bn_gelu(z, w.dw, w.dw_norm, training, momentum, eps, stride=stride)
+        v = F.conv2d(h, w.project)
     else:
-        e = F.gelu(bn(F.conv2d(z, w.expand, stride=stride), w.expand_norm))
+        e = expand_bn_gelu(z, w.expand, w.expand_norm, training, momentum, eps, stride)
         d, _, _ = dwconv_bn_gelu(e, w.dw, w.dw_norm, training, momentum, eps)
-        h = channel_spatial_attention(d, w.ca_fc1, w.ca_fc2, w.sa_weight)
-    body = bn(F.conv2d(h, w.project), w.project_norm)
+        v = attention_project(d, w.ca_fc1, w.ca_fc2, w.sa_weight, w.project)
+    body = bn(v, w.project_norm)
     return reference.mbcsa_shortcut(x, w.shortcut) + body
 
 

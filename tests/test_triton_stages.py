@@ -1,0 +1,74 @@
+"""The Triton training-path stages of MBCSA against the float64 reference, forward and backward:
+expand (1x1 conv + BN + GELU from the input's statistics) and attention + project conv."""
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from triton_env import DEVICE, TOL, layout, leaf, rel_err, requires_triton
+
+from hdkd.ops import reference, triton_backend
+from hdkd.ops.reference import BatchNormState
+
+pytestmark = requires_triton
+
+
+def _gen(*key):
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
+
+@pytest.mark.parametrize("shape,hidden,dtype,kind,training,stride", [
+    ((2, 5, 7, 6), 20, torch.float32, "contiguous", True, 1),
+    ((1, 6, 9, 9), 24, torch.float32, "channels_last", True, 2),
+    ((2, 5, 7, 6), 20, torch.float32, "strided", False, 1),
+    ((2, 6, 9, 8), 24, torch.bfloat16, "channels_last", True, 2),
+    ((2, 5, 7, 6), 20, torch.float16, "contiguous", False, 2)])
+def test_expand_bn_gelu(shape, hidden, dtype, kind, training, stride):
+    g = _gen(shape, hidden, dtype, kind, training, stride)
+    cin = shape[1]
+    z, zr = leaf((torch.randn(*shape, generator=g) + 0.3).to(DEVICE), dtype, kind)
+    w, wr = leaf((torch.randn(hidden, cin, 1, 1, generator=g) * 0.4).to(DEVICE), dtype)
+    gamma, gr = leaf((torch.rand(hidden, generator=g) + 0.5).to(DEVICE), dtype)
+    beta, br = leaf((torch.randn(hidden, generator=g) * 0.1).to(DEVICE), dtype)
+    rm = (torch.randn(hidden, generator=g) * 0.1).to(DEVICE, dtype)
+    rv = (torch.rand(hidden, generator=g) + 0.5).to(DEVICE, dtype)
+    bn = BatchNormState(gamma, beta, rm.clone(), rv.clone())
+    bn_ref = BatchNormState(gr, br, rm.double(), rv.double())
+
+    e = triton_backend.expand_bn_gelu(z, w, bn, training, 0.1, 1e-5, stride)
+    er = F.gelu(reference.batch_norm(F.conv2d(zr, wr, stride=stride), bn_ref, training))
+    tol = TOL[dtype]
+    assert e.dtype == dtype and e.shape == er.shape
+    assert rel_err(e, er) < tol
+    assert rel_err(bn.running_mean, bn_ref.running_mean) < tol
+    assert rel_err(bn.running_var, bn_ref.running_var) < tol
+    ge = torch.randn(er.shape, generator=g).to(DEVICE, dtype)
+    e.backward(ge)
+    er.backward(ge.double())
+    for name, a, b in (("z", z, zr), ("weight", w, wr), ("gamma", gamma, gr), ("beta", beta, br)):
+        assert a.grad.dtype == dtype, name
+        assert rel_err(a.grad, b.grad) < tol, name
+
+
+@pytest.mark.parametrize("shape,cout,dtype,kind", [
+    ((2, 20, 7, 6), 5, torch.float32, "channels_last"),
+    ((1, 12, 9, 9), 7, torch.float32, "strided"),
+    ((2, 20, 7, 6), 5, torch.bfloat16, "contiguous")])
+def test_attention_project(shape, cout, dtype, kind):
+    g = _gen(shape, cout, dtype, kind)
+    C = shape[1]
+    r = max(C // 16, 1)
+    pairs = [leaf(torch.randn(*shape, generator=g).to(DEVICE), dtype, kind)]
+    for s, scale in (((r, C, 1, 1), 0.5), ((C, r, 1, 1), 0.5), ((1, 2, 7, 7), 0.2),
+                     ((cout, C, 1, 1), 0.3)):
+        pairs.append(leaf((torch.randn(*s, generator=g) * scale).to(DEVICE), dtype))
+    fast, ref = [p[0] for p in pairs], [p[1] for p in pairs]
+    v = triton_backend.attention_project(*fast)
+    vr = F.conv2d(reference.channel_spatial_attention(*ref[:4]), ref[4])
+    assert v.dtype == dtype and rel_err(v, vr) < TOL[dtype]
+    gv = torch.randn(vr.shape, generator=g).to(DEVICE, dtype)
+    v.backward(layout(gv, kind))
+    vr.backward(gv.double())
+    for name, a, b in zip(("d", "fc1", "fc2", "sa", "project"), fast, ref):
+        assert rel_err(a.grad, b.grad) < TOL[dtype], name
