@@ -16,3 +16,4 @@ __all__ = [
     "set_backend", "unregister_backend", "validate_backend_name",
 ]
 from . import triton_backend  # noqa: E402,F401  (registers the "triton" backend)
+from . import ext_backend  # noqa: E402,F401  (registers the "ext" backend: hdkd._C)

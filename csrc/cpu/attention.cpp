@@ -1,0 +1,214 @@
+// CPU kernels of the channel-spatial attention (CBAM with its residual):
+//   u = h * ca(h); out = u * sa(u) + h = h * (ca * sa + 1).
+#include <ATen/ops/convolution_backward.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "cpu/common.h"
+
+namespace hdkd::cpu {
+namespace {
+
+using at::Tensor;
+
+void check_weights(const char* op, const Tensor& h, const Tensor& fc1, const Tensor& fc2,
+                   const Tensor& sa) {
+  check_input(op, "h", h, 4);
+  check_input(op, "fc1_weight", fc1, 4);
+  check_input(op, "fc2_weight", fc2, 4);
+  check_input(op, "sa_weight", sa, 4);
+  const int64_t C = h.size(1), R = fc1.size(0);
+  TORCH_CHECK(fc1.sizes() == at::IntArrayRef({R, C, 1, 1}), op, ": expected fc1_weight of shape (",
+              R, ", ", C, ", 1, 1), got ", fc1.sizes());
+  TORCH_CHECK(fc2.sizes() == at::IntArrayRef({C, R, 1, 1}), op, ": expected fc2_weight of shape (",
+              C, ", ", R, ", 1, 1), got ", fc2.sizes());
+  TORCH_CHECK(sa.size(0) == 1 && sa.size(1) == 2 && sa.size(2) == sa.size(3) && sa.size(2) % 2,
+              op, ": expected sa_weight of shape (1, 2, k, k) with k odd, got ", sa.sizes());
+}
+
+// out = h * (ca * sa + 1) over B x P x C.
+void apply_gates(const float* h, const float* ca, const float* sa, Dims d, float* out) {
+  const int64_t C = d.C;
+  for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
+    const float* g = ca + b * C;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t off = (b * d.P + p) * C;
+      const float s = sa[b * d.P + p];
+      const Vec vs(s), one(1.f);
+      int64_t c = 0;
+      for (; c + kVec <= C; c += kVec)
+        (Vec::loadu(h + off + c) * at::vec::fmadd(Vec::loadu(g + c), vs, one)).store(out + off + c);
+      for (; c < C; ++c) out[off + c] = h[off + c] * (g[c] * s + 1.f);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h_in, const Tensor& fc1,
+                                               const Tensor& fc2, const Tensor& sa_weight) {
+  check_weights("hdkd::csa_forward", h_in, fc1, fc2, sa_weight);
+  const Tensor h = nhwc_float(h_in);
+  const Dims d = dims_of(h);
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  Tensor sum = at::empty({d.B, d.C}, opts), mx = at::empty({d.B, d.C}, opts);
+  const int64_t per = chunks_per_image(d.P);
+  ChannelPartials parts(d.B * per, d.C);
+  const float* hp = h.data_ptr<float>();
+  for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
+    const ChannelAcc acc = parts.row(t);
+    acc.reset();
+    for (int64_t p = p0; p < p1; ++p) acc.add(hp + (b * d.P + p) * d.C, float(p));
+  });
+  parts.combine(d.B, per, sum.data_ptr<float>(), mx.data_ptr<float>(), nullptr);
+  const Tensor ca = channel_gate(sum.mul_(1.0 / double(d.P)), mx, fc1, fc2);
+  Tensor pooled = at::empty({d.B, 2, d.H, d.W}, opts), sa = at::empty({d.B, d.H, d.W}, opts);
+  channel_pool(hp, ca.data_ptr<float>(), d, pooled.data_ptr<float>(), nullptr);
+  const Tensor saw = float_contig(sa_weight);
+  spatial_gate(pooled.data_ptr<float>(), saw.data_ptr<float>(), saw.size(-1), d,
+               sa.data_ptr<float>());
+  Tensor out = empty_nhwc(d.B, d.C, d.H, d.W);
+  apply_gates(hp, ca.data_ptr<float>(), sa.data_ptr<float>(), d, out.data_ptr<float>());
+  return {like_input(out, h_in), ca, sa};
+}
+
+// Backward. With u = h * ca and s = sa(u):
+//   du = g * s + dmean / C + [c == argmax_c u] * dmax_c   (dmean, dmax_c: grads of the pooled map)
+//   dh = g + du * ca + davg / P + [p == argmax_p h] * dmx (davg, dmx: grads of the channel stats)
+std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, const Tensor& h_in,
+                                                        const Tensor& fc1, const Tensor& fc2,
+                                                        const Tensor& sa_weight,
+                                                        const Tensor& ca_in, const Tensor& sa_in) {
+  const char* op = "hdkd::csa_backward";
+  check_weights(op, h_in, fc1, fc2, sa_weight);
+  check_input(op, "grad", grad, 4);
+  TORCH_CHECK(grad.sizes() == h_in.sizes(), op, ": expected grad of shape ", h_in.sizes(),
+              ", got ", grad.sizes());
+  const Tensor h = nhwc_float(h_in), g = nhwc_float(grad);
+  const Tensor ca = float_contig(ca_in), sa = float_contig(sa_in);
+  const Dims d = dims_of(h);
+  const int64_t C = d.C, P = d.P;
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  const float *hp = h.data_ptr<float>(), *gp = g.data_ptr<float>();
+  const float *cap = ca.data_ptr<float>(), *sap = sa.data_ptr<float>();
+
+  // Pass A: channel statistics of h (with argmax pixel), pooled map of u with its argmax
+  // channel, and dpre = d(sum_c g * u)/d(conv output) = (sum_c g*u) * s * (1 - s).
+  const int64_t per = chunks_per_image(P);
+  ChannelPartials parts(d.B * per, C);
+  Tensor pooled = at::empty({d.B, 2, d.H, d.W}, opts), dpre = at::empty({d.B, 1, d.H, d.W}, opts);
+  Tensor argc = at::empty({d.B, P}, at::TensorOptions().dtype(at::kInt));
+  channel_pool(hp, cap, d, pooled.data_ptr<float>(), argc.data_ptr<int32_t>());
+  float* dprep = dpre.data_ptr<float>();
+  for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
+    const ChannelAcc acc = parts.row(t);
+    acc.reset();
+    const float* gate = cap + b * C;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t off = (b * P + p) * C;
+      acc.add(hp + off, float(p));
+      Vec vs(0.f);
+      int64_t c = 0;
+      for (; c + kVec <= C; c += kVec)
+        vs = at::vec::fmadd(Vec::loadu(gp + off + c) * Vec::loadu(hp + off + c),
+                            Vec::loadu(gate + c), vs);
+      float s = at::vec::vec_reduce_all<float>([](Vec& a, Vec& x) { return a + x; }, vs);
+      for (; c < C; ++c) s += gp[off + c] * hp[off + c] * gate[c];
+      const float sg = sap[b * P + p];
+      dprep[b * P + p] = s * sg * (1.f - sg);
+    }
+  });
+  Tensor sum = at::empty({d.B, C}, opts), mx = at::empty({d.B, C}, opts);
+  Tensor argp = at::empty({d.B, C}, at::TensorOptions().dtype(at::kLong));
+  parts.combine(d.B, per, sum.data_ptr<float>(), mx.data_ptr<float>(), argp.data_ptr<int64_t>());
+  const Tensor avg = sum.mul_(1.0 / double(P));
+
+  const Tensor saw = float_contig(sa_weight);
+  const int64_t pad = saw.size(-1) / 2;
+  auto [dpooled, dsaw, unused] = at::convolution_backward(
+      dpre, pooled, saw, std::nullopt, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, 1,
+      {true, true, false});
+  const float* dpp = dpooled.contiguous().data_ptr<float>();
+  const int32_t* acp = argc.data_ptr<int32_t>();
+  const float inv_c = 1.f / float(C);
+
+  // Pass B: dca[b, c] = sum_p du * h.
+  ChannelPartials dparts(d.B * per, C);
+  for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
+    float* dca = dparts.row(t).sum;
+    for (int64_t c = 0; c < C; ++c) dca[c] = 0.f;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t off = (b * P + p) * C, q = b * P + p;
+      const float s = sap[q], dmean = dpp[b * 2 * P + p] * inv_c, dmaxc = dpp[(b * 2 + 1) * P + p];
+      const Vec vs(s), vm(dmean);
+      int64_t c = 0;
+      for (; c + kVec <= C; c += kVec) {
+        const Vec du = at::vec::fmadd(Vec::loadu(gp + off + c), vs, vm);
+        at::vec::fmadd(du, Vec::loadu(hp + off + c), Vec::loadu(dca + c)).store(dca + c);
+      }
+      for (; c < C; ++c) dca[c] += (gp[off + c] * s + dmean) * hp[off + c];
+      dca[acp[q]] += dmaxc * hp[off + acp[q]];
+    }
+  });
+  Tensor dca = at::empty({d.B, C}, opts);
+  {
+    float* out = dca.data_ptr<float>();
+    for (int64_t b = 0; b < d.B; ++b)
+      for (int64_t c = 0; c < C; ++c) {
+        float s = 0.f;
+        for (int64_t t = b * per; t < (b + 1) * per; ++t) s += dparts.row(t).sum[c];
+        out[b * C + c] = s;
+      }
+  }
+
+  // Channel gate MLP backward on B x C (small): ca = sigmoid(MLP(avg) + MLP(mx)).
+  const Tensor w1 = float_contig(fc1).view({fc1.size(0), C});
+  const Tensor w2 = float_contig(fc2).view({C, fc1.size(0)});
+  const Tensor a1 = at::mm(avg, w1.t()), m1 = at::mm(mx, w1.t());
+  const Tensor dlogit = dca.mul(ca).mul_(ca.neg().add_(1.0));
+  const Tensor dw2 = at::mm(dlogit.t(), at::gelu(a1).add_(at::gelu(m1)));
+  const Tensor dg = at::mm(dlogit, w2);
+  const Tensor da1 = at::gelu_backward(dg, a1), dm1 = at::gelu_backward(dg, m1);
+  const Tensor dw1 = at::mm(da1.t(), avg).add_(at::mm(dm1.t(), mx));
+  const Tensor davg = at::mm(da1, w1).mul_(1.0 / double(P)).contiguous();
+  const Tensor dmx = at::mm(dm1, w1).contiguous();
+
+  // Pass C: dh.
+  Tensor dh = empty_nhwc(d.B, C, d.H, d.W);
+  float* dhp = dh.data_ptr<float>();
+  const float *davp = davg.data_ptr<float>(), *dmxp = dmx.data_ptr<float>();
+  for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
+    const float *gate = cap + b * C, *dav = davp + b * C;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t off = (b * P + p) * C, q = b * P + p;
+      const float s = sap[q], dmean = dpp[b * 2 * P + p] * inv_c, dmaxc = dpp[(b * 2 + 1) * P + p];
+      const Vec vs(s), vm(dmean);
+      int64_t c = 0;
+      for (; c + kVec <= C; c += kVec) {
+        const Vec gv = Vec::loadu(gp + off + c);
+        const Vec du = at::vec::fmadd(gv, vs, vm);
+        (gv + at::vec::fmadd(du, Vec::loadu(gate + c), Vec::loadu(dav + c))).store(dhp + off + c);
+      }
+      for (; c < C; ++c) dhp[off + c] = gp[off + c] + (gp[off + c] * s + dmean) * gate[c] + dav[c];
+      dhp[off + acp[q]] += dmaxc * gate[acp[q]];
+    }
+  });
+  const int64_t* app = argp.data_ptr<int64_t>();
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t c = 0; c < C; ++c) dhp[(b * P + app[b * C + c]) * C + c] += dmxp[b * C + c];
+
+  return {like_input(dh, h_in), dw1.view(fc1.sizes()).to(fc1.scalar_type()),
+          dw2.view(fc2.sizes()).to(fc2.scalar_type()), dsaw.to(sa_weight.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hdkd, CPU, m) {
+  m.impl("csa_forward", &csa_forward);
+  m.impl("csa_backward", &csa_backward);
+}
+
+}  // namespace hdkd::cpu

@@ -1,0 +1,186 @@
+#include "cpu/common.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sigmoid.h>
+#include <c10/util/Exception.h>
+
+#include <limits>
+
+namespace hdkd::cpu {
+
+Dims dims_of(const at::Tensor& x) {
+  return {x.size(0), x.size(1), x.size(2), x.size(3), x.size(2) * x.size(3)};
+}
+
+void check_input(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
+  TORCH_CHECK(t.defined(), op, ": expected ", name, " to be a tensor, got None");
+  TORCH_CHECK(t.device().is_cpu(), op, ": expected ", name, " on cpu, got ", t.device());
+  TORCH_CHECK(t.dim() == dim, op, ": expected ", name, " to be ", dim, "-D, got shape ",
+              t.sizes());
+  const auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, op, ": expected ", name,
+              " of dtype float32, bfloat16 or float16, got ", s);
+}
+
+at::Tensor nhwc_float(const at::Tensor& x) {
+  return x.to(at::kFloat, false, false, at::MemoryFormat::ChannelsLast)
+      .contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::Tensor float_contig(const at::Tensor& w) { return w.to(at::kFloat).contiguous(); }
+
+at::Tensor empty_nhwc(int64_t B, int64_t C, int64_t H, int64_t W) {
+  return at::empty({B, C, H, W}, at::TensorOptions().dtype(at::kFloat),
+                   at::MemoryFormat::ChannelsLast);
+}
+
+bool wants_channels_last(const at::Tensor& x) {
+  return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+}
+
+at::Tensor like_input(const at::Tensor& r, const at::Tensor& x) {
+  const auto fmt = wants_channels_last(x) ? at::MemoryFormat::ChannelsLast
+                                          : at::MemoryFormat::Contiguous;
+  return r.to(x.scalar_type(), false, false, fmt).contiguous(fmt);
+}
+
+void ChannelAcc::reset() const {
+  for (int64_t c = 0; c < C; ++c) {
+    sum[c] = 0.f;
+    max[c] = -std::numeric_limits<float>::infinity();
+    arg[c] = 0.f;
+  }
+}
+
+void ChannelAcc::add(const float* v, float pixel) const {
+  int64_t c = 0;
+  const Vec pv(pixel);
+  for (; c + kVec <= C; c += kVec) {
+    const Vec x = Vec::loadu(v + c);
+    (Vec::loadu(sum + c) + x).store(sum + c);
+    const Vec m = Vec::loadu(max + c);
+    const Vec gt = x > m;
+    Vec::blendv(m, x, gt).store(max + c);
+    Vec::blendv(Vec::loadu(arg + c), pv, gt).store(arg + c);
+  }
+  for (; c < C; ++c) {
+    sum[c] += v[c];
+    if (v[c] > max[c]) {
+      max[c] = v[c];
+      arg[c] = pixel;
+    }
+  }
+}
+
+ChannelPartials::ChannelPartials(int64_t tasks, int64_t C)
+    : buf(at::empty({tasks, 3, C}, at::TensorOptions().dtype(at::kFloat))), C(C) {}
+
+ChannelAcc ChannelPartials::row(int64_t task) const {
+  float* base = buf.data_ptr<float>() + task * 3 * C;
+  return {base, base + C, base + 2 * C, C};
+}
+
+void ChannelPartials::combine(int64_t B, int64_t per, float* sum, float* max,
+                              int64_t* arg) const {
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t c = 0; c < C; ++c) {
+      float s = 0.f, m = -std::numeric_limits<float>::infinity(), a = 0.f;
+      for (int64_t t = b * per; t < (b + 1) * per; ++t) {
+        const ChannelAcc r = row(t);
+        s += r.sum[c];
+        if (r.max[c] > m) {
+          m = r.max[c];
+          a = r.arg[c];
+        }
+      }
+      if (sum) sum[b * C + c] = s;
+      if (max) max[b * C + c] = m;
+      if (arg) arg[b * C + c] = static_cast<int64_t>(a);
+    }
+  }
+}
+
+at::Tensor channel_gate(const at::Tensor& avg, const at::Tensor& mx, const at::Tensor& fc1,
+                        const at::Tensor& fc2) {
+  const at::Tensor w1 = float_contig(fc1).view({fc1.size(0), fc1.size(1)});
+  const at::Tensor w2 = float_contig(fc2).view({fc2.size(0), fc2.size(1)});
+  auto mlp = [&](const at::Tensor& s) { return at::mm(at::gelu(at::mm(s, w1.t())), w2.t()); };
+  return at::sigmoid(mlp(avg).add_(mlp(mx))).contiguous();
+}
+
+void channel_pool(const float* h, const float* ca, Dims d, float* pooled, int32_t* argc) {
+  const int64_t C = d.C;
+  const float inv_c = 1.f / float(C);
+  for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
+    const float* g = ca + b * C;
+    float* mean_out = pooled + b * 2 * d.P;
+    float* max_out = mean_out + d.P;
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* row = h + (b * d.P + p) * C;
+      Vec vs(0.f);
+      float s = 0.f, m = -std::numeric_limits<float>::infinity();
+      int64_t c = 0;
+      if (C >= kVec) {
+        Vec vm = Vec::loadu(row) * Vec::loadu(g);
+        for (; c + kVec <= C; c += kVec) {
+          const Vec u = Vec::loadu(row + c) * Vec::loadu(g + c);
+          vs = vs + u;
+          vm = at::vec::maximum(vm, u);
+        }
+        float lanes_s[kVec], lanes_m[kVec];
+        vs.store(lanes_s);
+        vm.store(lanes_m);
+        for (int64_t i = 0; i < kVec; ++i) {
+          s += lanes_s[i];
+          m = std::max(m, lanes_m[i]);
+        }
+      }
+      for (; c < C; ++c) {
+        const float u = row[c] * g[c];
+        s += u;
+        m = std::max(m, u);
+      }
+      mean_out[p] = s * inv_c;
+      max_out[p] = m;
+      if (argc) {  // first channel holding the max (rare ties resolve to the lowest channel)
+        int32_t a = 0;
+        for (int64_t cc = 0; cc < C; ++cc) {
+          if (row[cc] * g[cc] == m) {
+            a = static_cast<int32_t>(cc);
+            break;
+          }
+        }
+        argc[b * d.P + p] = a;
+      }
+    }
+  });
+}
+
+void spatial_gate(const float* pooled, const float* w, int64_t k, Dims d, float* sa) {
+  const int64_t r = k / 2, H = d.H, W = d.W;
+  at::parallel_for(0, d.B * H, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / H, y = t % H;
+      for (int64_t x = 0; x < W; ++x) {
+        float acc = 0.f;
+        for (int64_t ch = 0; ch < 2; ++ch) {
+          const float* src = pooled + (b * 2 + ch) * d.P;
+          const float* wk = w + ch * k * k;
+          for (int64_t ky = 0; ky < k; ++ky) {
+            const int64_t iy = y + ky - r;
+            if (iy < 0 || iy >= H) continue;
+            for (int64_t kx = 0; kx < k; ++kx) {
+              const int64_t ix = x + kx - r;
+              if (ix >= 0 && ix < W) acc += src[iy * W + ix] * wk[ky * k + kx];
+            }
+          }
+        }
+        sa[b * d.P + y * W + x] = sigmoid(acc);
+      }
+    }
+  });
+}
+
+}  // namespace hdkd::cpu

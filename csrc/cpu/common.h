@@ -1,0 +1,86 @@
+// Shared pieces of the CPU kernels: float32 channels_last staging, output layout, vectorised
+// GELU/sigmoid, per-channel statistics and the CBAM gates used by both attention.cpp and mbcsa.cpp.
+//
+// Every kernel computes in float32 on B x H x W x C (channels_last) buffers: bfloat16/float16
+// inputs are widened once on entry and the result narrowed once on exit.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace hdkd::cpu {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kVec = Vec::size();
+constexpr int64_t kChunk = 256;  // pixels per parallel task
+
+struct Dims {
+  int64_t B, C, H, W, P;  // P = H * W
+};
+Dims dims_of(const at::Tensor& x);
+
+void check_input(const char* op, const char* name, const at::Tensor& t, int64_t dim);
+at::Tensor nhwc_float(const at::Tensor& x);    // float32 channels_last (no copy when already)
+at::Tensor float_contig(const at::Tensor& w);  // float32 contiguous
+at::Tensor empty_nhwc(int64_t B, int64_t C, int64_t H, int64_t W);
+// The ops return channels_last exactly when their input is channels_last and not also contiguous.
+bool wants_channels_last(const at::Tensor& x);
+// A float32 channels_last result in the dtype and memory format the op returns for input x.
+at::Tensor like_input(const at::Tensor& r, const at::Tensor& x);
+
+inline float gelu(float z) { return 0.5f * z * (1.f + std::erf(z * float(M_SQRT1_2))); }
+inline Vec gelu(const Vec& z) {
+  return Vec(0.5f) * z * (Vec(1.f) + (z * Vec(float(M_SQRT1_2))).erf());
+}
+inline float gelu_grad(float z) {
+  return 0.5f * (1.f + std::erf(z * float(M_SQRT1_2))) +
+         z * std::exp(-0.5f * z * z) * float(0.5 * M_2_SQRTPI * M_SQRT1_2);
+}
+inline Vec gelu_grad(const Vec& z) {
+  Vec cdf = Vec(0.5f) * (Vec(1.f) + (z * Vec(float(M_SQRT1_2))).erf());
+  Vec pdf = (Vec(-0.5f) * z * z).exp() * Vec(float(0.5 * M_2_SQRTPI * M_SQRT1_2));
+  return cdf + z * pdf;
+}
+inline float sigmoid(float z) { return 1.f / (1.f + std::exp(-z)); }
+
+// Task-local per-channel running sum, max and first argmax (pixel index, as float).
+struct ChannelAcc {
+  float* sum;
+  float* max;
+  float* arg;
+  int64_t C;
+  void reset() const;
+  void add(const float* v, float pixel) const;  // one pixel's C values
+};
+
+// Per-task partial statistics: `tasks` rows of ChannelAcc, combined per image in task order.
+struct ChannelPartials {
+  ChannelPartials(int64_t tasks, int64_t C);
+  ChannelAcc row(int64_t task) const;
+  // Images own consecutive runs of tasks_per_image tasks; writes B x C sum, max, argmax (any may
+  // be null). The first maximum in pixel order wins.
+  void combine(int64_t B, int64_t tasks_per_image, float* sum, float* max, int64_t* arg) const;
+  at::Tensor buf;
+  int64_t C;
+};
+
+// at::parallel_for over (image, chunk of kChunk pixels): fn(b, p0, p1, task).
+template <class F>
+void for_pixel_chunks(int64_t B, int64_t P, const F& fn);
+int64_t chunks_per_image(int64_t P);
+
+// CBAM pieces on float32 B x P x C data.
+// ca = sigmoid(MLP(avg) + MLP(max)) (B x C float32) for fc1 (R x C x 1 x 1), fc2 (C x R x 1 x 1).
+at::Tensor channel_gate(const at::Tensor& avg, const at::Tensor& mx, const at::Tensor& fc1,
+                        const at::Tensor& fc2);
+// pooled[b, 0|1, p] = mean|max over c of h[b, p, c] * ca[b, c]   (pooled: B x 2 x H x W).
+void channel_pool(const float* h, const float* ca, Dims d, float* pooled, int32_t* argc);
+// sa[b, p] = sigmoid(conv_kxk(pooled)[b, p]) with sa_weight 1 x 2 x k x k (float32 contiguous).
+void spatial_gate(const float* pooled, const float* w, int64_t k, Dims d, float* sa);
+
+}  // namespace hdkd::cpu
+
+#include "cpu/common_inl.h"

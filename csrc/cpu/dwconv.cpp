@@ -1,0 +1,346 @@
+// CPU kernels of the fused depthwise conv + BN + GELU that also emits each channel's average
+// and max (eval: BN as a folded affine, one pass; train: batch statistics, three passes).
+#include "cpu/dwconv.h"
+
+#include <ATen/ops/convolution_backward.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/rsqrt.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+namespace hdkd::cpu {
+
+using at::Tensor;
+
+at::Tensor tap_major(const at::Tensor& w) {
+  return w.to(at::kFloat).reshape({w.size(0), w.size(2) * w.size(3)}).t().contiguous();
+}
+
+namespace {
+
+// Conv output of one pixel for all C channels into acc (C floats), plus bias when given.
+inline void conv_pixel(const float* img, const float* wt, const float* bias, int64_t k, Dims d,
+                       int64_t y, int64_t x, float* acc) {
+  const int64_t r = k / 2, C = d.C;
+  int64_t src[64], tap[64];  // valid taps of this pixel (k <= 7 is checked by the callers)
+  int64_t n = 0;
+  for (int64_t ky = 0; ky < k; ++ky) {
+    const int64_t iy = y + ky - r;
+    if (iy < 0 || iy >= d.H) continue;
+    for (int64_t kx = 0; kx < k; ++kx) {
+      const int64_t ix = x + kx - r;
+      if (ix < 0 || ix >= d.W) continue;
+      src[n] = (iy * d.W + ix) * C;
+      tap[n++] = (ky * k + kx) * C;
+    }
+  }
+  int64_t c = 0;
+  for (; c + kVec <= C; c += kVec) {
+    Vec a = bias ? Vec::loadu(bias + c) : Vec(0.f);
+    for (int64_t i = 0; i < n; ++i)
+      a = at::vec::fmadd(Vec::loadu(img + src[i] + c), Vec::loadu(wt + tap[i] + c), a);
+    a.store(acc + c);
+  }
+  for (; c < C; ++c) {
+    float a = bias ? bias[c] : 0.f;
+    for (int64_t i = 0; i < n; ++i) a += img[src[i] + c] * wt[tap[i] + c];
+    acc[c] = a;
+  }
+}
+
+void check_dw(const char* op, const Tensor& x, const Tensor& w) {
+  check_input(op, "x", x, 4);
+  check_input(op, "weight", w, 4);
+  const int64_t C = x.size(1), k = w.size(-1);
+  TORCH_CHECK(w.size(0) == C && w.size(1) == 1 && w.size(2) == k && k % 2 == 1 && k <= 7, op,
+              ": expected weight of shape (", C, ", 1, k, k) with k odd and <= 7, got ", w.sizes());
+}
+
+void check_channel_vec(const char* op, const char* name, const Tensor& t, int64_t C) {
+  check_input(op, name, t, 1);
+  TORCH_CHECK(t.size(0) == C, op, ": expected ", name, " of shape (", C, "), got ", t.sizes());
+}
+
+// Converts combined B x C statistics to the op's outputs (avg, max in x's dtype; argmax int64).
+std::tuple<Tensor, Tensor, Tensor> stats_outputs(const ChannelPartials& parts, Dims d,
+                                                 at::ScalarType dtype) {
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  Tensor sum = at::empty({d.B, d.C}, opts), mx = at::empty({d.B, d.C}, opts);
+  Tensor arg = at::empty({d.B, d.C}, at::TensorOptions().dtype(at::kLong));
+  parts.combine(d.B, chunks_per_image(d.P), sum.data_ptr<float>(), mx.data_ptr<float>(),
+                arg.data_ptr<int64_t>());
+  return {sum.mul_(1.0 / double(d.P)).to(dtype), mx.to(dtype), arg};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_in,
+                                                               const Tensor& w,
+                                                               const Tensor& scale,
+                                                               const Tensor& shift) {
+  const char* op = "hdkd::dwconv_bn_gelu_eval";
+  check_dw(op, x_in, w);
+  check_channel_vec(op, "scale", scale, x_in.size(1));
+  check_channel_vec(op, "shift", shift, x_in.size(1));
+  const Tensor x = nhwc_float(x_in);
+  const Dims d = dims_of(x);
+  const Tensor wt = tap_major(w), sc = float_contig(scale), sh = float_contig(shift);
+  Tensor y = empty_nhwc(d.B, d.C, d.H, d.W);
+  ChannelPartials parts(d.B * chunks_per_image(d.P), d.C);
+  dwconv_affine_gelu(x.data_ptr<float>(), wt.data_ptr<float>(), sc.data_ptr<float>(),
+                     sh.data_ptr<float>(), w.size(-1), d, y.data_ptr<float>(), parts);
+  auto [avg, mx, arg] = stats_outputs(parts, d, x_in.scalar_type());
+  return {like_input(y, x_in), avg, mx, arg};
+}
+
+}  // namespace
+
+void dwconv_affine_gelu(const float* x, const float* wt, const float* scale, const float* shift,
+                        int64_t k, Dims d, float* y, const ChannelPartials& parts) {
+  const int64_t C = d.C;
+  for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
+    const ChannelAcc acc = parts.row(t);
+    acc.reset();
+    const float* img = x + b * d.P * C;
+    for (int64_t p = p0; p < p1; ++p) {
+      float* out = y + (b * d.P + p) * C;
+      // With a scale the affine follows the conv; without, shift is the conv bias.
+      conv_pixel(img, wt, scale ? nullptr : shift, k, d, p / d.W, p % d.W, out);
+      int64_t c = 0;
+      if (scale) {
+        for (; c + kVec <= C; c += kVec)
+          gelu(at::vec::fmadd(Vec::loadu(out + c), Vec::loadu(scale + c), Vec::loadu(shift + c)))
+              .store(out + c);
+        for (; c < C; ++c) out[c] = gelu(out[c] * scale[c] + shift[c]);
+      } else {
+        for (; c + kVec <= C; c += kVec) gelu(Vec::loadu(out + c)).store(out + c);
+        for (; c < C; ++c) out[c] = gelu(out[c]);
+      }
+      acc.add(out, float(p));
+    }
+  });
+}
+
+namespace {
+
+// Conv output only, into conv (B x P x C); per-task channel sums in parts.
+void dwconv_plain(const float* x, const float* wt, int64_t k, Dims d, float* conv,
+                  const ChannelPartials* parts) {
+  for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
+    float* sum = parts ? parts->row(t).sum : nullptr;
+    if (sum)
+      for (int64_t c = 0; c < d.C; ++c) sum[c] = 0.f;
+    for (int64_t p = p0; p < p1; ++p) {
+      float* out = conv + (b * d.P + p) * d.C;
+      conv_pixel(x + b * d.P * d.C, wt, nullptr, k, d, p / d.W, p % d.W, out);
+      if (!sum) continue;
+      int64_t c = 0;
+      for (; c + kVec <= d.C; c += kVec) (Vec::loadu(sum + c) + Vec::loadu(out + c)).store(sum + c);
+      for (; c < d.C; ++c) sum[c] += out[c];
+    }
+  });
+}
+
+// Sum over all tasks of row field `which` (0 sum, 1 max slot reused as a second sum).
+Tensor total(const ChannelPartials& parts, int64_t tasks, int which) {
+  Tensor out = at::zeros({parts.C}, at::TensorOptions().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  for (int64_t t = 0; t < tasks; ++t) {
+    const ChannelAcc r = parts.row(t);
+    const float* v = which == 0 ? r.sum : r.max;
+    for (int64_t c = 0; c < parts.C; ++c) o[c] += v[c];
+  }
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_train(
+    const Tensor& x_in, const Tensor& w, const Tensor& gamma, const Tensor& beta, double eps) {
+  const char* op = "hdkd::dwconv_bn_gelu_train";
+  check_dw(op, x_in, w);
+  check_channel_vec(op, "gamma", gamma, x_in.size(1));
+  check_channel_vec(op, "beta", beta, x_in.size(1));
+  const Tensor x = nhwc_float(x_in);
+  const Dims d = dims_of(x);
+  const int64_t tasks = d.B * chunks_per_image(d.P), C = d.C;
+  const double n = double(d.B * d.P);
+  const Tensor wt = tap_major(w);
+  Tensor conv = empty_nhwc(d.B, C, d.H, d.W);
+  float* cp = conv.data_ptr<float>();
+  ChannelPartials parts(tasks, C);
+  dwconv_plain(x.data_ptr<float>(), wt.data_ptr<float>(), w.size(-1), d, cp, &parts);
+  const Tensor mean = total(parts, tasks, 0).mul_(1.0 / n);
+  // Two-pass variance: sum (conv - mean)^2.
+  const float* mp = mean.data_ptr<float>();
+  for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
+    float* sq = parts.row(t).sum;
+    for (int64_t c = 0; c < C; ++c) sq[c] = 0.f;
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* v = cp + (b * d.P + p) * C;
+      int64_t c = 0;
+      for (; c + kVec <= C; c += kVec) {
+        const Vec dv = Vec::loadu(v + c) - Vec::loadu(mp + c);
+        at::vec::fmadd(dv, dv, Vec::loadu(sq + c)).store(sq + c);
+      }
+      for (; c < C; ++c) sq[c] += (v[c] - mp[c]) * (v[c] - mp[c]);
+    }
+  });
+  const Tensor var = total(parts, tasks, 0).mul_(1.0 / n);
+  const Tensor scale = float_contig(gamma).mul(at::rsqrt(var.add(eps))).contiguous();
+  const Tensor shift = float_contig(beta).sub(mean.mul(scale)).contiguous();
+  // Pass 3: y = GELU(conv * scale + shift) with its statistics, as in eval with a 1x1 "conv".
+  const float *scp = scale.data_ptr<float>(), *shp = shift.data_ptr<float>();
+  Tensor y = empty_nhwc(d.B, C, d.H, d.W);
+  float* yp = y.data_ptr<float>();
+  for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
+    const ChannelAcc acc = parts.row(t);
+    acc.reset();
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t off = (b * d.P + p) * C;
+      int64_t c = 0;
+      for (; c + kVec <= C; c += kVec)
+        gelu(at::vec::fmadd(Vec::loadu(cp + off + c), Vec::loadu(scp + c), Vec::loadu(shp + c)))
+            .store(yp + off + c);
+      for (; c < C; ++c) yp[off + c] = gelu(cp[off + c] * scp[c] + shp[c]);
+      acc.add(yp + off, float(p));
+    }
+  });
+  auto [avg, mx, arg] = stats_outputs(parts, d, x_in.scalar_type());
+  return {like_input(y, x_in), avg, mx, arg, conv, mean, var};
+}
+
+// dz = (gy + gavg / P + [p == argmax] gmax) * GELU'(conv * scale + shift); then
+// eval: dconv = dz * scale, dscale = sum dz * conv, dshift = sum dz;
+// train: dconv = scale * (dz - mean(dz) - xhat * mean(dz * xhat)), dgamma = sum dz * xhat,
+//        dbeta = sum dz, xhat = (conv - mean) * invstd.
+std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
+    const std::optional<Tensor>& grad_y, const std::optional<Tensor>& grad_avg,
+    const std::optional<Tensor>& grad_max, const Tensor& x_in, const Tensor& w,
+    const std::optional<Tensor>& conv_in, const Tensor& scale_in, const Tensor& shift_in,
+    const Tensor& argmax, const std::optional<Tensor>& mean_in,
+    const std::optional<Tensor>& invstd_in) {
+  const char* op = "hdkd::dwconv_bn_gelu_backward";
+  check_dw(op, x_in, w);
+  const Tensor x = nhwc_float(x_in);
+  const Dims d = dims_of(x);
+  const int64_t C = d.C, P = d.P, tasks = d.B * chunks_per_image(P);
+  check_channel_vec(op, "scale", scale_in, C);
+  check_channel_vec(op, "shift", shift_in, C);
+  const bool train = mean_in.has_value() && mean_in->defined();
+  TORCH_CHECK(train == (invstd_in.has_value() && invstd_in->defined()), op,
+              ": expected mean and invstd both given (train) or both None (eval)");
+  const Tensor wt = tap_major(w);
+  Tensor conv;
+  if (conv_in.has_value() && conv_in->defined()) {
+    conv = nhwc_float(*conv_in);
+  } else {
+    conv = empty_nhwc(d.B, C, d.H, d.W);
+    dwconv_plain(x.data_ptr<float>(), wt.data_ptr<float>(), w.size(-1), d,
+                 conv.data_ptr<float>(), nullptr);
+  }
+  auto opt_nhwc = [](const std::optional<Tensor>& t) {
+    return t.has_value() && t->defined() ? nhwc_float(*t) : Tensor();
+  };
+  auto opt_flat = [](const std::optional<Tensor>& t) {
+    return t.has_value() && t->defined() ? float_contig(*t) : Tensor();
+  };
+  const Tensor gy = opt_nhwc(grad_y), gavg = opt_flat(grad_avg), gmax = opt_flat(grad_max);
+  const Tensor scale = float_contig(scale_in), shift = float_contig(shift_in);
+  const float *cp = conv.data_ptr<float>(), *scp = scale.data_ptr<float>(),
+              *shp = shift.data_ptr<float>();
+  const float* gyp = gy.defined() ? gy.data_ptr<float>() : nullptr;
+  const float* gap = gavg.defined() ? gavg.data_ptr<float>() : nullptr;
+  const float inv_p = 1.f / float(P);
+
+  Tensor dz = empty_nhwc(d.B, C, d.H, d.W);
+  float* dzp = dz.data_ptr<float>();
+  ChannelPartials parts(tasks, C);  // sum: sum dz, max slot: sum dz * conv
+  for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
+    const ChannelAcc acc = parts.row(t);
+    for (int64_t c = 0; c < C; ++c) acc.sum[c] = acc.max[c] = 0.f;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t off = (b * P + p) * C;
+      int64_t c = 0;
+      for (; c + kVec <= C; c += kVec) {
+        Vec base = gyp ? Vec::loadu(gyp + off + c) : Vec(0.f);
+        if (gap) base = at::vec::fmadd(Vec::loadu(gap + b * C + c), Vec(inv_p), base);
+        const Vec cv = Vec::loadu(cp + off + c);
+        const Vec g =
+            base * gelu_grad(at::vec::fmadd(cv, Vec::loadu(scp + c), Vec::loadu(shp + c)));
+        g.store(dzp + off + c);
+        (Vec::loadu(acc.sum + c) + g).store(acc.sum + c);
+        at::vec::fmadd(g, cv, Vec::loadu(acc.max + c)).store(acc.max + c);
+      }
+      for (; c < C; ++c) {
+        float base = gyp ? gyp[off + c] : 0.f;
+        if (gap) base += gap[b * C + c] * inv_p;
+        const float g = base * gelu_grad(cp[off + c] * scp[c] + shp[c]);
+        dzp[off + c] = g;
+        acc.sum[c] += g;
+        acc.max[c] += g * cp[off + c];
+      }
+    }
+  });
+  Tensor dsum = total(parts, tasks, 0), dsumc = total(parts, tasks, 1);
+  if (gmax.defined()) {  // the max's gradient flows to its argmax pixel
+    const Tensor arg = argmax.to(at::kLong).contiguous();
+    const int64_t* ap = arg.data_ptr<int64_t>();
+    const float* gmp = gmax.data_ptr<float>();
+    float *ds = dsum.data_ptr<float>(), *dsc = dsumc.data_ptr<float>();
+    for (int64_t b = 0; b < d.B; ++b)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t off = (b * P + ap[b * C + c]) * C + c;
+        const float add = gmp[b * C + c] * gelu_grad(cp[off] * scp[c] + shp[c]);
+        dzp[off] += add;
+        ds[c] += add;
+        dsc[c] += add * cp[off];
+      }
+  }
+  Tensor dscale, dshift = dsum;
+  Tensor mean, invstd, k1;  // train: dconv = scale * dz - (scale*mean(dz) + k1 * (conv - mean))
+  if (train) {
+    mean = float_contig(*mean_in);
+    invstd = float_contig(*invstd_in);
+    dscale = dsumc.sub(mean.mul(dsum)).mul_(invstd);  // dgamma = sum dz * xhat
+    k1 = scale.mul(invstd).mul_(dscale).div_(double(d.B * P)).contiguous();
+  } else {
+    dscale = dsumc;
+  }
+  const Tensor c0 = train ? scale.mul(dsum).div_(double(d.B * P)).contiguous() : Tensor();
+  const float* mp = train ? mean.data_ptr<float>() : nullptr;
+  const float* k1p = train ? k1.data_ptr<float>() : nullptr;
+  const float* c0p = train ? c0.data_ptr<float>() : nullptr;
+  for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t off = (b * P + p) * C;
+      int64_t c = 0;
+      for (; c + kVec <= C; c += kVec) {
+        Vec g = Vec::loadu(dzp + off + c) * Vec::loadu(scp + c);
+        if (train)
+          g = g - Vec::loadu(c0p + c) -
+              Vec::loadu(k1p + c) * (Vec::loadu(cp + off + c) - Vec::loadu(mp + c));
+        g.store(dzp + off + c);
+      }
+      for (; c < C; ++c) {
+        float g = dzp[off + c] * scp[c];
+        if (train) g -= c0p[c] + k1p[c] * (cp[off + c] - mp[c]);
+        dzp[off + c] = g;
+      }
+    }
+  });
+  const int64_t pad = w.size(-1) / 2;
+  auto [dx, dw, unused] = at::convolution_backward(
+      dz, x, w.to(at::kFloat), std::nullopt, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, C,
+      {true, true, false});
+  return {like_input(dx, x_in), dw.to(w.scalar_type()), dscale.to(scale_in.scalar_type()),
+          dshift.to(shift_in.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hdkd, CPU, m) {
+  m.impl("dwconv_bn_gelu_eval", &dwconv_bn_gelu_eval);
+  m.impl("dwconv_bn_gelu_train", &dwconv_bn_gelu_train);
+  m.impl("dwconv_bn_gelu_backward", &dwconv_bn_gelu_backward);
+}
+
+}  // namespace hdkd::cpu

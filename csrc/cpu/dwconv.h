@@ -1,0 +1,16 @@
+// Depthwise k x k convolution (stride 1, padding k / 2) on float32 B x H x W x C buffers.
+#pragma once
+
+#include "cpu/common.h"
+
+namespace hdkd::cpu {
+
+// y = GELU(conv(x, w) * scale + shift) (scale may be null: 1) and per-channel statistics of y
+// in `parts` (one row per for_pixel_chunks task). wt: k*k x C (tap-major), x, y: B x P x C.
+void dwconv_affine_gelu(const float* x, const float* wt, const float* scale, const float* shift,
+                        int64_t k, Dims d, float* y, const ChannelPartials& parts);
+
+// w (C x 1 x k x k, any dtype) as the k*k x C float32 tap-major table.
+at::Tensor tap_major(const at::Tensor& w);
+
+}  // namespace hdkd::cpu

@@ -1,0 +1,140 @@
+// CPU kernel of the whole eval-mode MBCSA block (expansion > 1) from BN-folded weights:
+//   e = GELU(x[::s, ::s] We^T + be)           GEMM, GELU fused per row block
+//   d = GELU(dwconv(e, Wd) + bd)               one pass, with per-channel sum / max of d
+//   h = d * (ca * sa + 1)                      CBAM gates and residual, per row block, then
+//   out = shortcut(x) + bp + h Wp^T            the project GEMM accumulating into out
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/max_pool2d.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include "cpu/common.h"
+#include "cpu/dwconv.h"
+
+namespace hdkd::cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kRows = 512;  // GEMM row block: its activations stay in cache for the epilogue
+
+// x (B x C x H x W, float32 channels_last) as the (B*H*W) x C matrix of its pixels.
+Tensor pixel_rows(const Tensor& x) {
+  return x.permute({0, 2, 3, 1}).reshape({x.size(0) * x.size(2) * x.size(3), x.size(1)});
+}
+
+void check_shape(const Tensor& t, at::IntArrayRef want, const char* name) {
+  TORCH_CHECK(t.sizes() == want, "hdkd::mbcsa_eval: expected ", name, " of shape ", want,
+              ", got ", t.sizes());
+}
+
+template <class F>
+void for_row_blocks(int64_t rows, const F& fn) {
+  at::parallel_for(0, (rows + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t i = b0; i < b1; ++i) fn(i * kRows, std::min(rows, (i + 1) * kRows));
+  });
+}
+
+Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expand_b,
+                  const Tensor& dw_w, const Tensor& dw_b, const Tensor& fc1, const Tensor& fc2,
+                  const Tensor& sa_w, const Tensor& project_w, const Tensor& project_b,
+                  const std::optional<Tensor>& shortcut_in) {
+  const char* op = "hdkd::mbcsa_eval";
+  check_input(op, "x", x_in, 4);
+  const int64_t B = x_in.size(0), cin = x_in.size(1), hid = expand_w.size(0),
+                cout = project_w.size(0), k = dw_w.size(-1), R = fc1.size(0);
+  const bool down = shortcut_in.has_value() && shortcut_in->defined();
+  check_shape(expand_w, {hid, cin, 1, 1}, "expand_weight");
+  check_shape(expand_b, {hid}, "expand_bias");
+  TORCH_CHECK(k % 2 == 1 && k <= 7, op, ": expected an odd dw_weight kernel <= 7, got ", k);
+  check_shape(dw_w, {hid, 1, k, k}, "dw_weight");
+  check_shape(dw_b, {hid}, "dw_bias");
+  check_shape(fc1, {R, hid, 1, 1}, "fc1_weight");
+  check_shape(fc2, {hid, R, 1, 1}, "fc2_weight");
+  TORCH_CHECK(sa_w.dim() == 4 && sa_w.size(0) == 1 && sa_w.size(1) == 2 && sa_w.size(2) % 2,
+              op, ": expected sa_weight of shape (1, 2, k, k), got ", sa_w.sizes());
+  check_shape(project_w, {cout, hid, 1, 1}, "project_weight");
+  check_shape(project_b, {cout}, "project_bias");
+  if (down) check_shape(*shortcut_in, {cout, cin, 1, 1}, "shortcut");
+  else TORCH_CHECK(cin == cout, op, ": expected cin == cout without a shortcut, got ", cin,
+                   " and ", cout);
+
+  const Tensor x = nhwc_float(x_in);
+  const Tensor xe = down ? x.slice(2, 0, x.size(2), 2).slice(3, 0, x.size(3), 2)
+                               .contiguous(at::MemoryFormat::ChannelsLast)
+                         : x;
+  const Dims d{B, hid, xe.size(2), xe.size(3), xe.size(2) * xe.size(3)};
+  const int64_t rows = B * d.P;
+  const Tensor xrows = pixel_rows(xe);
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+
+  // Expand GEMM + bias + GELU.
+  const Tensor we_t = float_contig(expand_w).view({hid, cin}).t();
+  const Tensor be = float_contig(expand_b);
+  Tensor e = at::empty({rows, hid}, opts);
+  for_row_blocks(rows, [&](int64_t r0, int64_t r1) {
+    Tensor blk = e.slice(0, r0, r1);
+    at::addmm_out(blk, be, xrows.slice(0, r0, r1), we_t);
+    float* p = blk.data_ptr<float>();
+    const int64_t n = (r1 - r0) * hid;
+    int64_t i = 0;
+    for (; i + kVec <= n; i += kVec) gelu(Vec::loadu(p + i)).store(p + i);
+    for (; i < n; ++i) p[i] = gelu(p[i]);
+  });
+
+  // Depthwise conv + bias + GELU with the channel statistics, then the channel gate.
+  const Tensor wt = tap_major(dw_w), bd = float_contig(dw_b);
+  Tensor dbuf = at::empty({rows, hid}, opts);
+  ChannelPartials parts(B * chunks_per_image(d.P), hid);
+  dwconv_affine_gelu(e.data_ptr<float>(), wt.data_ptr<float>(), nullptr, bd.data_ptr<float>(), k,
+                     d, dbuf.data_ptr<float>(), parts);
+  Tensor sum = at::empty({B, hid}, opts), mx = at::empty({B, hid}, opts);
+  parts.combine(B, chunks_per_image(d.P), sum.data_ptr<float>(), mx.data_ptr<float>(), nullptr);
+  const Tensor ca = channel_gate(sum.mul_(1.0 / double(d.P)), mx, fc1, fc2);
+
+  // Spatial gate.
+  Tensor pooled = at::empty({B, 2, d.H, d.W}, opts), sa = at::empty({B, d.P}, opts);
+  float* dp = dbuf.data_ptr<float>();
+  const float* cap = ca.data_ptr<float>();
+  channel_pool(dp, cap, d, pooled.data_ptr<float>(), nullptr);
+  const Tensor saw = float_contig(sa_w);
+  spatial_gate(pooled.data_ptr<float>(), saw.data_ptr<float>(), saw.size(-1), d,
+               sa.data_ptr<float>());
+  const float* sap = sa.data_ptr<float>();
+
+  // out = shortcut + bp, then per row block: gates in place and out += h Wp^T.
+  Tensor out = down ? at::mm(pixel_rows(at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1})
+                                            .contiguous(at::MemoryFormat::ChannelsLast)),
+                             float_contig(*shortcut_in).view({cout, cin}).t())
+                    : xrows.clone();
+  const Tensor wp_t = float_contig(project_w).view({cout, hid}).t();
+  const Tensor bp = float_contig(project_b);
+  const float* bpp = bp.data_ptr<float>();
+  for_row_blocks(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / d.P;
+      float* hrow = dp + r * hid;
+      const float* g = cap + b * hid;
+      const Vec vs(sap[r]), one(1.f);
+      int64_t c = 0;
+      for (; c + kVec <= hid; c += kVec)
+        (Vec::loadu(hrow + c) * at::vec::fmadd(Vec::loadu(g + c), vs, one)).store(hrow + c);
+      for (; c < hid; ++c) hrow[c] *= g[c] * sap[r] + 1.f;
+      float* orow = out.data_ptr<float>() + r * cout;
+      for (c = 0; c + kVec <= cout; c += kVec)
+        (Vec::loadu(orow + c) + Vec::loadu(bpp + c)).store(orow + c);
+      for (; c < cout; ++c) orow[c] += bpp[c];
+    }
+    Tensor oblk = out.slice(0, r0, r1);
+    oblk.addmm_(dbuf.slice(0, r0, r1), wp_t);
+  });
+  const Tensor result = out.view({B, d.H, d.W, cout}).permute({0, 3, 1, 2});
+  return like_input(result, x_in);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hdkd, CPU, m) { m.impl("mbcsa_eval", &mbcsa_eval); }
+
+}  // namespace hdkd::cpu

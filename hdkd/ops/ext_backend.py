@@ -1,0 +1,118 @@
+"""The `ext` backend: the compiled extension hdkd._C (csrc/).
+
+CPU: fused float32 kernels for every op (bfloat16/float16 computed in float32; float64 runs the
+reference, the kernels being float32). CUDA (when the .so has CUDA and a GPU is visible): the
+channel-spatial attention forward is a CUDA kernel; the other ops run the reference there until
+their CUDA kernels exist.
+
+mbcsa_eval runs the whole-block kernel when no gradient is needed; with gradients it is composed
+of the fused depthwise and attention ops (which have autograd) and ATen 1x1 convs. mbcsa_train
+is composed the same way, with BN batch statistics and running-statistics updates.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import reference
+from .backends import Backend, register_backend
+from .ext_build import describe_build, load
+from .reference import BatchNormState, MBCSAWeights
+
+_module, _reason = load()
+if _module is not None:
+    from . import ext_ops  # noqa: F401  (registers fake kernels and autograd)
+# Read once: the selection code runs inside torch.compile graphs, which cannot call into pybind11.
+_CUDA_BUILT = _module is not None and bool(_module.build_info()["cuda"])
+
+
+def _devices() -> tuple[str, ...]:
+    return ("cpu", "cuda") if _CUDA_BUILT and torch.cuda.is_available() else ("cpu",)
+
+
+def _kernels_for(x: Tensor) -> bool:
+    """Whether x runs on the extension's kernels (else on the reference)."""
+    return x.device.type == "cpu" and x.dtype != torch.float64
+
+
+def channel_spatial_attention(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor) -> Tensor:
+    if h.dtype == torch.float64:
+        return reference.channel_spatial_attention(h, fc1, fc2, sa)
+    return torch.ops.hdkd.csa_forward(h, fc1, fc2, sa)[0]
+
+
+def _update_running(bn: BatchNormState, mean: Tensor, var: Tensor, count: int,
+                    momentum: float) -> None:
+    with torch.no_grad():
+        bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
+        unbiased = var * (count / (count - 1))
+        bn.running_var.mul_(1 - momentum).add_(unbiased.to(bn.running_var.dtype), alpha=momentum)
+
+
+def dwconv_bn_gelu(x: Tensor, dw: Tensor, bn: BatchNormState, training: bool,
+                   momentum: float = 0.1, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
+    if not _kernels_for(x):
+        return reference.dwconv_bn_gelu(x, dw, bn, training, momentum, eps)
+    if training:
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        if count < 2:
+            raise ValueError(f"hdkd.dwconv_bn_gelu: expected more than 1 value per channel when "
+                             f"training (batch statistics), got input shape {tuple(x.shape)}")
+        y, avg, mx, _, _, mean, var = torch.ops.hdkd.dwconv_bn_gelu_train(
+            x, dw, bn.weight, bn.bias, eps)
+        _update_running(bn, mean, var, count, momentum)
+        return y, avg, mx
+    scale, shift = reference.fold_batch_norm(bn, eps)
+    y, avg, mx, _ = torch.ops.hdkd.dwconv_bn_gelu_eval(x, dw, scale, shift)
+    return y, avg, mx
+
+
+def _needs_grad(x: Tensor, w: MBCSAWeights) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [x] + [t for t in w if isinstance(t, Tensor)]
+    tensors += [t for bn in w if isinstance(bn, BatchNormState) for t in bn]
+    return any(t.requires_grad for t in tensors)
+
+
+def _composed(x: Tensor, w: MBCSAWeights, training: bool, momentum: float, eps: float) -> Tensor:
+    """The block from the fused depthwise and attention ops plus ATen convs and BNs."""
+    stride = 1 if w.shortcut is None else 2
+    z = reference.batch_norm(x, w.pre_norm, training, momentum, eps)
+    e = F.gelu(reference.batch_norm(F.conv2d(z, w.expand, stride=stride), w.expand_norm,
+                                    training, momentum, eps))
+    d, _, _ = dwconv_bn_gelu(e, w.dw, w.dw_norm, training, momentum, eps)
+    h = channel_spatial_attention(d, w.ca_fc1, w.ca_fc2, w.sa_weight)
+    body = reference.batch_norm(F.conv2d(h, w.project), w.project_norm, training, momentum, eps)
+    return reference.mbcsa_shortcut(x, w.shortcut) + body
+
+
+def mbcsa_train(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    if not _kernels_for(x) or w.expand is None:
+        return reference.mbcsa(x, w, True, momentum, eps)
+    return _composed(x, w, True, momentum, eps)
+
+
+def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    if not _kernels_for(x) or w.expand is None:
+        return reference.mbcsa(x, w, False, momentum, eps)
+    if _needs_grad(x, w):
+        return _composed(x, w, False, momentum, eps)
+    f = reference.fold_mbcsa(w, eps)
+    return torch.ops.hdkd.mbcsa_eval(x, f.expand_weight, f.expand_bias, f.dw_weight, f.dw_bias,
+                                     f.ca_fc1, f.ca_fc2, f.sa_weight, f.project_weight,
+                                     f.project_bias, f.shortcut)
+
+
+def _describe() -> str:
+    cuda = "; CUDA: attention forward kernel" if "cuda" in _devices() else ""
+    return describe_build().removeprefix("hdkd._C: ") + cuda
+
+
+register_backend(Backend(
+    name="ext", devices=_devices,
+    ops={"channel_spatial_attention": channel_spatial_attention,
+         "dwconv_bn_gelu": dwconv_bn_gelu, "mbcsa_train": mbcsa_train,
+         "mbcsa_eval": mbcsa_eval},
+    unavailable_reason=lambda: _reason, describe=_describe))

@@ -1,0 +1,142 @@
+"""torch.library registrations of the extension's ops (schemas in csrc/schemas.cpp): fake
+implementations for torch.compile / FakeTensor, and autograd formulas built on the backward ops.
+Imported by ext_backend only after hdkd._C loaded.
+
+Output layout rule (shared with the kernels): channels_last exactly when the input is
+channels_last and not also contiguous; saved-for-backward tensors are float32.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+ops = torch.ops.hdkd
+
+
+def _format(x: Tensor) -> torch.memory_format:
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _like(x: Tensor, shape=None) -> Tensor:
+    shape = x.shape if shape is None else shape
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_format(x))
+
+
+def _new(t: Tensor, shape, dtype=None) -> Tensor:
+    return torch.empty(shape, dtype=dtype or t.dtype, device=t.device)
+
+
+# ---------------------------------------------------------------- fake implementations
+
+@torch.library.register_fake("hdkd::csa_forward")
+def _csa_forward_fake(h, fc1, fc2, sa):
+    b, c, hh, ww = h.shape
+    return _like(h), _new(h, (b, c), torch.float32), _new(h, (b, hh, ww), torch.float32)
+
+
+@torch.library.register_fake("hdkd::csa_backward")
+def _csa_backward_fake(grad, h, fc1, fc2, sa, ca, s):
+    return _like(h), _new(fc1, fc1.shape), _new(fc2, fc2.shape), _new(sa, sa.shape)
+
+
+def _dw_stats_fake(x):
+    b, c = x.shape[:2]
+    return _new(x, (b, c)), _new(x, (b, c)), _new(x, (b, c), torch.int64)
+
+
+@torch.library.register_fake("hdkd::dwconv_bn_gelu_eval")
+def _dw_eval_fake(x, w, scale, shift):
+    return (_like(x), *_dw_stats_fake(x))
+
+
+@torch.library.register_fake("hdkd::dwconv_bn_gelu_train")
+def _dw_train_fake(x, w, gamma, beta, eps):
+    c = x.shape[1]
+    conv = torch.empty(x.shape, dtype=torch.float32, device=x.device,
+                       memory_format=torch.channels_last)
+    return (_like(x), *_dw_stats_fake(x), conv, _new(x, (c,), torch.float32),
+            _new(x, (c,), torch.float32))
+
+
+@torch.library.register_fake("hdkd::dwconv_bn_gelu_backward")
+def _dw_backward_fake(grad_y, grad_avg, grad_max, x, w, conv, scale, shift, argmax, mean,
+                      invstd):
+    return _like(x), _new(w, w.shape), _new(scale, scale.shape), _new(shift, shift.shape)
+
+
+@torch.library.register_fake("hdkd::mbcsa_eval")
+def _mbcsa_eval_fake(x, expand_w, expand_b, dw_w, dw_b, fc1, fc2, sa, project_w, project_b,
+                     shortcut):
+    b, _, h, w = x.shape
+    if shortcut is not None:
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return _like(x, (b, project_w.shape[0], h, w))
+
+
+# ---------------------------------------------------------------- autograd
+
+def _csa_setup(ctx, inputs, output):
+    h, fc1, fc2, sa_w = inputs
+    _, ca, sa = output
+    ctx.mark_non_differentiable(ca, sa)
+    ctx.save_for_backward(h, fc1, fc2, sa_w, ca, sa)
+
+
+def _csa_backward(ctx, grad_out, _grad_ca, _grad_sa):
+    return ops.csa_backward(grad_out, *ctx.saved_tensors)
+
+
+torch.library.register_autograd("hdkd::csa_forward", _csa_backward, setup_context=_csa_setup)
+
+
+def _dw_eval_setup(ctx, inputs, output):
+    x, w, scale, shift = inputs
+    ctx.save_for_backward(x, w, scale, shift, output[3])
+
+
+def _dw_eval_backward(ctx, grad_y, grad_avg, grad_max, _grad_arg):
+    x, w, scale, shift, argmax = ctx.saved_tensors
+    return ops.dwconv_bn_gelu_backward(grad_y, grad_avg, grad_max, x, w, None, scale, shift,
+                                       argmax, None, None)
+
+
+torch.library.register_autograd("hdkd::dwconv_bn_gelu_eval", _dw_eval_backward,
+                                setup_context=_dw_eval_setup)
+
+
+def _dw_train_setup(ctx, inputs, output):
+    x, w, gamma, beta, eps = inputs
+    _, _, _, argmax, conv, mean, var = output
+    ctx.mark_non_differentiable(conv, mean, var)
+    ctx.eps = eps
+    ctx.save_for_backward(x, w, gamma, beta, argmax, conv, mean, var)
+
+
+def _dw_train_backward(ctx, grad_y, grad_avg, grad_max, _arg, _conv, _mean, _var):
+    x, w, gamma, beta, argmax, conv, mean, var = ctx.saved_tensors
+    invstd = torch.rsqrt(var + ctx.eps)
+    scale = gamma.float() * invstd
+    shift = beta.float() - mean * scale
+    dx, dw, dgamma, dbeta = ops.dwconv_bn_gelu_backward(grad_y, grad_avg, grad_max, x, w, conv,
+                                                        scale, shift, argmax, mean, invstd)
+    return dx, dw, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), None
+
+
+torch.library.register_autograd("hdkd::dwconv_bn_gelu_train", _dw_train_backward,
+                                setup_context=_dw_train_setup)
+
+
+# ---------------------------------------------------------------- CUDA
+
+def _csa_backward_cuda(grad, h, fc1, fc2, sa_w, ca, sa):
+    """CUDA backward of the attention until its CUDA kernel exists: the reference's autograd."""
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_() for t in (h, fc1, fc2, sa_w)]
+        out = reference.channel_spatial_attention(*inputs)
+        return tuple(torch.autograd.grad(out, inputs, grad))
+
+
+torch.library.register_kernel("hdkd::csa_backward", "cuda", _csa_backward_cuda)
