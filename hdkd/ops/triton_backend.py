@@ -363,8 +363,9 @@ def _fold_float32(w: MBCSAWeights, eps: float) -> reference.FoldedMBCSA:
 
 def _mbcsa_composed(x: Tensor, w: MBCSAWeights, training: bool, momentum: float,
                     eps: float) -> Tensor:
-    """The block from the Triton depthwise and attention ops, torch for the 1x1 convs and their
-    BNs; differentiable, train or eval."""
+    """The block from the Triton stages (expand, depthwise, attention + project), torch for the
+    cin/cout-wide pre-norm, project BN and shortcut; differentiable, train or eval. Only e and d
+    of the 4x-wide tensors are saved for the backward."""
     stride = 1 if w.shortcut is None else 2
 
     def bn(t, s):
