@@ -278,8 +278,9 @@ def _channel_gate_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dpooled_ptr, pooled_p
 def _input_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dpooled_ptr, pooled_ptr, pcnt_ptr,
                        chmax_ptr, chcnt_ptr, dsum_ptr, dmax_ptr, dh_ptr, C, HW, W,
                        gb, gc, gh, gw, sb, sc, sh, sw, db, dc, dh_, dw, inv_c,
-                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """dh = g + dL/du * ca + d(sum) + d(max) * [h == max] / ties (the channel statistics' share)."""
+                       STATS_GRAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dh = g + dL/du * ca (+ d(sum) + d(max) * [h == max] / ties, the channel statistics' share,
+    when STATS_GRAD)."""
     b = tl.program_id(0)
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -296,13 +297,15 @@ def _input_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dpooled_ptr, pooled_ptr, pcn
     pmax = tl.load(pooled_ptr + (b * 2 + 1) * HW + offs_p, mask=pmask, other=0.0)
     pcnt = tl.load(pcnt_ptr + b * HW + offs_p, mask=pmask, other=1.0)
     ca = tl.load(ca_ptr + b * C + offs_c, mask=cmask, other=0.0)
-    chmax = tl.load(chmax_ptr + b * C + offs_c, mask=cmask, other=0.0)
-    chcnt = tl.load(chcnt_ptr + b * C + offs_c, mask=cmask, other=1.0)
-    dsum = tl.load(dsum_ptr + b * C + offs_c, mask=cmask, other=0.0)
-    dmax = tl.load(dmax_ptr + b * C + offs_c, mask=cmask, other=0.0)
     du = _du(g, h, ca, s, dpm, dpx, pmax, pcnt, inv_c)
-    at_max = (h == chmax[None, :]).to(tl.float32)
-    dh = g + du * ca[None, :] + dsum[None, :] + (dmax / chcnt)[None, :] * at_max
+    dh = g + du * ca[None, :]
+    if STATS_GRAD:
+        chmax = tl.load(chmax_ptr + b * C + offs_c, mask=cmask, other=0.0)
+        chcnt = tl.load(chcnt_ptr + b * C + offs_c, mask=cmask, other=1.0)
+        dsum = tl.load(dsum_ptr + b * C + offs_c, mask=cmask, other=0.0)
+        dmax = tl.load(dmax_ptr + b * C + offs_c, mask=cmask, other=0.0)
+        at_max = (h == chmax[None, :]).to(tl.float32)
+        dh += dsum[None, :] + (dmax / chcnt)[None, :] * at_max
     tl.store(dh_ptr + b * db + _pixel_offsets(offs_p, W, dh_, dw)[:, None] + offs_c[None, :] * dc,
              dh.to(dh_ptr.dtype.element_ty), mask=m)
 
@@ -350,10 +353,10 @@ def spatial_gate(h: torch.Tensor, ca: torch.Tensor, sa_weight: torch.Tensor):
     return pooled, pcnt, s
 
 
-def gates(h, fc1_weight, fc2_weight, sa_weight):
+def gates(h, fc1_weight, fc2_weight, sa_weight, stats=None):
     """Both gates and the statistics the backward needs: (ch_sum, ch_max, ch_cnt, ca, pooled,
-    pixel_cnt, sa)."""
-    ch_sum, ch_max, ch_cnt = channel_stats(h)
+    pixel_cnt, sa). stats: h's (ch_sum, ch_max, ch_cnt) when the producer of h already has them."""
+    ch_sum, ch_max, ch_cnt = channel_stats(h) if stats is None else stats
     ca = channel_gate(ch_sum, ch_max, fc1_weight, fc2_weight, h.shape[2] * h.shape[3])
     return (ch_sum, ch_max, ch_cnt, ca, *spatial_gate(h, ca, sa_weight))
 
@@ -394,6 +397,21 @@ def _gelu_grad(x):
 def backward(grad, h, fc1_weight, fc2_weight, sa_weight, ch_sum, ch_max, ch_cnt, ca, pooled,
              pcnt, s):
     """(dh, d fc1_weight, d fc2_weight, d sa_weight) from the saved statistics."""
+    return _backward(grad, h, fc1_weight, fc2_weight, sa_weight, ch_sum, ch_max, ch_cnt, ca,
+                     pooled, pcnt, s, stats_grad_to_input=True)[:4]
+
+
+def backward_with_stats_grad(grad, h, fc1_weight, fc2_weight, sa_weight, ch_sum, ch_max, ch_cnt,
+                             ca, pooled, pcnt, s):
+    """As backward, for statistics supplied by h's producer: dh leaves out their share and the
+    gradients w.r.t. the channel average and max (float32, B x C) come back instead,
+    (dh, d fc1, d fc2, d sa_weight, d avg, d max)."""
+    return _backward(grad, h, fc1_weight, fc2_weight, sa_weight, ch_sum, ch_max, ch_cnt, ca,
+                     pooled, pcnt, s, stats_grad_to_input=False)
+
+
+def _backward(grad, h, fc1_weight, fc2_weight, sa_weight, ch_sum, ch_max, ch_cnt, ca, pooled,
+              pcnt, s, stats_grad_to_input: bool):
     B, C, H, W = h.shape
     HW = H * W
     k = sa_weight.shape[-1]
@@ -419,6 +437,7 @@ def backward(grad, h, fc1_weight, fc2_weight, sa_weight, ch_sum, ch_max, ch_cnt,
     dh = torch.empty_like(h)
     _input_grad_kernel[_grid_pc(B, HW, C)](
         grad, h, ca, s, dpooled, pooled, pcnt, ch_max, ch_cnt, (davg / HW).contiguous(),
-        dmax.contiguous(), dh, C, HW, W, *_strides(grad), *_strides(h), *_strides(dh), 1.0 / C)
+        dmax.contiguous(), dh, C, HW, W, *_strides(grad), *_strides(h), *_strides(dh), 1.0 / C,
+        STATS_GRAD=stats_grad_to_input)
     return (dh, dw1.view_as(fc1_weight).to(fc1_weight.dtype),
-            dw2.view_as(fc2_weight).to(fc2_weight.dtype), dsa.to(sa_weight.dtype))
+            dw2.view_as(fc2_weight).to(fc2_weight.dtype), dsa.to(sa_weight.dtype), davg, dmax)

@@ -11,7 +11,8 @@ depend on it); autotuning picks num_warps.
 
 Backward, with dy = gy + gavg / HW + gmax * [y == max] / ties and da = dy * GELU'(a):
   R. partial sums of da and da * xhat per channel (dbeta, dgamma),
-  V. dv = d(conv output) (train: through the batch mean and variance) -> float32 buffer, with
+  V. dv = d(conv output) (train: through the batch mean and variance) -> a channels-last
+     buffer in x's dtype (float32 accumulation everywhere else), with
      the per-tap partials of d(weight) = sum dv * x(shifted),
   X. dx = transposed depthwise conv of dv.
 """
@@ -155,7 +156,7 @@ def _grad_conv_output_kernel(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ym
                              yb, yc, yh, yw, gb, gc, gh, gw, TRAINING: tl.constexpr,
                              STRIDE: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
                              BLOCK_C: tl.constexpr):
-    """dv = dL/d(conv output) into a B x Ho x Wo x C float32 buffer, and per-tile partials of
+    """dv = dL/d(conv output) into a B x Ho x Wo x C buffer, and per-tile partials of
     d(weight)[c, t] = sum_p dv * x(p shifted by tap t)."""
     b, offs_p, offs_c, pmask, cmask, row = _tile_index(HWo, BLOCK_P, BLOCK_C, C)
     da, xhat = _grad_pre_activation(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ymax_ptr,
@@ -171,7 +172,8 @@ def _grad_conv_output_kernel(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ym
     else:
         dv = da * scale[None, :]
     dv = tl.where(m, dv, 0.0)
-    tl.store(dv_ptr + (b * HWo + offs_p)[:, None] * C + offs_c[None, :], dv, mask=m)
+    tl.store(dv_ptr + (b * HWo + offs_p)[:, None] * C + offs_c[None, :],
+             dv.to(dv_ptr.dtype.element_ty), mask=m)
     oh = offs_p // Wo
     ow = offs_p % Wo
     base = x_ptr + b * sb + offs_c[None, :] * sc
@@ -211,7 +213,7 @@ def _grad_input_kernel(dv_ptr, w_ptr, dx_ptr, C, H, W, HW, Ho, Wo, db, dc, dh, d
             dv = tl.load(dv_ptr + ((b * Ho + oh) * Wo + ow)[:, None] * C + offs_c[None, :],
                          mask=ok[:, None] & cmask[None, :], other=0.0)
             wv = tl.load(w_ptr + offs_c * (K * K) + ky * K + kx, mask=cmask, other=0.0)
-            acc += dv * wv.to(tl.float32)[None, :]
+            acc += dv.to(tl.float32) * wv.to(tl.float32)[None, :]
     tl.store(dx_ptr + b * db + (ih * dh + iw * dw)[:, None] + offs_c[None, :] * dc,
              acc.to(dx_ptr.dtype.element_ty), mask=qmask[:, None] & cmask[None, :])
 
@@ -283,7 +285,7 @@ def backward(gy, gavg, gmax, x, weight, y, ymax, ycnt, scale, shift, mean, rstd,
     _grad_reduce_kernel[grid](*pre, pda, pdax, *common, *strides, **meta)
     dbeta, dgamma = pda.sum(0), pdax.sum(0)
 
-    dv = torch.empty(B, Ho, Wo, C, device=x.device, dtype=torch.float32)
+    dv = torch.empty(B, Ho, Wo, C, device=x.device, dtype=x.dtype)
     (pdw,) = _partials(B, HWo, C, x.device, 1, per=(k * k,))
     _grad_conv_output_kernel[grid](*pre, dbeta, dgamma, dv, pdw, *common, 1.0 / (B * HWo),
                                    *strides, TRAINING=training, **meta)

@@ -73,9 +73,13 @@ def test_opcheck_expand(training, stride):
 
 
 def test_opcheck_attention_project():
-    args = _csa_args()
+    d, fc1, fc2, sa = _csa_args()
     project = torch.randn(5, 12, 1, 1, device=DEVICE).requires_grad_()
-    torch.library.opcheck(triton_backend._csa_project_forward, (*args, project))
+    mx = d.detach().amax((2, 3))
+    ties = (d.detach() == mx[:, :, None, None]).sum((2, 3)).float()
+    avg = d.detach().mean((2, 3)).requires_grad_()
+    torch.library.opcheck(triton_backend._csa_project_forward,
+                          (d, avg, mx.requires_grad_(), ties, fc1, fc2, sa, project))
 
 
 def test_opcheck_mbcsa_eval_fused():

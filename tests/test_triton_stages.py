@@ -54,17 +54,26 @@ def test_expand_bn_gelu(shape, hidden, dtype, kind, training, stride):
 @pytest.mark.parametrize("shape,cout,dtype,kind", [
     ((2, 20, 7, 6), 5, torch.float32, "channels_last"),
     ((1, 12, 9, 9), 7, torch.float32, "strided"),
-    ((2, 20, 7, 6), 5, torch.bfloat16, "contiguous")])
+    ((2, 20, 7, 6), 5, torch.bfloat16, "contiguous"),
+    ((2, 6, 5, 4), 3, torch.float32, "ties")])
 def test_attention_project(shape, cout, dtype, kind):
     g = _gen(shape, cout, dtype, kind)
     C = shape[1]
     r = max(C // 16, 1)
-    pairs = [leaf(torch.randn(*shape, generator=g).to(DEVICE), dtype, kind)]
-    for s, scale in (((r, C, 1, 1), 0.5), ((C, r, 1, 1), 0.5), ((1, 2, 7, 7), 0.2),
+    if kind == "ties":  # integer values: several pixels at each channel's max
+        kind = "contiguous"
+        d0 = torch.randint(-2, 3, shape, generator=g).float()
+    else:
+        d0 = torch.randn(*shape, generator=g)
+    pairs = [leaf(d0.to(DEVICE), dtype, kind)]
+    for size, scale in (((r, C, 1, 1), 0.5), ((C, r, 1, 1), 0.5), ((1, 2, 7, 7), 0.2),
                      ((cout, C, 1, 1), 0.3)):
-        pairs.append(leaf((torch.randn(*s, generator=g) * scale).to(DEVICE), dtype))
+        pairs.append(leaf((torch.randn(*size, generator=g) * scale).to(DEVICE), dtype))
     fast, ref = [p[0] for p in pairs], [p[1] for p in pairs]
-    v = triton_backend.attention_project(*fast)
+    d = fast[0]
+    mx = d.float().amax((2, 3))  # the depthwise pass's statistics, differentiable here
+    ties = (d.float() == mx[:, :, None, None]).sum((2, 3)).float()
+    v = triton_backend.attention_project(d, d.float().mean((2, 3)), mx, ties, *fast[1:])
     vr = F.conv2d(reference.channel_spatial_attention(*ref[:4]), ref[4])
     assert v.dtype == dtype and rel_err(v, vr) < TOL[dtype]
     gv = torch.randn(vr.shape, generator=g).to(DEVICE, dtype)

@@ -276,50 +276,62 @@ def expand_bn_gelu(z: Tensor, weight: Tensor, bn: BatchNormState, training: bool
 # ------------------------------------------------------------------ attention + project conv
 
 @torch.library.custom_op(f"{_NS}::csa_project_forward", mutates_args=())
-def _csa_project_forward(d: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor, project: Tensor
-                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(conv1x1(CBAM(d), project) without bias, ch_sum, ch_max, ch_ties, ca, pooled,
-    pixel_ties, sa_map)."""
+def _csa_project_forward(d: Tensor, avg: Tensor, mx: Tensor, ties: Tensor, fc1: Tensor,
+                         fc2: Tensor, sa: Tensor, project: Tensor
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(conv1x1(CBAM(d), project) without bias, ch_sum, ca, pooled, pixel_ties, sa_map);
+    avg, mx, ties: d's per-channel statistics from the depthwise pass (float32)."""
     from hdkd.kernels import attention_project
-    return tuple(attention_project.forward(d, fc1, fc2, sa, project))
+    v, ch_sum, _, _, ca, pooled, pcnt, s = attention_project.forward(d, avg, mx, ties, fc1, fc2,
+                                                                     sa, project)
+    return v, ch_sum, ca, pooled, pcnt, s
 
 
 @_csa_project_forward.register_fake
-def _(d, fc1, fc2, sa, project):
+def _(d, avg, mx, ties, fc1, fc2, sa, project):
     from hdkd.kernels._config import empty_like_format
     B, C, H, W = d.shape
     v = empty_like_format(d, (B, project.shape[0], H, W))
-    return (v, *(_stats_like(d, B, C) for _ in range(4)), _stats_like(d, B, 2, H, W),
+    return (v, _stats_like(d, B, C), _stats_like(d, B, C), _stats_like(d, B, 2, H, W),
             _stats_like(d, B, H, W), _stats_like(d, B, H, W))
 
 
 @torch.library.custom_op(f"{_NS}::csa_project_backward", mutates_args=())
-def _csa_project_backward(grad: Tensor, d: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor,
-                          project: Tensor, ch_sum: Tensor, ch_max: Tensor, ch_cnt: Tensor,
-                          ca: Tensor, pooled: Tensor, pcnt: Tensor, s: Tensor
-                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _csa_project_backward(grad: Tensor, d: Tensor, mx: Tensor, ties: Tensor, fc1: Tensor,
+                          fc2: Tensor, sa: Tensor, project: Tensor, ch_sum: Tensor, ca: Tensor,
+                          pooled: Tensor, pcnt: Tensor, s: Tensor
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dd, d avg, d max, d fc1, d fc2, d sa, d project)."""
     from hdkd.kernels import attention_project
-    return tuple(attention_project.backward(grad, d, fc1, fc2, sa, project, ch_sum, ch_max,
-                                            ch_cnt, ca, pooled, pcnt, s))
+    return tuple(attention_project.backward(grad, d, fc1, fc2, sa, project, ch_sum, mx, ties, ca,
+                                            pooled, pcnt, s))
 
 
 @_csa_project_backward.register_fake
-def _(grad, d, fc1, fc2, sa, project, *saved):
-    return tuple(torch.empty_like(t) for t in (d, fc1, fc2, sa, project))
+def _(grad, d, mx, ties, fc1, fc2, sa, project, *saved):
+    return (torch.empty_like(d), torch.empty_like(mx), torch.empty_like(mx),
+            *(torch.empty_like(t) for t in (fc1, fc2, sa, project)))
+
+
+def _csa_project_setup(ctx, inputs, output):
+    d, _, mx, ties, fc1, fc2, sa, project = inputs
+    ctx.save_for_backward(d, mx, ties, fc1, fc2, sa, project, *output[1:])
 
 
 def _csa_project_grad(ctx, grad, *_unused):
-    d, fc1, fc2, sa, project, *saved = ctx.saved_tensors
-    return _csa_project_backward(grad, d, fc1, fc2, sa, project, *saved)
+    dd, davg, dmax, dfc1, dfc2, dsa, dproject = _csa_project_backward(grad, *ctx.saved_tensors)
+    return dd, davg, dmax, None, dfc1, dfc2, dsa, dproject
 
 
-_csa_project_forward.register_autograd(_csa_project_grad, setup_context=_csa_setup)
+_csa_project_forward.register_autograd(_csa_project_grad, setup_context=_csa_project_setup)
 
 
-def attention_project(d: Tensor, fc1_weight: Tensor, fc2_weight: Tensor, sa_weight: Tensor,
-                      project_weight: Tensor) -> Tensor:
-    """conv1x1(CBAM(d), project_weight): the attention output is never stored."""
-    return _csa_project_forward(_autocast(d), fc1_weight, fc2_weight, sa_weight, project_weight)[0]
+def attention_project(d: Tensor, avg: Tensor, mx: Tensor, ties: Tensor, fc1_weight: Tensor,
+                      fc2_weight: Tensor, sa_weight: Tensor, project_weight: Tensor) -> Tensor:
+    """conv1x1(CBAM(d), project_weight), the attention output never stored; avg, mx, ties: d's
+    per-channel average, max and number of pixels at the max (float32, B x C)."""
+    return _csa_project_forward(d, avg, mx, ties, fc1_weight, fc2_weight, sa_weight,
+                                project_weight)[0]
 
 
 # ------------------------------------------------------------------ MBCSA
@@ -378,8 +390,12 @@ def _mbcsa_composed(x: Tensor, w: MBCSAWeights, training: bool, momentum: float,
         v = F.conv2d(h, w.project)
     else:
         e = expand_bn_gelu(z, w.expand, w.expand_norm, training, momentum, eps, stride)
-        d, _, _ = dwconv_bn_gelu(e, w.dw, w.dw_norm, training, momentum, eps)
-        v = attention_project(d, w.ca_fc1, w.ca_fc2, w.sa_weight, w.project)
+        dn = w.dw_norm
+        d, avg, mx, ties, mean, _, var_unbiased = _dwconv_forward(
+            e, w.dw, dn.weight, dn.bias, dn.running_mean, dn.running_var, training, eps, 1)
+        if training:
+            _update_running_stats(dn, mean, var_unbiased, momentum)
+        v = attention_project(d, avg, mx, ties, w.ca_fc1, w.ca_fc2, w.sa_weight, w.project)
     body = bn(v, w.project_norm)
     return reference.mbcsa_shortcut(x, w.shortcut) + body
 
