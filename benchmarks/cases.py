@@ -115,3 +115,19 @@ def images(n_sets: int = 2, size: int | None = None, channels: int = 3, b: int |
     size = size or img_size()
     return [torch.randn(b or batch(), channels, size, size, device=DEVICE)
             .contiguous(memory_format=torch.channels_last) for _ in range(n_sets)]
+
+
+NUM_CLASSES = 4
+
+
+def make_model(name: str, backend: str, training: bool) -> nn.Module:
+    """An hdkd model at this device's image size, channels_last, BN statistics randomised."""
+    from hdkd.models import create_model
+
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=NUM_CLASSES, img_size=img_size(), backend=backend)
+    return randomize_bn_stats(m).to(DEVICE, memory_format=torch.channels_last).train(training)
+
+
+def labels(n_sets: int = 2) -> list[torch.Tensor]:
+    return [torch.randint(0, NUM_CLASSES, (batch(),), device=DEVICE) for _ in range(n_sets)]

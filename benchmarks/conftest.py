@@ -32,10 +32,19 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     except ImportError:
         triton_version = None
     machine_info.update(
-        device=torch.cuda.get_device_name(DEVICE) if ON_GPU else platform.processor() or "cpu",
+        device=torch.cuda.get_device_name(DEVICE) if ON_GPU else _cpu_name(),
         torch=torch.__version__, cuda=torch.version.cuda, triton=triton_version,
         hdkd=hdkd.__version__, backends=hdkd.backends(), torch_threads=torch.get_num_threads(),
         load_average=list(os.getloadavg()), smoke=cases.SMOKE)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"CPU: {names[0] if names else platform.processor() or platform.machine()}"
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
@@ -45,6 +54,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["machine_info"]["load_average_end"] = list(os.getloadavg())
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the short table comes last
 def pytest_terminal_summary(terminalreporter):
     if not _SESSION.medians:
         return

@@ -18,8 +18,8 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
 
 # Per benchmark: rounds = time budget / one call, within [MIN_ROUNDS, MAX_ROUNDS].
-BUDGET_S = 1.0 if ON_GPU else 1.5
-MIN_ROUNDS = 10 if ON_GPU else 3
+BUDGET_S = 1.0 if ON_GPU else 3.0
+MIN_ROUNDS = 10 if ON_GPU else 5
 MAX_ROUNDS = 500 if ON_GPU else 50
 L2_FLUSH_BYTES = 256 * 2**20
 

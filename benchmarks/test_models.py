@@ -1,0 +1,38 @@
+"""Model inference: the CNN teacher and the HDKD student (eval, mean of the two heads)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hdkd import flops
+
+from . import cases, floors
+from .harness import DEVICE, Workload, run
+
+MODELS = ["hdkd_teacher", "hdkd"]
+
+
+def _params():
+    return [pytest.param(name, dtype, impl, id=f"{name}-{dtype}-{impl}")
+            for name in MODELS for dtype in cases.DTYPES
+            for impl in cases.impls("models", ("mbcsa_eval",))]
+
+
+@pytest.mark.parametrize("name,dtype,impl", _params())
+def test_inference(benchmark, session, name, dtype, impl):
+    model = cases.make_model(name, cases.backend_of(impl), training=False)
+    fwd = cases.maybe_compile(model, impl)
+
+    def infer(x):
+        with torch.no_grad(), cases.autocast(dtype):
+            return fwd(x)
+
+    b, size = cases.batch(), cases.img_size()
+    one = torch.randn(1, 3, size, size, device=DEVICE)
+    fl = lambda i: b * flops.count_flops(  # noqa: E731
+        cases.make_model(name, cases.backend_of(i), training=False), (one,))
+    nbytes, rule = floors.inference_bytes(b * 3 * size * size, 4, floors.param_bytes(model),
+                                          b * cases.NUM_CLASSES)
+    wl = Workload("models", f"{name} inference @{size}", dtype, b, fl, "fvcore forward",
+                  nbytes, rule, images=True, extra=cases.compile_note("models"))
+    run(benchmark, session, wl, impl, infer, [(x,) for x in cases.images()])
