@@ -39,7 +39,9 @@ def _register_info(sub) -> None:
     p.set_defaults(func=_info)
 
 
-COMMANDS = [_register_info]
+from .commands import flops as _flops  # noqa: E402
+
+COMMANDS = [_register_info, _flops.register]
 
 
 def build_parser() -> argparse.ArgumentParser:
