@@ -40,8 +40,10 @@ def _register_info(sub) -> None:
 
 
 from .commands import flops as _flops  # noqa: E402
+from .commands import convert as _convert, demo as _demo, eval as _eval, train as _train  # noqa: E402
 
-COMMANDS = [_register_info, _flops.register]
+COMMANDS = [_register_info, _flops.register, _train.register, _eval.register, _demo.register,
+            _convert.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

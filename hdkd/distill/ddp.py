@@ -87,6 +87,13 @@ class DistContext:
         dist.all_reduce(t)
         return t.cpu().tolist()
 
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers (BN running statistics) to every rank. DDP broadcasts them at the
+        start of each training forward, so after the last one each rank holds its own update."""
+        if self.enabled:
+            for buf in module.buffers():
+                dist.broadcast(buf, 0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -223,8 +223,10 @@ class Trainer:
     def _evaluate(self, dataset, model: Optional[nn.Module] = None) -> tuple[dict, float]:
         from ..metrics import classification_metrics
 
+        model = model or self._eval_model()
+        self.ctx.broadcast_buffers(model)
         loader = eval_loader(dataset, self.cfg.batch_size, self.ctx, self.cfg.workers)
-        labels, probs, loss = predict(model or self._eval_model(), loader, self.ctx,
+        labels, probs, loss = predict(model, loader, self.ctx,
                                       self._autocast, self.cfg.channels_last)
         return classification_metrics(labels, probs, self.classes), loss
 

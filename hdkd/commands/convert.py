@@ -1,0 +1,47 @@
+"""`hdkd convert`: checkpoints of the original HDKD code <-> hdkd checkpoints, both ways."""
+from __future__ import annotations
+
+import argparse
+
+from ..models import list_models
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..distill import checkpoint as ckpt
+    from ..models import to_original_state_dict
+
+    kwargs = {k: v for k, v in (("num_classes", args.num_classes), ("img_size", args.img_size))
+              if v is not None}
+    model, meta = ckpt.load_model(args.input, args.model, what="input checkpoint", **kwargs)
+    target = args.to or ("hdkd" if meta["layout"] == "original" else "original")
+    if target == "original":
+        ckpt.save_atomic(to_original_state_dict(model), args.output)
+    else:
+        ckpt.save_atomic(ckpt.make_model_checkpoint(meta["model_name"], model, meta["classes"]),
+                         args.output)
+    n = sum(t.numel() for t in model.state_dict().values())
+    print(f"{args.input} ({meta['layout']} layout) -> {args.output} ({target} layout): "
+          f"{meta['model_name']}, {model.num_classes} classes, img_size {model.img_size}, "
+          f"{len(model.state_dict())} tensors, {n:,} values")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert", help="original HDKD checkpoint <-> hdkd checkpoint",
+        description="Convert a state_dict saved by the original HDKD code into an hdkd checkpoint "
+                    "(usable with --teacher, hdkd eval, create_model) or an hdkd checkpoint into "
+                    "the original layout. Strict: every missing, unexpected or mis-shaped key is "
+                    "reported and nothing is written.")
+    p.add_argument("input", help="checkpoint to read")
+    p.add_argument("output", help="file to write")
+    p.add_argument("--model", choices=list_models(), default=None,
+                   help="model held by a plain state_dict (default: read from an hdkd checkpoint)")
+    p.add_argument("--to", choices=("hdkd", "original"), default=None,
+                   help="target layout (default: the other one than the input's)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="(default: read from the checkpoint)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="(default: read from the checkpoint; the student's position embedding "
+                        "fixes it)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,142 @@
+"""`hdkd train`: train the teacher, the student from scratch or the HDKD student."""
+from __future__ import annotations
+
+import argparse
+
+from ..distill.config import AMP_MODES, KD_KINDS, RECIPES, SELECT_METRICS, TrainConfig
+from ..models import list_models
+
+_D = TrainConfig()
+
+
+def _recipe_help() -> str:
+    t, s = RECIPES["hdkd_teacher"], RECIPES["hdkd"]
+    return (f"teacher: {t['optimizer']} lr {t['lr']:g}, no schedule; hdkd_student and hdkd: "
+            f"{s['optimizer']} lr {s['lr']:g}, weight decay {s['weight_decay']:g}, cosine with "
+            f"{s['warmup_epochs']} warm-up epochs")
+
+
+def _optional_float(text: str):
+    return None if text.lower() in ("none", "off", "") else float(text)
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of one training run (shared by `hdkd train` and the trainer's tests)."""
+    g = p.add_argument_group("what to train")
+    g.add_argument("--model", required=True, choices=list_models(),
+                   help="hdkd_teacher: the CNN teacher; hdkd_student: the hybrid student from "
+                        "scratch; hdkd: the student distilled from --teacher")
+    g.add_argument("--data", required=True,
+                   help="'digits' (the embedded demo data), an image folder (train/ and test/, "
+                        "optional val/, one sub-folder per class; or one folder of class "
+                        "sub-folders split by --seed), or a MedMNIST .npz file")
+    g.add_argument("--teacher", default=None,
+                   help="teacher checkpoint for --model hdkd: an hdkd best.pt/last.pt or a "
+                        "state_dict of the original HDKD code; loaded strictly (required by "
+                        "--model hdkd, not used otherwise; default: none)")
+    g.add_argument("--out", default=_D.out,
+                   help="output folder: last.pt, best.pt, log.jsonl, plots, metrics (default: %(default)s)")
+    g.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue exactly from a last.pt (default: start fresh)")
+    g = p.add_argument_group("data")
+    g.add_argument("--img-size", type=int, default=_D.img_size,
+                   help="images are resized to this square size; the student needs a multiple "
+                        "of 16 (default: %(default)s)")
+    g.add_argument("--val-fraction", type=float, default=_D.val_fraction,
+                   help="share of the training data held out for validation when the data has "
+                        "no val split (default: %(default)s)")
+    g.add_argument("--test-fraction", type=float, default=_D.test_fraction,
+                   help="share held out for testing when the data has no test split (default: "
+                        "%(default)s)")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="turn off the original train-time augmentation (default: on)")
+    g.add_argument("--smote", action="store_true",
+                   help="SMOTE-oversample minority classes of the training split (default: off)")
+    g.add_argument("--balanced-sampler", action="store_true",
+                   help="draw training batches class-balanced (default: off)")
+    g.add_argument("--workers", type=int, default=_D.workers,
+                   help="data-loading worker processes (default: %(default)s)")
+    g = p.add_argument_group("optimisation (defaults: the original recipe, " + _recipe_help() + ")")
+    g.add_argument("--epochs", type=int, default=_D.epochs, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=_D.batch_size,
+                   help="images per step and per process (default: %(default)s)")
+    g.add_argument("--optimizer", choices=("adam", "adamw"), default=None,
+                   help="(default: the recipe's for the model)")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    g.add_argument("--weight-decay", type=float, default=None, help="(default: the recipe's)")
+    g.add_argument("--schedule", choices=("constant", "cosine"), default=None,
+                   help="(default: the recipe's: constant for the teacher, cosine otherwise)")
+    g.add_argument("--warmup-epochs", type=int, default=None,
+                   help="linear warm-up epochs of the cosine schedule (default: the recipe's)")
+    g.add_argument("--warmup-lr", type=float, default=_D.warmup_lr,
+                   help="learning rate at the start of the warm-up (default: %(default)s)")
+    g.add_argument("--min-lr", type=float, default=_D.min_lr,
+                   help="floor of the cosine schedule (default: %(default)s)")
+    g.add_argument("--clip-grad", type=_optional_float, default=_D.clip_grad,
+                   help="clip the gradient norm to this value (default: no clipping)")
+    g.add_argument("--ema-decay", type=_optional_float, default=_D.ema_decay,
+                   help="keep an exponential moving average of the weights with this decay, "
+                        "validated and saved as best.pt (default: no EMA)")
+    g.add_argument("--select-metric", choices=SELECT_METRICS, default=_D.select_metric,
+                   help="validation metric that picks best.pt (default: %(default)s)")
+    g = p.add_argument_group("distillation (--model hdkd)")
+    g.add_argument("--distillation", choices=KD_KINDS, default=_D.distillation,
+                   help="logit KD: soft (KL at --tau) or hard (teacher's argmax) (default: %(default)s)")
+    g.add_argument("--alpha", type=float, default=_D.alpha,
+                   help="weight of the logit KD term against the label loss (default: %(default)s)")
+    g.add_argument("--tau", type=float, default=_D.tau, help="KD temperature (default: %(default)s)")
+    g.add_argument("--feature-weight", type=float, default=_D.feature_weight,
+                   help="lambda: weight of the stage-feature MSE loss (default: %(default)s)")
+    g.add_argument("--beta", type=float, default=_D.beta,
+                   help="stage i feature loss is weighted (i + 1) ** beta (default: %(default)s)")
+    g = p.add_argument_group("speed and reproducibility")
+    g.add_argument("--amp", choices=AMP_MODES, default=_D.amp,
+                   help="mixed precision: bf16, or fp16 with a gradient scaler (default: %(default)s)")
+    g.add_argument("--channels-last", action="store_true",
+                   help="channels_last memory format for models and inputs (default: off)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the models (default: off)")
+    g.add_argument("--device", default=_D.device,
+                   help="auto (the GPU of this process's local rank if any, else CPU), cpu, "
+                        "cuda or cuda:N (default: %(default)s)")
+    g.add_argument("--backend", default=_D.backend,
+                   help="hdkd op backend: auto, torch, ext or triton (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=_D.seed,
+                   help="seeds the split, the initialisation, the data order and the "
+                        "augmentation; a CPU run is bit-for-bit repeatable (default: %(default)s)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="SyncBatchNorm across processes: NOT supported (the MBCSA batch norms run "
+                        "inside the fused op); refused with an explanation (default: off)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="hide the progress bars (default: shown when stderr is a terminal)")
+    g.add_argument("--no-plots", dest="plots", action="store_false",
+                   help="skip the PNG plots (default: written)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    keys = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..distill.trainer import train
+
+    import torch.distributed as dist
+
+    summary = train(config_from_args(args), resume=args.resume)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"best {summary['best']['metric']} {summary['best']['value']:.4f} at epoch "
+              f"{summary['best']['epoch']}; outputs in {summary['out']}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train hdkd_teacher, hdkd_student or hdkd (distilled from --teacher)",
+        description="Train one model. Writes OUT/last.pt after every epoch (atomically; "
+                    "--resume continues from it exactly), OUT/best.pt (chosen on the validation "
+                    "split), OUT/log.jsonl, plots and the test metrics of best.pt. Multi-GPU: "
+                    "torchrun --nproc-per-node N -m hdkd train ...")
+    add_training_arguments(p)
+    p.set_defaults(func=_run)
