@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import sysconfig
@@ -47,8 +48,8 @@ def _import_torch():
         pass
     for key in ("platlib", "purelib"):
         path = sysconfig.get_path(key)
-        if path and os.path.isdir(os.path.join(path, "torch")) and path not in sys.path:
-            sys.path.append(path)
+        if path and os.path.isdir(path) and path not in sys.path:
+            site.addsitedir(path)  # appended after the build environment; runs its .pth files
     try:
         import torch
         log(f"isolated build: using the target environment's torch from {torch.__file__}")
@@ -183,8 +184,12 @@ class CMakeBuild(build_ext):
             raise SkipExtension(f"the CMake build failed ({e}); the compiler output is above")
         info = {"torch_version": torch.__version__, "cuda": bool(cuda_home),
                 "cuda_archs": cuda if cuda_home else []}
-        with open(os.path.join(extdir, BUILD_INFO_FILE), "w") as f:
-            json.dump(info, f)
+        targets = [extdir]
+        if self.inplace or getattr(self, "editable_mode", False):  # the .so lands in the tree
+            targets.append(os.path.join(ROOT, "hdkd"))
+        for target in targets:
+            with open(os.path.join(target, BUILD_INFO_FILE), "w") as f:
+                json.dump(info, f)
 
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import its helpers
