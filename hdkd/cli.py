@@ -18,6 +18,7 @@ def _info(args: argparse.Namespace) -> int:
           f"  (CUDA build: {torch.version.cuda or 'no'})")
     cuda = torch.cuda.is_available()
     print(f"GPU: {torch.cuda.get_device_name(0) if cuda else 'none visible'}")
+    print(hdkd.ops.ext_build.describe_build())
     print(f"backend selection: {get_backend()}  (auto order: "
           + "; ".join(f"{dev}: {' > '.join(order)}" for dev, order in AUTO_ORDER.items()) + ")")
     print("backends:")

@@ -110,3 +110,13 @@ def test_version_mismatch_is_reported_not_loaded(monkeypatch):
     with pytest.warns(RuntimeWarning, match="built for torch 0.0.1"):
         module, reason = ext_build.load.__wrapped__()
     assert module is None and "rebuild" in reason
+
+
+def test_info_prints_the_build():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "hdkd", "info"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"hdkd._C: built for torch {torch.__version__}" in r.stdout
+    assert "mbcsa_eval -> ext" in r.stdout
