@@ -103,15 +103,30 @@ def _weights(inputs: list) -> list[list[int]]:
 
 
 def _csa_handle(op_name: str) -> Handle:
+    """The attention; with "project" in the name, followed by the 1x1 project conv (its output
+    is the op's first output)."""
     def handle(inputs: list, outputs: list) -> int:
         b, c, h, w = _shape(inputs[0])
         reduced, sa_k = max(c // 16, 1), 7
         for s in _weights(inputs):
             if s[0] == 1 and s[1] == 2:
                 sa_k = s[2]
-            elif s[1:] == [c, 1, 1]:
-                reduced = s[0]
-        return channel_spatial_attention_flops(b, c, h, w, reduced, sa_k)
+            elif s[0] == c and s[1] != c and s[2:] == [1, 1]:  # fc2: C x reduced x 1 x 1
+                reduced = s[1]
+        flops = channel_spatial_attention_flops(b, c, h, w, reduced, sa_k)
+        if "project" in op_name:
+            flops += b * _shape(outputs[0])[1] * c * h * w
+        return flops
+    return handle
+
+
+def _expand_handle(op_name: str) -> Handle:
+    """1x1 conv (possibly strided) -> BN -> GELU."""
+    def handle(inputs: list, outputs: list) -> int:
+        cin = _shape(inputs[0])[1]
+        b, c, h, w = _shape(outputs[0])
+        n = b * c * h * w
+        return n * cin + batch_norm_flops(n, _training(op_name, inputs))
     return handle
 
 
@@ -145,6 +160,7 @@ FAMILIES: list[tuple[tuple[str, ...], Callable[[str], Handle]]] = [
     (("mbcsa",), _mbcsa_handle),
     (("dwconv",), _dwconv_handle),
     (("channel_spatial_attention", "cbam", "csa"), _csa_handle),
+    (("expand",), _expand_handle),
 ]
 
 
