@@ -4,7 +4,7 @@ Implementations ("impls"): "eager" (the reference, backend "torch"), "compile" (
 reference, default mode) and every other registered hdkd backend that is available here, runs on
 this device and has the ops the level needs: new backends appear without changes here.
 GPU: PERFORMANCE.md's shapes (batch 64, 224 px), bf16 autocast and float32, channels_last.
-CPU: scaled down (batch 8, 112 px for the models), float32. On the CPU the compile peer runs at the
+CPU: scaled down (batch 8 for ops and blocks; batch 4 at 112 px for the model levels), float32. On the CPU the compile peer runs at the
 block level only: inductor compiles C++ for every graph (~20-30 s each on 2 cores), which the whole
 suite's 10-minute budget cannot afford at every level.
 Smoke mode (--benchmark-disable) runs every body once on small shapes, with the compile peer only
@@ -32,6 +32,11 @@ BACKEND_ENV = "HDKD_BENCH_BACKENDS"  # optional comma-separated subset of backen
 
 def batch() -> int:
     return 2 if SMOKE else (64 if ON_GPU else 8)
+
+
+def model_batch() -> int:
+    """Batch of the model-level suites (inference, training and distillation steps)."""
+    return 2 if SMOKE else (64 if ON_GPU else 4)
 
 
 def img_size() -> int:
@@ -111,9 +116,9 @@ def randomize_bn_stats(module: nn.Module) -> nn.Module:
     return module
 
 
-def images(n_sets: int = 2, size: int | None = None, channels: int = 3, b: int | None = None):
-    size = size or img_size()
-    return [torch.randn(b or batch(), channels, size, size, device=DEVICE)
+def images(n_sets: int = 2) -> list[torch.Tensor]:
+    size = img_size()
+    return [torch.randn(model_batch(), 3, size, size, device=DEVICE)
             .contiguous(memory_format=torch.channels_last) for _ in range(n_sets)]
 
 
@@ -130,4 +135,4 @@ def make_model(name: str, backend: str, training: bool) -> nn.Module:
 
 
 def labels(n_sets: int = 2) -> list[torch.Tensor]:
-    return [torch.randint(0, NUM_CLASSES, (batch(),), device=DEVICE) for _ in range(n_sets)]
+    return [torch.randint(0, NUM_CLASSES, (model_batch(),), device=DEVICE) for _ in range(n_sets)]

@@ -36,7 +36,7 @@ def test_distill_step(benchmark, session, dtype, impl):
         loss.backward()
         opt.step()
 
-    b, size = cases.batch(), cases.img_size()
+    b, size = cases.model_batch(), cases.img_size()
     one = torch.randn(1, 3, size, size, device=DEVICE)
 
     def fl(i):

@@ -27,7 +27,7 @@ def test_inference(benchmark, session, name, dtype, impl):
         with torch.no_grad(), cases.autocast(dtype):
             return fwd(x)
 
-    b, size = cases.batch(), cases.img_size()
+    b, size = cases.model_batch(), cases.img_size()
     one = torch.randn(1, 3, size, size, device=DEVICE)
     fl = lambda i: b * flops.count_flops(  # noqa: E731
         cases.make_model(name, cases.backend_of(i), training=False), (one,))

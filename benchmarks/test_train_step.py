@@ -36,7 +36,7 @@ def test_train_step(benchmark, session, name, dtype, impl):
         loss.backward()
         opt.step()
 
-    b, size = cases.batch(), cases.img_size()
+    b, size = cases.model_batch(), cases.img_size()
     one = torch.randn(1, 3, size, size, device=DEVICE)
     fl = lambda i: 3 * b * flops.count_flops(  # noqa: E731
         cases.make_model(name, cases.backend_of(i), training=True), (one,))
