@@ -199,3 +199,28 @@ def test_kernel_errors_name_the_argument():
                                            torch.zeros(8))
     with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
         torch.ops.hdkd.csa_forward(h.int(), fc1, fc2, sa)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["fused", "composed"])
+def test_mbcsa_under_cpu_autocast(grad):
+    ours, ref = _blocks(16, 16, False, seed=3)
+    ours.eval(), ref.eval()
+    x = torch.randn(2, 16, 8, 6)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ours(x)
+    assert rel_err(out, ref(x.double())) < 1e-2
+
+
+@pytest.mark.parametrize("op", ["attention", "dwconv"])
+def test_float16_inputs(op):
+    if op == "attention":
+        base = _quantized(_attention_inputs((2, 24, 5, 6), seed=5), torch.float16)
+        out = hdkd.ops.channel_spatial_attention(*[t.half() for t in base], backend="ext")
+        ref = R.channel_spatial_attention(*base)
+    else:
+        x, w, *bn = _quantized([torch.randn(2, 24, 5, 6), torch.randn(24, 1, 3, 3) * 0.4,
+                                *_bn(24, seed=1, dtype=torch.float16)], torch.float16)
+        out = hdkd.ops.dwconv_bn_gelu(x.half(), w.half(), R.BatchNormState(*[t.half() for t in bn]),
+                                      False, backend="ext")[0]
+        ref = R.dwconv_bn_gelu(x, w, R.BatchNormState(*bn), False)[0]
+    assert out.dtype == torch.float16 and rel_err(out, ref) < TOL[torch.float16]

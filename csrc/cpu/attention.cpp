@@ -50,6 +50,7 @@ void apply_gates(const float* h, const float* ca, const float* sa, Dims d, float
 
 std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h_in, const Tensor& fc1,
                                                const Tensor& fc2, const Tensor& sa_weight) {
+  const NoAutocast no_autocast;
   check_weights("hdkd::csa_forward", h_in, fc1, fc2, sa_weight);
   const Tensor h = nhwc_float(h_in);
   const Dims d = dims_of(h);
@@ -82,6 +83,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
                                                         const Tensor& fc1, const Tensor& fc2,
                                                         const Tensor& sa_weight,
                                                         const Tensor& ca_in, const Tensor& sa_in) {
+  const NoAutocast no_autocast;
   const char* op = "hdkd::csa_backward";
   check_weights(op, h_in, fc1, fc2, sa_weight);
   check_input(op, "grad", grad, 4);

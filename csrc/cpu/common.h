@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cmath>
 #include <cstdint>
@@ -16,6 +17,12 @@ namespace hdkd::cpu {
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kVec = Vec::size();
 constexpr int64_t kChunk = 256;  // pixels per parallel task
+
+// Held by every kernel: the ATen ops called inside (mm, gelu, ...) must compute in float32 even
+// when the caller runs under torch.autocast.
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 struct Dims {
   int64_t B, C, H, W, P;  // P = H * W

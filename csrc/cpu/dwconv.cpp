@@ -78,6 +78,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_i
                                                                const Tensor& w,
                                                                const Tensor& scale,
                                                                const Tensor& shift) {
+  const NoAutocast no_autocast;
   const char* op = "hdkd::dwconv_bn_gelu_eval";
   check_dw(op, x_in, w);
   check_channel_vec(op, "scale", scale, x_in.size(1));
@@ -155,6 +156,7 @@ Tensor total(const ChannelPartials& parts, int64_t tasks, int which) {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_train(
     const Tensor& x_in, const Tensor& w, const Tensor& gamma, const Tensor& beta, double eps) {
+  const NoAutocast no_autocast;
   const char* op = "hdkd::dwconv_bn_gelu_train";
   check_dw(op, x_in, w);
   check_channel_vec(op, "gamma", gamma, x_in.size(1));
@@ -218,6 +220,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
     const std::optional<Tensor>& conv_in, const Tensor& scale_in, const Tensor& shift_in,
     const Tensor& argmax, const std::optional<Tensor>& mean_in,
     const std::optional<Tensor>& invstd_in) {
+  const NoAutocast no_autocast;
   const char* op = "hdkd::dwconv_bn_gelu_backward";
   check_dw(op, x_in, w);
   const Tensor x = nhwc_float(x_in);

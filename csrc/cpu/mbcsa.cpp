@@ -40,6 +40,7 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
                   const Tensor& dw_w, const Tensor& dw_b, const Tensor& fc1, const Tensor& fc2,
                   const Tensor& sa_w, const Tensor& project_w, const Tensor& project_b,
                   const std::optional<Tensor>& shortcut_in) {
+  const NoAutocast no_autocast;
   const char* op = "hdkd::mbcsa_eval";
   check_input(op, "x", x_in, 4);
   const int64_t B = x_in.size(0), cin = x_in.size(1), hid = expand_w.size(0),

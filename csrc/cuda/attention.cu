@@ -10,6 +10,7 @@
 #include <ATen/ops/sigmoid.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
@@ -119,6 +120,8 @@ std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h_in, const Tensor&
                   sa_weight.device() == h_in.device(),
               "hdkd::csa_forward: expected every weight on ", h_in.device());
   const c10::cuda::CUDAGuard guard(h_in.device());
+  // the channel MLP below must run in float32 even under torch.autocast
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const bool cl = h_in.is_contiguous(at::MemoryFormat::ChannelsLast) && !h_in.is_contiguous();
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const Tensor h = h_in.contiguous(fmt);

