@@ -16,11 +16,18 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 def configs(gpu: list[dict], interpret: dict, warps: tuple[int, ...] = (4,),
             stages: tuple[int, ...] = (1,)) -> list[triton.Config]:
-    """Autotune candidates: the GPU list crossed with num_warps/num_stages, or the single small
-    configuration the interpreter runs (it would otherwise time every candidate on the CPU)."""
+    """Autotune candidates: the GPU list crossed with num_warps/num_stages (an entry may fix its
+    own "num_warps"), or the single small configuration the interpreter runs (it would otherwise
+    time every candidate on the CPU)."""
     if INTERPRET:
         return [triton.Config(interpret, num_warps=1, num_stages=1)]
-    return [triton.Config(kw, num_warps=w, num_stages=s) for kw in gpu for w in warps for s in stages]
+    out = []
+    for kw in gpu:
+        kw = dict(kw)
+        own = kw.pop("num_warps", None)
+        out += [triton.Config(kw, num_warps=w, num_stages=s)
+                for w in ((own,) if own else warps) for s in stages]
+    return out
 
 
 def dot_dtype(dtype: torch.dtype):

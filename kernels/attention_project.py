@@ -19,11 +19,10 @@ from ._config import configs, dot_dtype
 from .pointwise_conv import _mma, pointwise_conv
 
 
-@triton.autotune(configs(gpu=[dict(BLOCK_M=64, BLOCK_N=128, BLOCK_P=64),
-                              dict(BLOCK_M=128, BLOCK_N=128, BLOCK_P=32),
-                              dict(BLOCK_M=64, BLOCK_N=64, BLOCK_P=64)],
-                         interpret=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_P=16), warps=(4, 8),
-                         stages=(3,)),
+@triton.autotune(configs(gpu=[dict(BLOCK_M=64, BLOCK_N=128, BLOCK_P=64, num_warps=8),
+                              dict(BLOCK_M=128, BLOCK_N=128, BLOCK_P=32, num_warps=8),
+                              dict(BLOCK_M=64, BLOCK_N=64, BLOCK_P=32, num_warps=4)],
+                         interpret=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_P=16), stages=(3, 4)),
                  key=["N", "K", "HW"])
 @triton.jit
 def _gated_weight_grad_kernel(g_ptr, d_ptr, ca_ptr, s_ptr, part_ptr, N, K, HW, W,

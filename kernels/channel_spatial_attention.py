@@ -43,7 +43,7 @@ def _pixel_offsets(offs_p, W, sh, sw):
 
 @triton.autotune(configs(gpu=[dict(BLOCK_P=64, BLOCK_C=64), dict(BLOCK_P=128, BLOCK_C=32),
                               dict(BLOCK_P=32, BLOCK_C=128)],
-                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(4, 8)),
+                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(8, 4)),
                  key=["C", "HW"])
 @triton.jit
 def _channel_stats_kernel(h_ptr, sum_ptr, max_ptr, cnt_ptr, C, HW, W, sb, sc, sh, sw,
@@ -97,7 +97,7 @@ def _channel_gate_kernel(sum_ptr, max_ptr, w1_ptr, w2_ptr, ca_ptr, C, R, inv_hw,
 
 @triton.autotune(configs(gpu=[dict(BLOCK_P=32, BLOCK_C=64), dict(BLOCK_P=64, BLOCK_C=64),
                               dict(BLOCK_P=16, BLOCK_C=128)],
-                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(4, 8)),
+                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(8, 4)),
                  key=["C", "HW"])
 @triton.jit
 def _pixel_pool_kernel(h_ptr, ca_ptr, pooled_ptr, cnt_ptr, C, HW, W, sb, sc, sh, sw, inv_c,
@@ -148,7 +148,7 @@ def _spatial_gate_kernel(pooled_ptr, w_ptr, s_ptr, H, W, HW, K: tl.constexpr,
 
 @triton.autotune(configs(gpu=[dict(BLOCK_P=64, BLOCK_C=64), dict(BLOCK_P=32, BLOCK_C=128),
                               dict(BLOCK_P=128, BLOCK_C=32)],
-                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(4, 8)),
+                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(8, 4)),
                  key=["C", "HW"])
 @triton.jit
 def _apply_kernel(h_ptr, ca_ptr, s_ptr, out_ptr, C, HW, W, sb, sc, sh, sw, ob, oc, oh, ow,
@@ -181,7 +181,7 @@ def _du(g, h, ca, s, dp_mean, dp_max, p_max, p_cnt, inv_c):
 
 @triton.autotune(configs(gpu=[dict(BLOCK_P=32, BLOCK_C=64), dict(BLOCK_P=64, BLOCK_C=64),
                               dict(BLOCK_P=16, BLOCK_C=128)],
-                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(4, 8)),
+                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(8, 4)),
                  key=["C", "HW"])
 @triton.jit
 def _spatial_logit_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dlogit_ptr, C, HW, W,
@@ -206,7 +206,7 @@ def _spatial_logit_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dlogit_ptr, C, HW, W
     tl.store(dlogit_ptr + b * HW + offs_p, acc * s * (1.0 - s), mask=pmask)
 
 
-@triton.autotune(configs(gpu=[{}], interpret={}, warps=(4, 8)), key=["HW"])
+@triton.autotune(configs(gpu=[{}], interpret={}, warps=(8, 4)), key=["HW"])
 @triton.jit
 def _spatial_conv_grad_kernel(dlogit_ptr, pooled_ptr, w_ptr, dpooled_ptr, dw_part_ptr, H, W, HW,
                               K: tl.constexpr, BLOCK_P: tl.constexpr):
@@ -240,7 +240,7 @@ def _spatial_conv_grad_kernel(dlogit_ptr, pooled_ptr, w_ptr, dpooled_ptr, dw_par
 
 @triton.autotune(configs(gpu=[dict(BLOCK_P=64, BLOCK_C=64), dict(BLOCK_P=128, BLOCK_C=32),
                               dict(BLOCK_P=32, BLOCK_C=128)],
-                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(4, 8)),
+                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(8, 4)),
                  key=["C", "HW"])
 @triton.jit
 def _channel_gate_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dpooled_ptr, pooled_ptr, pcnt_ptr,
@@ -272,7 +272,7 @@ def _channel_gate_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dpooled_ptr, pooled_p
 
 @triton.autotune(configs(gpu=[dict(BLOCK_P=64, BLOCK_C=64), dict(BLOCK_P=32, BLOCK_C=128),
                               dict(BLOCK_P=128, BLOCK_C=32)],
-                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(4, 8)),
+                         interpret=dict(BLOCK_P=32, BLOCK_C=16), warps=(8, 4)),
                  key=["C", "HW"])
 @triton.jit
 def _input_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dpooled_ptr, pooled_ptr, pcnt_ptr,
@@ -333,7 +333,7 @@ def channel_gate(ch_sum, ch_max, fc1_weight, fc2_weight, hw: int):
     ca = torch.empty_like(ch_sum)
     _channel_gate_kernel[(B,)](ch_sum, ch_max, fc1_weight.contiguous(), fc2_weight.contiguous(),
                                ca, C, R, 1.0 / hw, BLOCK_C=min(64, next_pow2(C, 16)),
-                               BLOCK_R=next_pow2(R))
+                               BLOCK_R=next_pow2(R, 16))
     return ca
 
 

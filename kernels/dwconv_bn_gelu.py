@@ -28,7 +28,9 @@ from ._math import gelu, gelu_grad, max_with_ties
 _NEG_INF = tl.constexpr(float("-inf"))
 # [pixels, channels] tile: 64 x 64 bf16 channels_last rows are 128-byte lines on the GPU
 TILE_P, TILE_C = (32, 16) if INTERPRET else (64, 64)
-_WARPS = configs(gpu=[{}], interpret={}, warps=(4, 8))
+# d(weight) pass: 32-pixel tiles (64 spill at 8 warps on sm_90), DW_TILES of them per program
+DW_TILE_P, DW_TILES = (32, 2) if INTERPRET else (32, 8)
+_WARPS = configs(gpu=[{}], interpret={}, warps=(8, 4))
 
 
 @triton.jit
@@ -155,37 +157,50 @@ def _grad_conv_output_kernel(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ym
                              dv_ptr, pdw_ptr, C, H, W, Wo, HWo, inv_n, sb, sc, sh, sw,
                              yb, yc, yh, yw, gb, gc, gh, gw, TRAINING: tl.constexpr,
                              STRIDE: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
-                             BLOCK_C: tl.constexpr):
-    """dv = dL/d(conv output) into a B x Ho x Wo x C buffer, and per-tile partials of
-    d(weight)[c, t] = sum_p dv * x(p shifted by tap t)."""
-    b, offs_p, offs_c, pmask, cmask, row = _tile_index(HWo, BLOCK_P, BLOCK_C, C)
-    da, xhat = _grad_pre_activation(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ymax_ptr,
-                                    ycnt_ptr, scale_ptr, shift_ptr, mean_ptr, rstd_ptr, b, offs_p,
-                                    offs_c, pmask, cmask, C, H, W, Wo, HWo, sb, sc, sh, sw,
-                                    yb, yc, yh, yw, gb, gc, gh, gw, STRIDE, K, BLOCK_P, BLOCK_C)
+                             BLOCK_C: tl.constexpr, TILES: tl.constexpr, TAPS: tl.constexpr):
+    """dv = dL/d(conv output) into a B x Ho x Wo x C buffer, and this program's share of
+    d(weight)[c, t] = sum_p dv * x(p shifted by tap t), summed over TILES pixel tiles in
+    registers ([BLOCK_C, TAPS >= K*K]) so the partials stay small."""
+    b = tl.program_id(0)
+    row = b * tl.num_programs(1) + tl.program_id(1)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
+    taps = tl.arange(0, TAPS)
     scale = tl.load(scale_ptr + offs_c, mask=cmask, other=0.0)
-    m = pmask[:, None] & cmask[None, :]
-    if TRAINING:  # the batch mean and variance depend on every pixel of the channel
-        dbeta = tl.load(dbeta_ptr + offs_c, mask=cmask, other=0.0)
-        dgamma = tl.load(dgamma_ptr + offs_c, mask=cmask, other=0.0)
-        dv = scale[None, :] * (da - (dbeta * inv_n)[None, :] - xhat * (dgamma * inv_n)[None, :])
-    else:
-        dv = da * scale[None, :]
-    dv = tl.where(m, dv, 0.0)
-    tl.store(dv_ptr + (b * HWo + offs_p)[:, None] * C + offs_c[None, :],
-             dv.to(dv_ptr.dtype.element_ty), mask=m)
-    oh = offs_p // Wo
-    ow = offs_p % Wo
+    dbeta = tl.load(dbeta_ptr + offs_c, mask=cmask, other=0.0)
+    dgamma = tl.load(dgamma_ptr + offs_c, mask=cmask, other=0.0)
+    dw_acc = tl.zeros([BLOCK_C, TAPS], tl.float32)
     base = x_ptr + b * sb + offs_c[None, :] * sc
-    for ky in tl.static_range(K):
-        ih = oh * STRIDE + (ky - K // 2)
-        for kx in tl.static_range(K):
-            iw = ow * STRIDE + (kx - K // 2)
-            ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xv = tl.load(base + (ih * sh + iw * sw)[:, None], mask=ok[:, None] & cmask[None, :],
-                         other=0.0).to(tl.float32)
-            tl.store(pdw_ptr + (row * C + offs_c) * (K * K) + ky * K + kx, tl.sum(dv * xv, 0),
-                     mask=cmask)
+    for t in range(TILES):
+        offs_p = (tl.program_id(1) * TILES + t) * BLOCK_P + tl.arange(0, BLOCK_P)
+        pmask = offs_p < HWo
+        da, xhat = _grad_pre_activation(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ymax_ptr,
+                                        ycnt_ptr, scale_ptr, shift_ptr, mean_ptr, rstd_ptr, b,
+                                        offs_p, offs_c, pmask, cmask, C, H, W, Wo, HWo, sb, sc,
+                                        sh, sw, yb, yc, yh, yw, gb, gc, gh, gw, STRIDE, K,
+                                        BLOCK_P, BLOCK_C)
+        m = pmask[:, None] & cmask[None, :]
+        if TRAINING:  # the batch mean and variance depend on every pixel of the channel
+            dv = scale[None, :] * (da - (dbeta * inv_n)[None, :]
+                                   - xhat * (dgamma * inv_n)[None, :])
+        else:
+            dv = da * scale[None, :]
+        dv = tl.where(m, dv, 0.0)
+        tl.store(dv_ptr + (b * HWo + offs_p)[:, None] * C + offs_c[None, :],
+                 dv.to(dv_ptr.dtype.element_ty), mask=m)
+        oh = offs_p // Wo
+        ow = offs_p % Wo
+        for ky in tl.static_range(K):
+            ih = oh * STRIDE + (ky - K // 2)
+            for kx in tl.static_range(K):
+                iw = ow * STRIDE + (kx - K // 2)
+                ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                xv = tl.load(base + (ih * sh + iw * sw)[:, None],
+                             mask=ok[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+                tap_sum = tl.sum(dv * xv, 0)
+                dw_acc += tl.where(taps[None, :] == ky * K + kx, tap_sum[:, None], 0.0)
+    tl.store(pdw_ptr + (row * C + offs_c)[:, None] * (K * K) + taps[None, :], dw_acc,
+             mask=cmask[:, None] & (taps < K * K)[None, :])
 
 
 @triton.autotune(_WARPS, key=["C", "HW"])
@@ -228,9 +243,9 @@ def _grid(B, HWo, C):
     return (B, triton.cdiv(HWo, TILE_P), triton.cdiv(C, TILE_C))
 
 
-def _partials(B, HWo, C, device, n=1, per=()):
+def _partials(B, HWo, C, device, n=1):
     rows = B * triton.cdiv(HWo, TILE_P)
-    return [torch.empty(rows, C, *per, device=device, dtype=torch.float32) for _ in range(n)]
+    return [torch.empty(rows, C, device=device, dtype=torch.float32) for _ in range(n)]
 
 
 def batch_stats(x, weight, stride: int):
@@ -286,9 +301,11 @@ def backward(gy, gavg, gmax, x, weight, y, ymax, ycnt, scale, shift, mean, rstd,
     dbeta, dgamma = pda.sum(0), pdax.sum(0)
 
     dv = torch.empty(B, Ho, Wo, C, device=x.device, dtype=x.dtype)
-    (pdw,) = _partials(B, HWo, C, x.device, 1, per=(k * k,))
-    _grad_conv_output_kernel[grid](*pre, dbeta, dgamma, dv, pdw, *common, 1.0 / (B * HWo),
-                                   *strides, TRAINING=training, **meta)
+    groups = triton.cdiv(triton.cdiv(HWo, DW_TILE_P), DW_TILES)
+    pdw = torch.empty(B * groups, C, k * k, device=x.device, dtype=torch.float32)
+    _grad_conv_output_kernel[(B, groups, triton.cdiv(C, TILE_C))](
+        *pre, dbeta, dgamma, dv, pdw, *common, 1.0 / (B * HWo), *strides, TRAINING=training,
+        **dict(meta, BLOCK_P=DW_TILE_P), TILES=DW_TILES, TAPS=triton.next_power_of_2(k * k))
     dweight = pdw.sum(0).view(C, 1, k, k)
 
     dx = torch.empty_like(x)
