@@ -151,3 +151,12 @@ def test_training_saves_a_third_of_the_eager_activations():
     fast.backend = "torch"
     eager_bytes = _saved_bytes(fast, x)
     assert triton_bytes < 0.4 * eager_bytes, (triton_bytes, eager_bytes)
+
+
+def test_training_refuses_one_value_per_channel_like_the_reference():
+    fast, ref = _pair(4, 6, True, 4, torch.float32, seed=1)
+    x = torch.randn(1, 4, 2, 2, device=DEVICE)  # the strided expand sees one pixel
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ref.train()(x.double())
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fast.train()(x)

@@ -188,16 +188,19 @@ def dwconv_bn_gelu(x: Tensor, dw_weight: Tensor, bn: BatchNormState, training: b
         return reference.dwconv_bn_gelu(x, dw_weight, bn, training, momentum, eps, stride)
     x = _autocast(x)
     if training:
-        n = x.shape[0] * _out_hw(x, dw_weight.shape[-1], stride)[0] * \
-            _out_hw(x, dw_weight.shape[-1], stride)[1]
-        if n < 2:
-            raise ValueError(f"hdkd.dwconv_bn_gelu: batch statistics need more than 1 value per "
-                             f"channel, got input shape {tuple(x.shape)}")
+        _require_batch_values("hdkd.dwconv_bn_gelu", x, _out_hw(x, dw_weight.shape[-1], stride))
     y, avg, mx, _, mean, _, var_unbiased = _dwconv_forward(
         x, dw_weight, bn.weight, bn.bias, bn.running_mean, bn.running_var, training, eps, stride)
     if training:
         _update_running_stats(bn, mean, var_unbiased, momentum)
     return y, avg.to(y.dtype), mx.to(y.dtype)
+
+
+def _require_batch_values(op: str, x: Tensor, out_hw: tuple[int, int]) -> None:
+    """Batch statistics need two values per channel, as F.batch_norm requires."""
+    if x.shape[0] * out_hw[0] * out_hw[1] < 2:
+        raise ValueError(f"{op}: batch statistics need more than 1 value per channel, got input "
+                         f"shape {tuple(x.shape)} (output {out_hw[0]} x {out_hw[1]})")
 
 
 def _update_running_stats(bn: BatchNormState, mean: Tensor, var_unbiased: Tensor,
@@ -266,6 +269,9 @@ _expand_forward.register_autograd(_expand_grad, setup_context=_expand_setup)
 def expand_bn_gelu(z: Tensor, weight: Tensor, bn: BatchNormState, training: bool,
                    momentum: float, eps: float, stride: int) -> Tensor:
     """GELU(BN(conv1x1(z, weight, stride))): one GEMM pass, only z saved for the backward."""
+    if training:
+        _require_batch_values("hdkd.mbcsa (expand)", z,
+                              tuple((n - 1) // stride + 1 for n in z.shape[2:]))
     e, mean, _, var_unbiased = _expand_forward(_autocast(z), weight, bn.weight, bn.bias, bn.running_mean,
                                                bn.running_var, training, eps, stride)
     if training:
