@@ -184,3 +184,13 @@ def test_recipe_defaults_and_schedule():
     other = EpochSchedule(opt, "cosine", 5e-5, 100, 5, 2e-5, 2e-5)
     with pytest.raises(ValueError, match="epochs: checkpoint 200 vs now 100"):
         other.load_state_dict(s.state_dict())
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_train(tmp_path, amp):
+    result = train(config(tmp_path, epochs=1, amp=amp, channels_last=True, lr=1e-3),
+                   splits=tiny_splits(), log=lambda m: None)
+    record = result["history"][0]
+    assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])
+    state = ckpt.read_checkpoint(tmp_path / "last.pt")
+    assert state["scaler"] is not None and state["config"]["amp"] == amp

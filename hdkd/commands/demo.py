@@ -152,8 +152,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--img-size", type=int, default=32,
                    help="image size, a multiple of 16 (default: %(default)s)")
-    p.add_argument("--teacher-epochs", type=int, default=6, help="(default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=8,
+    p.add_argument("--teacher-epochs", type=int, default=4, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=6,
                    help="epochs of the two students (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument("--teacher-lr", type=float, default=1e-3, help="(default: %(default)s)")
