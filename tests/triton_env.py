@@ -10,12 +10,15 @@ import pytest
 import torch
 
 ON_CUDA = torch.cuda.is_available()
+_set_here = not ON_CUDA and "TRITON_INTERPRET" not in os.environ
+# triton's own tl.* helpers are decorated when triton is imported, so the interpreter works only
+# when the variable was set before that (importing hdkd or torch._dynamo imports triton)
+_imported_before = _set_here and "triton" in sys.modules
 if not ON_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
 
-_already = sys.modules.get("hdkd.kernels._config")
 _reason = None
 try:
     import triton  # noqa: F401
@@ -23,9 +26,10 @@ except ImportError:
     _reason = "triton is not installed"
 if _reason is None and not ON_CUDA and not INTERPRET:
     _reason = "no CUDA GPU and TRITON_INTERPRET=0"
-if _reason is None and _already is not None and _already.INTERPRET != INTERPRET:
-    _reason = ("hdkd.kernels was imported before TRITON_INTERPRET was set; run the Triton tests "
-               "in their own pytest process: TRITON_INTERPRET=1 pytest tests/test_triton_*.py")
+if _reason is None and _imported_before:
+    _reason = ("triton was imported (by an earlier test module) before TRITON_INTERPRET=1 was "
+               "set; run the Triton tests in their own process: "
+               "TRITON_INTERPRET=1 pytest tests/test_triton_*.py")
 requires_triton = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 cuda_only = pytest.mark.skipif(INTERPRET, reason="realistic shapes run on a CUDA GPU only")
 
