@@ -23,9 +23,15 @@ def plot_curves(history: Sequence[dict], path: str | os.PathLike, title: str = "
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in history], marker="o", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    distilled = bool(history) and "train_base" in history[0]
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o",
+                 label="train (total objective)" if distilled else "train")
+    if distilled:  # the KD objective is on another scale than cross-entropy: show both
+        ax_loss.plot(epochs, [r["train_base"] for r in history], marker="o",
+                     label="train cross-entropy")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], marker="o",
+                 label="validation cross-entropy")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss", yscale="log")
     ax_loss.legend()
     for key, label in (("val_accuracy", "accuracy"), ("val_macro_f1", "macro-F1"),
                        ("val_balanced_accuracy", "balanced accuracy")):

@@ -194,3 +194,9 @@ def test_mixed_precision_and_channels_last_train(tmp_path, amp):
     assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])
     state = ckpt.read_checkpoint(tmp_path / "last.pt")
     assert state["scaler"] is not None and state["config"]["amp"] == amp
+
+
+def test_class_balanced_sampler_option_trains(tmp_path):
+    result = train(config(tmp_path, epochs=1, balanced_sampler=True), splits=tiny_splits(),
+                   log=lambda m: None)
+    assert math.isfinite(result["history"][0]["train_loss"])

@@ -9,8 +9,6 @@ from ..models import list_models
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..data import load_dataset
     from ..distill import checkpoint as ckpt
     from ..distill.ddp import DistContext
