@@ -1,6 +1,5 @@
 // CPU kernels of the channel-spatial attention (CBAM with its residual):
 //   u = h * ca(h); out = u * sa(u) + h = h * (ca * sa + 1).
-#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/gelu_backward.h>
@@ -44,6 +43,47 @@ void apply_gates(const float* h, const float* ca, const float* sa, Dims d, float
       for (; c + kVec <= C; c += kVec)
         (Vec::loadu(h + off + c) * at::vec::fmadd(Vec::loadu(g + c), vs, one)).store(out + off + c);
       for (; c < C; ++c) out[off + c] = h[off + c] * (g[c] * s + 1.f);
+    }
+  });
+}
+
+// Backward of the k x k 2 -> 1 conv of spatial_gate, given dpre = d(loss)/d(conv output):
+//   dpooled[b, ch, q] = sum_taps dpre[b, q - tap] * w[ch, tap]   (the flipped-kernel conv)
+//   dw[ch, tap] = sum_{b, q} dpre[b, q] * pooled[b, ch, q + tap]  (one tap per task: no atomics,
+//                                                                 thread-count independent)
+void spatial_gate_backward(const float* dpre, const float* pooled, const float* w, int64_t k,
+                           Dims d, float* dpooled, float* dw) {
+  const int64_t r = k / 2, H = d.H, W = d.W, P = d.P;
+  at::parallel_for(0, d.B * H, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / H, y = t % H;
+      for (int64_t x = 0; x < W; ++x)
+        for (int64_t ch = 0; ch < 2; ++ch) {
+          float acc = 0.f;
+          for (int64_t ky = 0; ky < k; ++ky) {
+            const int64_t oy = y - ky + r;
+            if (oy < 0 || oy >= H) continue;
+            for (int64_t kx = 0; kx < k; ++kx) {
+              const int64_t ox = x - kx + r;
+              if (ox >= 0 && ox < W) acc += dpre[b * P + oy * W + ox] * w[(ch * k + ky) * k + kx];
+            }
+          }
+          dpooled[(b * 2 + ch) * P + y * W + x] = acc;
+        }
+    }
+  });
+  at::parallel_for(0, 2 * k * k, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t ch = t / (k * k), ky = (t / k) % k, kx = t % k;
+      double acc = 0.0;
+      for (int64_t b = 0; b < d.B; ++b)
+        for (int64_t y = std::max<int64_t>(0, r - ky); y < std::min(H, H + r - ky); ++y) {
+          const float* g = dpre + b * P + y * W;
+          const float* src = pooled + (b * 2 + ch) * P + (y + ky - r) * W + (kx - r);
+          for (int64_t x = std::max<int64_t>(0, r - kx); x < std::min(W, W + r - kx); ++x)
+            acc += double(g[x]) * double(src[x]);
+        }
+      dw[t] = static_cast<float>(acc);
     }
   });
 }
@@ -129,11 +169,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
   const Tensor avg = sum.mul_(1.0 / double(P));
 
   const Tensor saw = float_contig(sa_weight);
-  const int64_t pad = saw.size(-1) / 2;
-  auto [dpooled, dsaw, unused] = at::convolution_backward(
-      dpre, pooled, saw, std::nullopt, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, 1,
-      {true, true, false});
-  const float* dpp = dpooled.contiguous().data_ptr<float>();
+  Tensor dpooled = at::empty({d.B, 2, d.H, d.W}, opts), dsaw = at::empty(saw.sizes(), opts);
+  spatial_gate_backward(dprep, pooled.data_ptr<float>(), saw.data_ptr<float>(), saw.size(-1), d,
+                        dpooled.data_ptr<float>(), dsaw.data_ptr<float>());
+  const float* dpp = dpooled.data_ptr<float>();
   const int32_t* acp = argc.data_ptr<int32_t>();
   const float inv_c = 1.f / float(C);
 

@@ -2,7 +2,6 @@
 // and max (eval: BN as a folded affine, one pass; train: batch statistics, three passes).
 #include "cpu/dwconv.h"
 
-#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/zeros.h>
@@ -152,6 +151,41 @@ Tensor total(const ChannelPartials& parts, int64_t tasks, int which) {
     for (int64_t c = 0; c < parts.C; ++c) o[c] += v[c];
   }
   return out;
+}
+
+// dW[tap, c] = sum over pixels of dconv[p, c] * x[p + tap offset, c], as k*k x C. Per-task partials
+// combined in task order: the result does not depend on the thread count.
+Tensor dwconv_weight_grad(const float* x, const float* dconv, int64_t k, Dims d) {
+  const int64_t C = d.C, r = k / 2, taps = k * k, tasks = d.B * chunks_per_image(d.P);
+  Tensor parts = at::zeros({tasks, taps, C}, at::TensorOptions().dtype(at::kFloat));
+  float* pp = parts.data_ptr<float>();
+  for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
+    const float* img = x + b * d.P * C;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t y = p / d.W, xx = p % d.W;
+      const float* g = dconv + (b * d.P + p) * C;
+      for (int64_t ky = 0; ky < k; ++ky) {
+        const int64_t iy = y + ky - r;
+        if (iy < 0 || iy >= d.H) continue;
+        for (int64_t kx = 0; kx < k; ++kx) {
+          const int64_t ix = xx + kx - r;
+          if (ix < 0 || ix >= d.W) continue;
+          const float* src = img + (iy * d.W + ix) * C;
+          float* acc = pp + (t * taps + ky * k + kx) * C;
+          int64_t c = 0;
+          for (; c + kVec <= C; c += kVec)
+            at::vec::fmadd(Vec::loadu(g + c), Vec::loadu(src + c), Vec::loadu(acc + c))
+                .store(acc + c);
+          for (; c < C; ++c) acc[c] += g[c] * src[c];
+        }
+      }
+    }
+  });
+  Tensor dw = at::zeros({taps, C}, at::TensorOptions().dtype(at::kFloat));
+  float* out = dw.data_ptr<float>();
+  for (int64_t t = 0; t < tasks; ++t)
+    for (int64_t i = 0; i < taps * C; ++i) out[i] += pp[t * taps * C + i];
+  return dw;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_train(
@@ -330,10 +364,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
       }
     }
   });
-  const int64_t pad = w.size(-1) / 2;
-  auto [dx, dw, unused] = at::convolution_backward(
-      dz, x, w.to(at::kFloat), std::nullopt, {1, 1}, {pad, pad}, {1, 1}, false, {0, 0}, C,
-      {true, true, false});
+  const int64_t k = w.size(-1);
+  // dx: the conv of dconv with the spatially flipped kernel (stride 1, padding k / 2).
+  const Tensor flipped = tap_major(w.flip({2, 3}));
+  Tensor dx = empty_nhwc(d.B, C, d.H, d.W);
+  for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
+    for (int64_t p = p0; p < p1; ++p)
+      conv_pixel(dzp + b * P * C, flipped.data_ptr<float>(), nullptr, k, d, p / d.W, p % d.W,
+                 dx.data_ptr<float>() + (b * P + p) * C);
+  });
+  const Tensor dw = dwconv_weight_grad(x.data_ptr<float>(), dzp, k, d)
+                        .t().reshape({C, 1, k, k});
   return {like_input(dx, x_in), dw.to(w.scalar_type()), dscale.to(scale_in.scalar_type()),
           dshift.to(shift_in.scalar_type())};
 }
