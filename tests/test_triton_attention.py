@@ -4,13 +4,13 @@ import zlib
 import pytest
 import torch
 
-from triton_env import (DEVICE, INTERPRET, TOL, cuda_only, layout, leaf, rel_err,
-                        requires_triton)
+from triton_env import (DEVICE, INTERPRET, TOL, cuda_only, layout, leaf, no_tf32,  # noqa: F401
+                        rel_err, requires_triton)
 
 import hdkd
 from hdkd.ops import reference
 
-pytestmark = requires_triton
+pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
 
 # (B, C, H, W): batch 1, channels not multiples of 8, H and W not multiples of any block
 SMALL = [((1, 5, 3, 5), torch.float32, "contiguous"),

@@ -5,13 +5,14 @@ import zlib
 import pytest
 import torch
 
-from triton_env import DEVICE, TOL, cuda_only, layout, leaf, rel_err, requires_triton
+from triton_env import (DEVICE, TOL, cuda_only, layout, leaf, no_tf32,  # noqa: F401
+                        rel_err, requires_triton)
 
 import hdkd
 from hdkd.ops import reference, triton_backend
 from hdkd.ops.reference import BatchNormState
 
-pytestmark = requires_triton
+pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
 
 SMALL = [((1, 5, 3, 5), torch.float32, "contiguous", True, 1),
          ((2, 20, 7, 6), torch.float32, "channels_last", False, 1),

@@ -3,11 +3,12 @@ kernels (no grad), eval with grad, and training (batch statistics, running stati
 import pytest
 import torch
 
-from triton_env import DEVICE, TOL, cuda_only, layout, rel_err, requires_triton
+from triton_env import (DEVICE, TOL, cuda_only, layout, no_tf32,  # noqa: F401
+                        rel_err, requires_triton)
 
 import hdkd
 
-pytestmark = requires_triton
+pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
 
 
 def _pair(cin, cout, down, expansion, dtype, seed):

@@ -3,12 +3,13 @@ implementation, autograd registration) and torch.compile(fullgraph=True) through
 import pytest
 import torch
 
-from triton_env import DEVICE, INTERPRET, ON_CUDA, rel_err, requires_triton
+from triton_env import (DEVICE, INTERPRET, ON_CUDA, no_tf32,  # noqa: F401
+                        rel_err, requires_triton)
 
 import hdkd
 from hdkd.ops import backends_registry, resolve, triton_backend
 
-pytestmark = requires_triton
+pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
 OPS = ("channel_spatial_attention", "dwconv_bn_gelu", "mbcsa_train", "mbcsa_eval")
 
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from triton_env import DEVICE, TOL, layout, leaf, rel_err, requires_triton
+from triton_env import (DEVICE, TOL, layout, leaf, no_tf32,  # noqa: F401
+                        rel_err, requires_triton)
 
 from hdkd.ops import reference, triton_backend
 from hdkd.ops.reference import BatchNormState
 
-pytestmark = requires_triton
+pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
 
 
 def _gen(*key):

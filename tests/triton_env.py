@@ -31,6 +31,16 @@ if _reason is None and _imported_before:
                "set; run the Triton tests in their own process: "
                "TRITON_INTERPRET=1 pytest tests/test_triton_*.py")
 requires_triton = pytest.mark.skipif(_reason is not None, reason=_reason or "")
+
+
+@pytest.fixture
+def no_tf32():
+    """float32 convolutions and matmuls of torch at full precision on the GPU (cuDNN defaults to
+    TF32), so the float32 tolerance of 1e-4 against float64 applies to the torch parts too."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 cuda_only = pytest.mark.skipif(INTERPRET, reason="realistic shapes run on a CUDA GPU only")
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
