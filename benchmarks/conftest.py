@@ -12,10 +12,15 @@ from . import cases
 from .harness import DEVICE, ON_GPU, Session, fill_speedups
 
 _SESSION = Session()
+_LOAD_AT_START: list[float] = []
+THREADS_ENV = "HDKD_BENCH_THREADS"  # optional torch CPU thread count for the whole session
 
 
 def pytest_configure(config):
     cases.SMOKE = bool(config.getoption("benchmark_disable", False))
+    _LOAD_AT_START[:] = os.getloadavg()
+    if os.environ.get(THREADS_ENV):
+        torch.set_num_threads(int(os.environ[THREADS_ENV]))
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +40,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         device=torch.cuda.get_device_name(DEVICE) if ON_GPU else _cpu_name(),
         torch=torch.__version__, cuda=torch.version.cuda, triton=triton_version,
         hdkd=hdkd.__version__, backends=hdkd.backends(), torch_threads=torch.get_num_threads(),
-        load_average=list(os.getloadavg()), smoke=cases.SMOKE)
+        load_average=list(_LOAD_AT_START), smoke=cases.SMOKE)
 
 
 def _cpu_name() -> str:

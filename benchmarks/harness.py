@@ -134,14 +134,12 @@ class Session:
 
 
 def run(benchmark, session: Session, workload: Workload, impl: str,
-        fn: Callable, input_sets: list[tuple], note: Optional[str] = None) -> None:
+        fn: Callable, input_sets: list[tuple]) -> None:
     """Benchmark fn(*inputs) for the rotating input sets and fill benchmark.extra_info."""
     benchmark.group = workload.key
     info = benchmark.extra_info
     info.update(level=workload.level, workload=workload.name, impl=impl, dtype=workload.dtype,
                 batch=workload.batch, device=_device_name(), **workload.extra)
-    if note:
-        info["note"] = note
     flops = workload.flops(impl)
     info.update(flops=flops, flops_rule=workload.flops_rule, bytes=workload.bytes,
                 bytes_rule=workload.bytes_rule)
