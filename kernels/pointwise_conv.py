@@ -14,7 +14,6 @@ the IEEE path so float32 results match the reference to 1e-5).
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
