@@ -224,3 +224,13 @@ def test_float16_inputs(op):
                                       False, backend="ext")[0]
         ref = R.dwconv_bn_gelu(x, w, R.BatchNormState(*bn), False)[0]
     assert out.dtype == torch.float16 and rel_err(out, ref) < TOL[torch.float16]
+
+
+def test_large_depthwise_kernel_runs_the_reference():
+    torch.manual_seed(0)
+    ours = hdkd.nn.MBCSA(8, 8, kernel_size=9, backend="ext").eval()
+    ref = hdkd.nn.MBCSA(8, 8, kernel_size=9, backend="torch").eval()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 8, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))

@@ -1,7 +1,7 @@
 """The `ext` backend: the compiled extension hdkd._C (csrc/).
 
-CPU: fused float32 kernels for every op (bfloat16/float16 computed in float32; float64 runs the
-reference, the kernels being float32). CUDA (when the .so has CUDA and a GPU is visible): the
+CPU: fused float32 kernels for every op (bfloat16/float16 computed in float32; float64 and
+depthwise kernels larger than 7x7 run the reference). CUDA (when the .so has CUDA and a GPU is visible): the
 channel-spatial attention forward is a CUDA kernel; the other ops run the reference there until
 their CUDA kernels exist.
 
@@ -31,9 +31,13 @@ def _devices() -> tuple[str, ...]:
     return ("cpu", "cuda") if _CUDA_BUILT and torch.cuda.is_available() else ("cpu",)
 
 
-def _kernels_for(x: Tensor) -> bool:
-    """Whether x runs on the extension's kernels (else on the reference)."""
-    return x.device.type == "cpu" and x.dtype != torch.float64
+_MAX_DW_KERNEL = 7  # csrc/cpu/dwconv.cpp keeps the taps of one pixel on the stack
+
+
+def _kernels_for(x: Tensor, dw: Tensor) -> bool:
+    """Whether x runs on the extension's CPU kernels (else on the reference)."""
+    return (x.device.type == "cpu" and x.dtype != torch.float64
+            and dw.shape[-1] <= _MAX_DW_KERNEL)
 
 
 def channel_spatial_attention(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor) -> Tensor:
@@ -52,7 +56,7 @@ def _update_running(bn: BatchNormState, mean: Tensor, var: Tensor, count: int,
 
 def dwconv_bn_gelu(x: Tensor, dw: Tensor, bn: BatchNormState, training: bool,
                    momentum: float = 0.1, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
-    if not _kernels_for(x):
+    if not _kernels_for(x, dw):
         return reference.dwconv_bn_gelu(x, dw, bn, training, momentum, eps)
     if training:
         count = x.shape[0] * x.shape[2] * x.shape[3]
@@ -89,13 +93,13 @@ def _composed(x: Tensor, w: MBCSAWeights, training: bool, momentum: float, eps: 
 
 
 def mbcsa_train(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
-    if not _kernels_for(x) or w.expand is None:
+    if not _kernels_for(x, w.dw) or w.expand is None:
         return reference.mbcsa(x, w, True, momentum, eps)
     return _composed(x, w, True, momentum, eps)
 
 
 def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
-    if not _kernels_for(x) or w.expand is None:
+    if not _kernels_for(x, w.dw) or w.expand is None:
         return reference.mbcsa(x, w, False, momentum, eps)
     if _needs_grad(x, w):
         return _composed(x, w, False, momentum, eps)
