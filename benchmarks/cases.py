@@ -4,9 +4,9 @@ Implementations ("impls"): "eager" (the reference, backend "torch"), "compile" (
 reference, default mode) and every other registered hdkd backend that is available here, runs on
 this device and has the ops the level needs: new backends appear without changes here.
 GPU: PERFORMANCE.md's shapes (batch 64, 224 px), bf16 autocast and float32, channels_last.
-CPU: scaled down (batch 8 for ops and blocks; batch 4 at 112 px for the model levels), float32. On the CPU the compile peer runs at the
-block level only: inductor compiles C++ for every graph (~20-30 s each on 2 cores), which the whole
-suite's 10-minute budget cannot afford at every level.
+CPU: scaled down (batch 8 for ops and blocks; batch 4 at 112 px for the model levels), float32. On
+the CPU the compile peer runs at the block level only: inductor compiles C++ for every graph
+(~20-30 s each on 2 cores), which the whole suite's 10-minute budget cannot afford at every level.
 Smoke mode (--benchmark-disable) runs every body once on small shapes, with the compile peer only
 on the first block shape.
 """

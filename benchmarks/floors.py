@@ -51,4 +51,5 @@ def train_step_bytes(n_images: int, itemsize: int, params: int) -> tuple[int, st
     """Forward reads the parameters, backward writes their gradients, AdamW reads parameter,
     gradient and both moments and writes parameter and both moments: 9 x the parameter bytes."""
     return (n_images * itemsize + 9 * params,
-            "images + 9 x params (fwd read, grad write, AdamW 4 reads + 3 writes); activations free")
+            "images + 9 x params (fwd read, grad write, AdamW 4 reads + 3 writes); "
+            "activations free")

@@ -106,7 +106,7 @@ class Workload:
     name: str                       # e.g. "mbcsa_eval 96->96 @56"
     dtype: str
     batch: int
-    flops: Callable[[str], int]     # impl -> forward(+backward) FLOPs, fvcore convention
+    flops: int                      # forward(+backward) FLOPs, fvcore convention
     flops_rule: str
     bytes: int                      # minimal bytes moved (see floors.py)
     bytes_rule: str
@@ -140,7 +140,7 @@ def run(benchmark, session: Session, workload: Workload, impl: str,
     info = benchmark.extra_info
     info.update(level=workload.level, workload=workload.name, impl=impl, dtype=workload.dtype,
                 batch=workload.batch, device=_device_name(), **workload.extra)
-    flops = workload.flops(impl)
+    flops = workload.flops
     info.update(flops=flops, flops_rule=workload.flops_rule, bytes=workload.bytes,
                 bytes_rule=workload.bytes_rule)
     if not benchmark.enabled:  # --benchmark-disable: pedantic runs the body once (smoke mode)

@@ -39,10 +39,7 @@ def test_distill_step(benchmark, session, dtype, impl):
     b, size = cases.model_batch(), cases.img_size()
     one = torch.randn(1, 3, size, size, device=DEVICE)
 
-    def fl(i):
-        t = cases.make_model("hdkd_teacher", cases.backend_of(i), training=False)
-        s = cases.make_model("hdkd", cases.backend_of(i), training=True)
-        return b * (flops.count_flops(t, (one,)) + 3 * flops.count_flops(s, (one,)))
+    fl = b * (flops.count_flops(teacher, (one,)) + 3 * flops.count_flops(student, (one,)))
 
     nbytes, rule = floors.train_step_bytes(b * 3 * size * size, 4, floors.param_bytes(student))
     nbytes += floors.param_bytes(teacher)

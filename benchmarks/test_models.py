@@ -29,8 +29,7 @@ def test_inference(benchmark, session, name, dtype, impl):
 
     b, size = cases.model_batch(), cases.img_size()
     one = torch.randn(1, 3, size, size, device=DEVICE)
-    fl = lambda i: b * flops.count_flops(  # noqa: E731
-        cases.make_model(name, cases.backend_of(i), training=False), (one,))
+    fl = b * flops.count_flops(model, (one,))
     nbytes, rule = floors.inference_bytes(b * 3 * size * size, 4, floors.param_bytes(model),
                                           b * cases.NUM_CLASSES)
     wl = Workload("models", f"{name} inference @{size}", dtype, b, fl, "fvcore forward",

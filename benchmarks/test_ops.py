@@ -65,13 +65,13 @@ def _attention_flops(c, hw, impl):
     return cases.batch() * flops.count_flops(fn, (h[:1], fc1, fc2, sa))
 
 
-def _attention_workload(c, hw, dtype, backward, fn_flops):
+def _attention_workload(c, hw, dtype, backward, fl):
     b = cases.batch()
     n = b * c * hw * hw
     nbytes, rule = floors.attention_bytes(n, torch.finfo(cases.torch_dtype(dtype)).bits // 8,
                                           backward)
     return Workload("ops", f"channel_spatial_attention{' fwd+bwd' if backward else ''} "
-                    f"c{c}@{hw}", dtype, b, fn_flops,
+                    f"c{c}@{hw}", dtype, b, fl,
                     "fvcore forward" + (" x 3 (forward + backward)" if backward else ""),
                     nbytes, rule, extra=cases.compile_note("ops"))
 
@@ -79,7 +79,7 @@ def _attention_workload(c, hw, dtype, backward, fn_flops):
 @pytest.mark.parametrize("c,hw,dtype,impl", _params("channel_spatial_attention"))
 def test_channel_spatial_attention(benchmark, session, c, hw, dtype, impl):
     sets = _attention_inputs(c, hw, dtype, grad=False)
-    fl = lambda i: _attention_flops(c, hw, i)  # noqa: E731
+    fl = _attention_flops(c, hw, impl)
     run(benchmark, session, _attention_workload(c, hw, dtype, False, fl), impl,
         _attention_fn(impl, False), sets)
 
@@ -87,7 +87,7 @@ def test_channel_spatial_attention(benchmark, session, c, hw, dtype, impl):
 @pytest.mark.parametrize("c,hw,dtype,impl", _params("channel_spatial_attention"))
 def test_channel_spatial_attention_backward(benchmark, session, c, hw, dtype, impl):
     sets = _attention_inputs(c, hw, dtype, grad=True)
-    fl = lambda i: 3 * _attention_flops(c, hw, i)  # noqa: E731
+    fl = 3 * _attention_flops(c, hw, impl)
     run(benchmark, session, _attention_workload(c, hw, dtype, True, fl), impl,
         _attention_fn(impl, True), sets)
 
@@ -137,10 +137,9 @@ def test_dwconv_bn_gelu(benchmark, session, c, hw, dtype, impl, training):
     x, w, bn, _ = _dwconv_inputs(c, hw, "float32", False, n_sets=1)[0]
     bn = BatchNormState(*(t.detach() for t in bn))  # tracing takes no grad-requiring constants
 
-    def fl(i):
-        backend = cases.backend_of(i)
-        fn = lambda x, w: ops.dwconv_bn_gelu(x, w, bn, training, backend=backend)[0]  # noqa: E731
-        return (3 if training else 1) * cases.batch() * flops.count_flops(fn, (x[:1], w))
+    backend = cases.backend_of(impl)
+    fn = lambda x, w: ops.dwconv_bn_gelu(x, w, bn, training, backend=backend)[0]  # noqa: E731
+    fl = (3 if training else 1) * cases.batch() * flops.count_flops(fn, (x[:1], w))
 
     b = cases.batch()
     n = b * c * hw * hw

@@ -38,8 +38,7 @@ def test_train_step(benchmark, session, name, dtype, impl):
 
     b, size = cases.model_batch(), cases.img_size()
     one = torch.randn(1, 3, size, size, device=DEVICE)
-    fl = lambda i: 3 * b * flops.count_flops(  # noqa: E731
-        cases.make_model(name, cases.backend_of(i), training=True), (one,))
+    fl = 3 * b * flops.count_flops(model, (one,))
     nbytes, rule = floors.train_step_bytes(b * 3 * size * size, 4, floors.param_bytes(model))
     wl = Workload("train_step", f"{name} train step @{size}", dtype, b, fl,
                   "fvcore forward x 3 (forward + backward); optimizer not counted", nbytes, rule,

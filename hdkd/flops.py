@@ -1,17 +1,18 @@
 """FLOP counting in fvcore's convention (one multiply-add = one FLOP).
 
-fvcore traces the model with torch.jit and counts convolutions, matrix products and norms; it counts an
-op it does not know as zero. hdkd's fused ops (torch.ops.hdkd.*, Triton ops registered with
-torch.library) are therefore given handles here that return exactly what fvcore counts for the
-reference computation of the same op (hdkd.ops.reference), so a fused path reports the same FLOPs as
-the reference. Handles are found by op family from the op's name (e.g. hdkd::mbcsa_eval,
+fvcore traces the model with torch.jit and counts convolutions, matrix products and norms; it
+counts an op it does not know as zero. hdkd's fused ops (torch.ops.hdkd.*, Triton ops registered
+with torch.library) are therefore given handles here that return exactly what fvcore counts for the
+reference computation of the same op (hdkd.ops.reference), so a fused path reports the same FLOPs
+as the reference. Handles are found by op family from the op's name (e.g. hdkd::mbcsa_eval,
 hdkd_triton::csa_forward), for every op registered, at the time of counting, in a namespace that
 starts with "hdkd": an op that does not exist yet simply never matches.
 
 Conventions per reference op (fvcore's own rules): conv = N * Cout * Cin/groups * k*k * Hout*Wout;
-linear = rows * in * out; batch norm = 2 per element in eval, 5 per element in training (with affine);
-activations, pooling, elementwise arithmetic and reductions = 0. scaled_dot_product_attention, which
-fvcore leaves at zero, is counted as its two matrix products (q k^T and attn v).
+linear = rows * in * out; batch norm = 2 per element in eval, 5 per element in training (with
+affine); activations, pooling, elementwise arithmetic and reductions = 0.
+scaled_dot_product_attention, which fvcore leaves at zero, is counted as its two matrix products (q
+k^T and attn v).
 """
 from __future__ import annotations
 
