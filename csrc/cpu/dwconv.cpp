@@ -374,7 +374,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
                  dx.data_ptr<float>() + (b * P + p) * C);
   });
   const Tensor dw = dwconv_weight_grad(x.data_ptr<float>(), dzp, k, d)
-                        .t().reshape({C, 1, k, k});
+                        .t().contiguous().view({C, 1, k, k});
   return {like_input(dx, x_in), dw.to(w.scalar_type()), dscale.to(scale_in.scalar_type()),
           dshift.to(shift_in.scalar_type())};
 }
