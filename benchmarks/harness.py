@@ -149,7 +149,17 @@ def run(benchmark, session: Session, workload: Workload, impl: str,
         return
     if ON_GPU:
         benchmark._timer = CudaEventClock()  # pytest-benchmark reads the clock through _timer
-    one = _time_one(fn, input_sets[0])  # two warm-up calls (compilation, autotuning)
+    # two warm-up calls (compilation, autotuning); the second also measures the peak memory of
+    # training workloads and sets the number of rounds
+    fn(*input_sets[0])
+    sync()
+    start = time.perf_counter()
+    if workload.training:
+        info["peak_memory_bytes"], info["peak_memory_method"] = peak_memory(fn, input_sets[0])
+    else:
+        fn(*input_sets[0])
+        sync()
+    one = time.perf_counter() - start
     rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, math.ceil(BUDGET_S / max(one, 1e-9)))))
     sets = itertools.cycle(input_sets)
 
@@ -168,17 +178,6 @@ def run(benchmark, session: Session, workload: Workload, impl: str,
         fraction_of_bytes_floor=workload.bytes / bandwidth / median)
     if workload.images:
         info["images_per_s"] = workload.batch / median
-    if workload.training:
-        info["peak_memory_bytes"], info["peak_memory_method"] = peak_memory(fn, input_sets[0])
-
-
-def _time_one(fn: Callable, args: tuple) -> float:
-    fn(*args)
-    sync()
-    t = time.perf_counter()
-    fn(*args)
-    sync()
-    return time.perf_counter() - t
 
 
 def _device_name() -> str:
