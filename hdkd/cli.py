@@ -3,6 +3,7 @@ and sets `func`; main() dispatches."""
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from typing import Optional
@@ -42,6 +43,8 @@ def _register_info(sub) -> None:
 
 from .commands import flops as _flops  # noqa: E402
 from .commands import convert as _convert, demo as _demo, eval as _eval, train as _train  # noqa: E402
+from .distill.trainer import NonFiniteLossError  # noqa: E402
+from .ops import BackendUnavailableError  # noqa: E402
 
 COMMANDS = [_register_info, _flops.register, _train.register, _eval.register, _demo.register,
             _convert.register]
@@ -57,9 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors a user can cause and fix (a bad argument, file, checkpoint or setting): printed as one
+# message without a traceback, unless HDKD_DEBUG=1. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, OSError, BackendUnavailableError,
+               NonFiniteLossError)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        if os.environ.get("HDKD_DEBUG"):
+            raise
+        print(f"hdkd {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
