@@ -6,7 +6,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -21,15 +21,15 @@ VERSION = 1
 _ORIGINAL_MARKERS = ("DFLT_module.", "fn1.", "head_cls.")
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: a crash leaves
-    either the old file or the new one, never a truncated one."""
+def _replace_atomically(path: str | os.PathLike, mode: str, write: Callable[[Any], None]) -> None:
+    """write(file) into a temporary file in the same folder, fsync, then os.replace: a crash
+    leaves either the old file or the new one, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -37,22 +37,15 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save, atomically."""
+    _replace_atomically(path, "wb", lambda f: torch.save(obj, f))
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _replace_atomically(path, "w", lambda f: f.write(text))
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
