@@ -21,7 +21,7 @@ from torch import nn
 
 from hdkd.ops import backends_registry
 
-from .harness import DEVICE, ON_GPU
+from harness import DEVICE, ON_GPU
 
 SMOKE = False  # set by conftest.py from --benchmark-disable before the suites are collected
 

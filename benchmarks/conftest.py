@@ -8,8 +8,8 @@ import platform
 import pytest
 import torch
 
-from . import cases
-from .harness import DEVICE, ON_GPU, Session, fill_speedups
+import cases
+from harness import DEVICE, ON_GPU, Session, fill_speedups
 
 _SESSION = Session()
 _LOAD_AT_START: list[float] = []

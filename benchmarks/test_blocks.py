@@ -7,8 +7,8 @@ import torch
 from hdkd import flops
 from hdkd.nn import MBCSA
 
-from . import cases, floors
-from .harness import DEVICE, Workload, run
+import cases, floors
+from harness import DEVICE, Workload, run
 
 
 def _params():

@@ -8,8 +8,8 @@ import torch
 from hdkd import flops
 from hdkd.distill import HDKDLoss, forward_with_features
 
-from . import cases, floors
-from .harness import DEVICE, Workload, run
+import cases, floors
+from harness import DEVICE, Workload, run
 
 
 def _params():

@@ -6,8 +6,8 @@ import torch
 
 from hdkd import flops
 
-from . import cases, floors
-from .harness import DEVICE, Workload, run
+import cases, floors
+from harness import DEVICE, Workload, run
 
 MODELS = ["hdkd_teacher", "hdkd"]
 

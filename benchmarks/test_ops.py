@@ -10,8 +10,8 @@ from hdkd import flops
 from hdkd.ops import reference
 from hdkd.ops.reference import BatchNormState
 
-from . import cases, floors
-from .harness import DEVICE, Workload, run
+import cases, floors
+from harness import DEVICE, Workload, run
 
 
 def _params(op: str):

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from . import floors, report
-from .harness import CudaEventClock, fill_speedups
+import floors, report
+from harness import CudaEventClock, fill_speedups
 
 
 def _bench(group, impl, median, **extra):

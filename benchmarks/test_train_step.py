@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from hdkd import flops
 
-from . import cases, floors
-from .harness import DEVICE, Workload, run
+import cases, floors
+from harness import DEVICE, Workload, run
 
 # model -> AdamW settings of its original recipe (the teacher's recipe uses Adam; PERFORMANCE.md's
 # anchor times the teacher step with AdamW, so this does too)

@@ -16,3 +16,14 @@ def assert_close_rel(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, w
     assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     err = rel_err(out, ref)
     assert err < REL_TOL[dtype], f"{what}: relative error {err:.3e} >= {REL_TOL[dtype]:.0e} ({dtype})"
+
+
+def run_outside_checkout(args: list, **kwargs):
+    """subprocess.run from a temporary folder: `python -c` and `python -m` put the working
+    directory first on sys.path, and from the checkout's root that would import the source tree
+    (no compiled hdkd._C, no hdkd.kernels) instead of the installed package under test."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run(args, cwd=cwd, capture_output=True, text=True, **kwargs)

@@ -113,10 +113,10 @@ def test_version_mismatch_is_reported_not_loaded(monkeypatch):
 
 
 def test_info_prints_the_build():
-    import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "hdkd", "info"], capture_output=True, text=True,
-                       timeout=300)
+
+    from helpers import run_outside_checkout
+    r = run_outside_checkout([sys.executable, "-m", "hdkd", "info"], timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"hdkd._C: built for torch {torch.__version__}" in r.stdout
     assert "mbcsa_eval -> ext" in r.stdout

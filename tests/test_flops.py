@@ -181,12 +181,11 @@ def test_triton_backend_counted_as_the_reference():
     pytest.importorskip("triton")
     import json
     import os
-    import subprocess
     import sys
 
+    from helpers import run_outside_checkout
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_outside_checkout([sys.executable, "-c", _TRITON_SCRIPT], env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     for row in rows:
