@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -104,3 +105,15 @@ def test_demo_writes_the_table_results_and_report(tmp_path, capsys):
     assert "| model | params | GFLOPs |" in report and "hdkd/curves.png" in report
     assert (out / "hdkd" / "confusion_matrix.png").is_file()
     assert "HDKD" in capsys.readouterr().out
+
+
+def test_demo_gflops_without_fvcore_count_the_fused_ops(monkeypatch):
+    """The fallback counter sees hdkd's fused custom ops as zero FLOPs unless it counts the
+    reference path: both counts must agree (fvcore also counts norms, hence the 3%)."""
+    from hdkd.commands.demo import count_gflops
+
+    model = create_model("hdkd", num_classes=10, img_size=32)
+    with_fvcore = count_gflops(model, 32)
+    monkeypatch.setitem(sys.modules, "fvcore", None)
+    monkeypatch.setitem(sys.modules, "fvcore.nn", None)
+    assert count_gflops(model, 32) == pytest.approx(with_fvcore, rel=0.03)
