@@ -5,8 +5,8 @@ import zlib
 import pytest
 import torch
 
-from triton_env import (DEVICE, TOL, cuda_only, layout, leaf, no_tf32,  # noqa: F401
-                        rel_err, requires_triton)
+from triton_env import (DEVICE, TOL, batch_norm_leaves, cuda_only, layout, leaf,
+                        no_tf32, rel_err, requires_triton)  # noqa: F401
 
 import hdkd
 from hdkd.ops import reference, triton_backend
@@ -32,12 +32,7 @@ def _check(shape, dtype, kind, training, stride):
     g = torch.Generator().manual_seed(zlib.crc32(repr((shape, dtype, kind, training)).encode()))
     x, xr = leaf(torch.randn(*shape, generator=g).to(DEVICE), dtype, kind)
     w, wr = leaf((torch.randn(C, 1, 3, 3, generator=g) * 0.3).to(DEVICE), dtype)
-    gamma, gr = leaf((torch.rand(C, generator=g) + 0.5).to(DEVICE), dtype)
-    beta, br = leaf((torch.randn(C, generator=g) * 0.1).to(DEVICE), dtype)
-    rm = (torch.randn(C, generator=g) * 0.1).to(DEVICE, dtype)
-    rv = (torch.rand(C, generator=g) + 0.5).to(DEVICE, dtype)
-    bn = BatchNormState(gamma, beta, rm.clone(), rv.clone())
-    bn_ref = BatchNormState(gr, br, rm.double(), rv.double())
+    bn, bn_ref = batch_norm_leaves(C, dtype, g)
 
     if stride == 1:
         y, avg, mx = hdkd.ops.dwconv_bn_gelu(x, w, bn, training, 0.1, 1e-5, backend="triton")
@@ -56,8 +51,8 @@ def _check(shape, dtype, kind, training, stride):
     gy, ga, gm = (torch.randn(t.shape, generator=gg).to(DEVICE, dtype) for t in (ry, ravg, rmx))
     ((y * layout(gy, kind)).sum() + (avg * ga).sum() + (mx * gm).sum()).float().backward()
     ((ry * gy.double()).sum() + (ravg * ga.double()).sum() + (rmx * gm.double()).sum()).backward()
-    for name, a, b in (("x", x, xr), ("weight", w, wr), ("bn.weight", gamma, gr),
-                       ("bn.bias", beta, br)):
+    for name, a, b in (("x", x, xr), ("weight", w, wr), ("bn.weight", bn.weight, bn_ref.weight),
+                       ("bn.bias", bn.bias, bn_ref.bias)):
         assert a.grad.dtype == dtype, name
         assert rel_err(a.grad, b.grad) < tol, name
 

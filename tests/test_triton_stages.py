@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from triton_env import (DEVICE, TOL, layout, leaf, no_tf32,  # noqa: F401
+from triton_env import (DEVICE, TOL, batch_norm_leaves, layout, leaf, no_tf32,  # noqa: F401
                         rel_err, requires_triton)
 
 from hdkd.ops import reference, triton_backend
-from hdkd.ops.reference import BatchNormState
 
 pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
 
@@ -30,12 +29,7 @@ def test_expand_bn_gelu(shape, hidden, dtype, kind, training, stride):
     cin = shape[1]
     z, zr = leaf((torch.randn(*shape, generator=g) + 0.3).to(DEVICE), dtype, kind)
     w, wr = leaf((torch.randn(hidden, cin, 1, 1, generator=g) * 0.4).to(DEVICE), dtype)
-    gamma, gr = leaf((torch.rand(hidden, generator=g) + 0.5).to(DEVICE), dtype)
-    beta, br = leaf((torch.randn(hidden, generator=g) * 0.1).to(DEVICE), dtype)
-    rm = (torch.randn(hidden, generator=g) * 0.1).to(DEVICE, dtype)
-    rv = (torch.rand(hidden, generator=g) + 0.5).to(DEVICE, dtype)
-    bn = BatchNormState(gamma, beta, rm.clone(), rv.clone())
-    bn_ref = BatchNormState(gr, br, rm.double(), rv.double())
+    bn, bn_ref = batch_norm_leaves(hidden, dtype, g)
 
     e = triton_backend.expand_bn_gelu(z, w, bn, training, 0.1, 1e-5, stride)
     er = F.gelu(reference.batch_norm(F.conv2d(zr, wr, stride=stride), bn_ref, training))
@@ -47,7 +41,8 @@ def test_expand_bn_gelu(shape, hidden, dtype, kind, training, stride):
     ge = torch.randn(er.shape, generator=g).to(DEVICE, dtype)
     e.backward(ge)
     er.backward(ge.double())
-    for name, a, b in (("z", z, zr), ("weight", w, wr), ("gamma", gamma, gr), ("beta", beta, br)):
+    for name, a, b in (("z", z, zr), ("weight", w, wr), ("gamma", bn.weight, bn_ref.weight),
+                       ("beta", bn.bias, bn_ref.bias)):
         assert a.grad.dtype == dtype, name
         assert rel_err(a.grad, b.grad) < tol, name
 

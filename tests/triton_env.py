@@ -73,3 +73,17 @@ def leaf(t: torch.Tensor, dtype, kind: str = "contiguous"):
     fast = layout(low, kind).detach().requires_grad_()
     ref = low.double().detach().requires_grad_()
     return fast, ref
+
+
+def batch_norm_leaves(channels: int, dtype, g: torch.Generator):
+    """(bn, bn_ref): a BatchNormState in dtype whose weight and bias require grad, and its float64
+    twin holding the same values (own copies of the running statistics, so both can be updated
+    and compared)."""
+    from hdkd.ops.reference import BatchNormState
+
+    gamma, gamma_ref = leaf((torch.rand(channels, generator=g) + 0.5).to(DEVICE), dtype)
+    beta, beta_ref = leaf((torch.randn(channels, generator=g) * 0.1).to(DEVICE), dtype)
+    rm = (torch.randn(channels, generator=g) * 0.1).to(DEVICE, dtype)
+    rv = (torch.rand(channels, generator=g) + 0.5).to(DEVICE, dtype)
+    return (BatchNormState(gamma, beta, rm.clone(), rv.clone()),
+            BatchNormState(gamma_ref, beta_ref, rm.double(), rv.double()))
