@@ -3,13 +3,12 @@ description saved with every JSON, speed-ups over the peers, and a short table a
 from __future__ import annotations
 
 import os
-import platform
 
 import pytest
 import torch
 
 import cases
-from harness import DEVICE, ON_GPU, Session, fill_speedups
+from harness import DEVICE, ON_GPU, Session, cpu_name, fill_speedups
 
 _SESSION = Session()
 _LOAD_AT_START: list[float] = []
@@ -37,19 +36,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     except ImportError:
         triton_version = None
     machine_info.update(
-        device=torch.cuda.get_device_name(DEVICE) if ON_GPU else _cpu_name(),
+        device=torch.cuda.get_device_name(DEVICE) if ON_GPU else cpu_name(),
         torch=torch.__version__, cuda=torch.version.cuda, triton=triton_version,
         hdkd=hdkd.__version__, backends=hdkd.backends(), torch_threads=torch.get_num_threads(),
         load_average=list(_LOAD_AT_START), smoke=cases.SMOKE)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return f"CPU: {names[0] if names else platform.processor() or platform.machine()}"
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import platform
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -184,6 +185,15 @@ def _device_name() -> str:
     if ON_GPU:
         return torch.cuda.get_device_name(DEVICE)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"CPU: {names[0] if names else platform.processor() or platform.machine()}"
 
 
 def fill_speedups(benchmarks: list[dict]) -> None:
