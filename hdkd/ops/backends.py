@@ -2,8 +2,13 @@
 
 Backends: `torch` (the reference, always there), `triton` and `ext` (registered by their modules
 when importable). Selection, strongest first: a per-call/per-module backend other than "auto",
-then hdkd.set_backend(...), then the HDKD_BACKEND environment variable, then "auto", which takes
-the first backend in AUTO_ORDER that is available, runs on the tensor's device and has the op.
+then hdkd.set_backend(...), then the HDKD_BACKEND environment variable, then "auto".
+
+"auto" picks from measurements when the call's main input is known: hdkd.ops.measured ranks the
+backends timed on this device kind for the same op, dtype, memory format and grad mode, at the
+measured size nearest to the input's (benchmarks/choose_backends.py writes that table), and the
+fastest one that is usable here (registered, available, runs on the device, has the op) runs.
+Without measurements for the case, auto takes the first usable backend in AUTO_ORDER.
 """
 from __future__ import annotations
 
@@ -13,9 +18,12 @@ from typing import Callable, Optional
 
 import torch
 
-# Fastest first. The Triton interpreter is never chosen automatically: it is for testing. The
-# extension's CUDA kernels are left out on CUDA until they have been run and timed on a GPU
-# (auto must never pick an unmeasured path); they stay reachable with backend="ext".
+from . import measured
+
+# Fastest first, for cases without measurements. The Triton interpreter is never chosen
+# automatically: it is for testing. The extension's CUDA kernels are left out on CUDA until they
+# have been run and timed on a GPU (auto must never pick an unmeasured path); they stay reachable
+# with backend="ext".
 AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("ext", "torch")}
 
 
@@ -98,15 +106,27 @@ def _device_kind(device: torch.device) -> str:
     return "cuda" if device.type == "cuda" else device.type
 
 
-def resolve(op: str, device: torch.device, requested: Optional[str] = "auto") -> Backend:
-    """The backend that runs `op` for tensors on `device`."""
+def _usable(name: str, op: str, kind: str) -> Optional[Backend]:
+    b = _registry.get(name)
+    if b and op in b.ops and kind in b.devices() and b.unavailable_reason() is None:
+        return b
+    return None
+
+
+def resolve(op: str, device: torch.device, requested: Optional[str] = "auto",
+            x: Optional[torch.Tensor] = None, grad: bool = False,
+            workload: Optional[str] = None) -> Backend:
+    """The backend that runs `op` for tensors on `device`. For auto, x (the op's main input),
+    grad (whether the call records gradients) and workload (the measured name when it differs
+    from op: dwconv_bn_gelu_train / _eval) select by measured speed."""
     name = requested if requested not in (None, "auto") else get_backend()
     validate_backend_name(name)
     kind = _device_kind(device)
     if name == "auto":
-        for candidate in AUTO_ORDER.get(kind, ("torch",)):
-            b = _registry.get(candidate)
-            if b and op in b.ops and kind in b.devices() and b.unavailable_reason() is None:
+        measured_order = measured.ranking(kind, workload or op, x, grad) if x is not None else ()
+        for candidate in (*measured_order, *AUTO_ORDER.get(kind, ("torch",))):
+            b = _usable(candidate, op, kind)
+            if b is not None:
                 return b
         return _registry["torch"]
     b = _registry[name]

@@ -4,8 +4,9 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
+import torch
 from torch import Tensor
 
 from . import reference
@@ -26,7 +27,9 @@ def channel_spatial_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
     check_shape(op, "sa_weight", sa_weight, (1, 2, sa_weight.shape[-1], sa_weight.shape[-1]))
     check_same_device_dtype(op, h, [("fc1_weight", fc1_weight), ("fc2_weight", fc2_weight),
                                     ("sa_weight", sa_weight)])
-    impl = resolve("channel_spatial_attention", h.device, backend).ops["channel_spatial_attention"]
+    grad = _records_grad([h, fc1_weight, fc2_weight, sa_weight])
+    impl = resolve("channel_spatial_attention", h.device, backend, x=h,
+                   grad=grad).ops["channel_spatial_attention"]
     return impl(h, fc1_weight, fc2_weight, sa_weight)
 
 
@@ -41,7 +44,10 @@ def dwconv_bn_gelu(x: Tensor, dw_weight: Tensor, bn: BatchNormState, training: b
     check_shape(op, "dw_weight", dw_weight, (c, 1, k, k))
     _check_bn(op, "bn", bn, c, x)
     check_same_device_dtype(op, x, [("dw_weight", dw_weight)])
-    impl = resolve("dwconv_bn_gelu", x.device, backend).ops["dwconv_bn_gelu"]
+    grad = _records_grad([x, dw_weight, *bn])
+    workload = "dwconv_bn_gelu_train" if training else "dwconv_bn_gelu_eval"
+    impl = resolve("dwconv_bn_gelu", x.device, backend, x=x, grad=grad,
+                   workload=workload).ops["dwconv_bn_gelu"]
     return impl(x, dw_weight, bn, training, momentum, eps)
 
 
@@ -58,8 +64,15 @@ def mbcsa(x: Tensor, w: MBCSAWeights, training: bool, momentum: float = 0.1, eps
         if bn is not None:
             _check_bn(op, field, bn, bn.weight.shape[0], x)
     name = "mbcsa_train" if training else "mbcsa_eval"
-    impl = resolve(name, x.device, backend).ops[name]
+    tensors = [x, *(t for _, t in named)]
+    tensors += [t for bn in w if isinstance(bn, BatchNormState) for t in bn]
+    impl = resolve(name, x.device, backend, x=x, grad=_records_grad(tensors)).ops[name]
     return impl(x, w, momentum, eps)
+
+
+def _records_grad(tensors: Iterable[Tensor]) -> bool:
+    """Whether the call builds an autograd graph (the measured forward+backward case)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _check_bn(op: str, name: str, bn: BatchNormState, channels: int, x: Tensor) -> None:
