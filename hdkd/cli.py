@@ -13,27 +13,53 @@ def _info(args: argparse.Namespace) -> int:
     import torch
 
     import hdkd
-    from hdkd.ops import AUTO_ORDER, backends, get_backend, resolve
+    from hdkd.ops import backends, get_backend, resolve
 
     print(f"hdkd {hdkd.__version__}  python {platform.python_version()}  torch {torch.__version__}"
           f"  (CUDA build: {torch.version.cuda or 'no'})")
     cuda = torch.cuda.is_available()
     print(f"GPU: {torch.cuda.get_device_name(0) if cuda else 'none visible'}")
     print(hdkd.ops.ext_build.describe_build())
-    print(f"backend selection: {get_backend()}  (auto order: "
-          + "; ".join(f"{dev}: {' > '.join(order)}" for dev, order in AUTO_ORDER.items()) + ")")
+    print(f"backend selection: {get_backend()}")
     print("backends:")
     registry = hdkd.ops.backends_registry()
     for name, status in backends().items():
         detail = registry[name].describe()
         print(f"  {name:7s} {status}" + (f"  [{detail}]" if detail and status == "available" else ""))
+    _print_measured_choices()
     devices = ["cpu"] + (["cuda"] if cuda else [])
     for dev in devices:
         picks = {op: resolve(op, torch.device(dev), "auto").name
                  for op in ("channel_spatial_attention", "dwconv_bn_gelu", "mbcsa_train",
                             "mbcsa_eval")}
-        print(f"auto on {dev}: " + ", ".join(f"{op} -> {b}" for op, b in picks.items()))
+        print(f"auto on {dev}, unmeasured cases: "
+              + ", ".join(f"{op} -> {b}" for op, b in picks.items()))
     return 0
+
+
+def _print_measured_choices() -> None:
+    """auto's measured choices per device kind (nearest measured size wins), or the fixed order
+    a kind without measurements uses."""
+    from hdkd.ops import AUTO_ORDER, backends, backends_registry, measured
+
+    print("auto, measured choices (benchmarks/choose_backends.py; a call takes its nearest "
+          "measured size):")
+    recorded = measured.TABLE.devices()
+    available = {name for name, status in backends().items() if status == "available"}
+    for kind in sorted(set(AUTO_ORDER) | set(recorded)):
+        order = " > ".join(AUTO_ORDER.get(kind, ("torch",)))
+        if kind not in recorded:
+            print(f"  {kind}: no measured data, auto order {order}")
+            continue
+        r = recorded[kind]
+        print(f"  {kind}: measured on {r['device']}, {r['threads']} threads, torch {r['torch']}, "
+              f"hdkd {r['hdkd_commit']}, {r['date'][:10]}; unmeasured cases: {order}")
+        for line in measured.summary_lines(kind):
+            print(f"    {line}")
+        winners = {measured.ranking_of(e["ms"])[0] for e in r["entries"]}
+        usable = {n for n in available if kind in backends_registry()[n].devices()}
+        for name in sorted(winners - usable):
+            print(f"    ({name} cannot run here: its cases go to the next measured backend)")
 
 
 def _register_info(sub) -> None:
