@@ -1,33 +1,4 @@
-// Schemas of the hdkd:: operators. Kernels: csrc/cpu (CPU), csrc/cuda (CUDA); fake
-// implementations and autograd: hdkd/ops/ext_ops.py.
-//
-// Saved-for-backward outputs (float32 whatever the input dtype): ca (B x C channel gate),
-// sa (B x H x W spatial gate), argmax (B x C flat pixel index of each channel's max), conv
-// (the depthwise conv output, channels_last), mean / var (biased batch statistics).
-#include <torch/library.h>
+// The hdkd:: operator library; the schemas are in schemas.h.
+#include "schemas.h"
 
-TORCH_LIBRARY(hdkd, m) {
-  m.def("csa_forward(Tensor h, Tensor fc1_weight, Tensor fc2_weight, Tensor sa_weight) "
-        "-> (Tensor out, Tensor ca, Tensor sa)");
-  m.def("csa_backward(Tensor grad, Tensor h, Tensor fc1_weight, Tensor fc2_weight, "
-        "Tensor sa_weight, Tensor ca, Tensor sa) "
-        "-> (Tensor grad_h, Tensor grad_fc1, Tensor grad_fc2, Tensor grad_sa)");
-  // Eval: GELU(conv(x, w) * scale + shift), scale/shift the folded BN affine.
-  m.def("dwconv_bn_gelu_eval(Tensor x, Tensor weight, Tensor scale, Tensor shift) "
-        "-> (Tensor y, Tensor avg, Tensor max, Tensor argmax)");
-  // Train: BN with the batch statistics of conv(x, w); running statistics are the caller's job.
-  m.def("dwconv_bn_gelu_train(Tensor x, Tensor weight, Tensor gamma, Tensor beta, float eps) "
-        "-> (Tensor y, Tensor avg, Tensor max, Tensor argmax, Tensor conv, Tensor mean, "
-        "Tensor var)");
-  // scale/shift: the affine that was applied; conv: saved by train (recomputed when None);
-  // mean/invstd given (train): the BN batch-statistics backward, and grad_scale/grad_shift are
-  // d/dgamma, d/dbeta.
-  m.def("dwconv_bn_gelu_backward(Tensor? grad_y, Tensor? grad_avg, Tensor? grad_max, Tensor x, "
-        "Tensor weight, Tensor? conv, Tensor scale, Tensor shift, Tensor argmax, Tensor? mean, "
-        "Tensor? invstd) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_scale, "
-        "Tensor grad_shift)");
-  // Whole eval-mode MBCSA block (expansion > 1) from BN-folded weights.
-  m.def("mbcsa_eval(Tensor x, Tensor expand_weight, Tensor expand_bias, Tensor dw_weight, "
-        "Tensor dw_bias, Tensor fc1_weight, Tensor fc2_weight, Tensor sa_weight, "
-        "Tensor project_weight, Tensor project_bias, Tensor? shortcut) -> Tensor");
-}
+TORCH_LIBRARY(hdkd, m) { hdkd::define_schemas(m); }

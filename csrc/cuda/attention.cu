@@ -1,169 +1,170 @@
-// CUDA kernel of the channel-spatial attention forward (hdkd::csa_forward):
-//   out = h * (ca * sa + 1), ca = sigmoid(MLP(avg_p h) + MLP(max_p h)), sa = sigmoid(conv(pool_c u)).
-// Any memory format (indexing by strides), float32 / float16 / bfloat16 with float32 math, on the
-// current CUDA stream. The channel MLP (B x C, tiny) uses ATen's CUDA ops.
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
+// CUDA kernels of the channel-spatial attention (CBAM with its residual):
+//   u = h * ca(h); out = u * sa(u) + h = h * (ca * sa + 1),
+//   ca = sigmoid(MLP(avg_p h) + MLP(max_p h)), sa = sigmoid(conv_kxk([mean_c u, max_c u])).
+// The channel MLP (B x C, tiny) runs on ATen in float32.
 #include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/sigmoid.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
-#include <cfloat>
 #include <tuple>
+
+#include "cuda/common.cuh"
 
 namespace hdkd::cuda {
 namespace {
 
-using at::Tensor;
-
-struct Shape {
-  int64_t B, C, H, W;
-  int64_t sb, sc, sh, sw;  // element strides of h (and of out, which is allocated alike)
-};
-
-__device__ __forceinline__ int64_t at_(const Shape& s, int64_t b, int64_t c, int64_t p) {
-  return b * s.sb + c * s.sc + (p / s.W) * s.sh + (p % s.W) * s.sw;
+void check_attention(const char* op, const Tensor& h, const Tensor& fc1, const Tensor& fc2,
+                     const Tensor& sa) {
+  check_4d(op, "h", h, h);
+  check_4d(op, "fc1_weight", fc1, h);
+  check_4d(op, "fc2_weight", fc2, h);
+  check_4d(op, "sa_weight", sa, h);
+  const int64_t C = h.size(1), R = fc1.size(0);
+  TORCH_CHECK(fc1.sizes() == at::IntArrayRef({R, C, 1, 1}), op, ": expected fc1_weight of shape (",
+              R, ", ", C, ", 1, 1), got ", fc1.sizes());
+  TORCH_CHECK(fc2.sizes() == at::IntArrayRef({C, R, 1, 1}), op, ": expected fc2_weight of shape (",
+              C, ", ", R, ", 1, 1), got ", fc2.sizes());
+  TORCH_CHECK(sa.size(0) == 1 && sa.size(1) == 2 && sa.size(2) == sa.size(3) && sa.size(2) % 2,
+              op, ": expected sa_weight of shape (1, 2, k, k) with k odd, got ", sa.sizes());
+  TORCH_CHECK(h.size(2) * h.size(3) > 0, op, ": expected h with at least one pixel, got shape ",
+              h.sizes());
 }
 
-constexpr int kThreads = 256;
-
-// One block per (b, c): sum and max over the H*W pixels.
-template <typename scalar_t>
-__global__ void channel_stats(const scalar_t* __restrict__ h, Shape s, float* __restrict__ avg,
-                              float* __restrict__ mx) {
-  const int64_t bc = blockIdx.x, b = bc / s.C, c = bc % s.C, P = s.H * s.W;
-  float sum = 0.f, m = -FLT_MAX;
-  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
-    const float v = static_cast<float>(h[at_(s, b, c, p)]);
-    sum += v;
-    m = fmaxf(m, v);
-  }
-  __shared__ float ssum[kThreads], smax[kThreads];
-  ssum[threadIdx.x] = sum;
-  smax[threadIdx.x] = m;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) {
-      ssum[threadIdx.x] += ssum[threadIdx.x + stride];
-      smax[threadIdx.x] = fmaxf(smax[threadIdx.x], smax[threadIdx.x + stride]);
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    avg[bc] = ssum[0] / float(P);
-    mx[bc] = smax[0];
-  }
+std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h, const Tensor& fc1,
+                                               const Tensor& fc2, const Tensor& sa_weight) {
+  check_attention("hdkd::csa_forward", h, fc1, fc2, sa_weight);
+  const OpScope scope(h);
+  const ChannelStats stats = channel_stats(h);
+  const Tensor ca = channel_gate(stats.sum.div(double(h.size(2) * h.size(3))), stats.max, fc1, fc2);
+  const Tensor sa = spatial_gate(channel_pool(h, ca, nullptr), sa_weight);
+  Tensor out = empty_like_input(h, h.sizes(), h.scalar_type());
+  apply_gates(h, ca, sa, out);
+  return {out, ca, sa};
 }
 
-// One thread per pixel: mean and max over channels of u = h * ca.
-template <typename scalar_t>
-__global__ void channel_pool(const scalar_t* __restrict__ h, Shape s, const float* __restrict__ ca,
-                             float* __restrict__ pooled) {
-  const int64_t P = s.H * s.W, i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= s.B * P) return;
-  const int64_t b = i / P, p = i % P;
-  float sum = 0.f, m = -FLT_MAX;
-  for (int64_t c = 0; c < s.C; ++c) {
-    const float u = static_cast<float>(h[at_(s, b, c, p)]) * ca[b * s.C + c];
-    sum += u;
-    m = fmaxf(m, u);
-  }
-  pooled[(b * 2) * P + p] = sum / float(s.C);
-  pooled[(b * 2 + 1) * P + p] = m;
-}
+// Backward. With u = h * ca and s = sa(u):
+//   du = g * s + dmean / C + [c == argmax_c u] * dmax_c   (dmean, dmax_c: grads of the pooled map)
+//   dh = g + du * ca + davg / P + [p == argmax_p h] * dmx (davg, dmx: grads of the channel stats)
+std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, const Tensor& h,
+                                                        const Tensor& fc1, const Tensor& fc2,
+                                                        const Tensor& sa_weight,
+                                                        const Tensor& ca_in, const Tensor& sa_in) {
+  const char* op = "hdkd::csa_backward";
+  check_attention(op, h, fc1, fc2, sa_weight);
+  check_4d(op, "grad", grad, h);
+  TORCH_CHECK(grad.sizes() == h.sizes() && grad.scalar_type() == h.scalar_type(), op,
+              ": expected grad of shape ", h.sizes(), " and dtype ", h.scalar_type(), ", got ",
+              grad.sizes(), " ", grad.scalar_type());
+  const OpScope scope(h);
+  const Layout lh = layout_of(h), lg = layout_of(grad);
+  const int64_t B = lh.B, C = lh.C, H = lh.H, W = lh.W, P = lh.P();
+  const Tensor ca = ca_in.to(at::kFloat).contiguous(), sa = sa_in.to(at::kFloat).contiguous();
+  const float *cap = ca.data_ptr<float>(), *sap = sa.data_ptr<float>();
 
-// One thread per pixel: sa = sigmoid(conv_kxk(pooled)), zero padding k / 2.
-__global__ void spatial_gate(const float* __restrict__ pooled, const float* __restrict__ w, int k,
-                             Shape s, float* __restrict__ sa) {
-  const int64_t P = s.H * s.W, i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= s.B * P) return;
-  const int64_t b = i / P, y = (i % P) / s.W, x = i % s.W, r = k / 2;
-  float acc = 0.f;
-  for (int ch = 0; ch < 2; ++ch)
-    for (int ky = 0; ky < k; ++ky) {
-      const int64_t iy = y + ky - r;
-      if (iy < 0 || iy >= s.H) continue;
-      for (int kx = 0; kx < k; ++kx) {
-        const int64_t ix = x + kx - r;
-        if (ix >= 0 && ix < s.W)
-          acc += pooled[(b * 2 + ch) * P + iy * s.W + ix] * w[(ch * k + ky) * k + kx];
+  const ChannelStats stats = channel_stats(h);
+  const Tensor avg = stats.sum.div(double(P));
+  Tensor argc_t = at::empty({B, P}, h.options().dtype(at::kInt));
+  int32_t* argc = argc_t.data_ptr<int32_t>();
+  const Tensor pooled = channel_pool(h, ca, argc);
+  const float* pp = pooled.data_ptr<float>();
+
+  // dpre = d(sum_c g * u * s)/d(conv output) = (sum_c g * u) * s * (1 - s), per pixel.
+  Tensor dpre_t = at::empty({B, P}, ca.options());
+  float* dpre = dpre_t.data_ptr<float>();
+  HDKD_DISPATCH(h.scalar_type(), "hdkd_csa_backward_dpre", [&] {
+    const scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad.data_ptr<scalar_t>();
+    for_each_index(B * P, [=] HDKD_HD(int64_t i) {
+      const int64_t b = i / P, p = i % P;
+      float acc = 0.f;
+      for (int64_t c = 0; c < C; ++c)
+        acc += static_cast<float>(gp[lg.at(b, c, p)]) * static_cast<float>(hp[lh.at(b, c, p)]) *
+               cap[b * C + c];
+      const float s = sap[i];
+      dpre[i] = acc * s * (1.f - s);
+    });
+  });
+
+  // The k x k 2 -> 1 conv's backward: dpooled is the flipped-kernel conv of dpre (a gather per
+  // pixel), dsa_weight one chunked sum per tap.
+  const Tensor saw = sa_weight.to(at::kFloat).contiguous();
+  const int64_t k = saw.size(-1), r = k / 2;
+  const float* wp = saw.data_ptr<float>();
+  Tensor dpooled_t = at::empty({B, 2, P}, ca.options());
+  float* dpooled = dpooled_t.data_ptr<float>();
+  for_each_index(B * 2 * P, [=] HDKD_HD(int64_t i) {
+    const int64_t b = i / (2 * P), ch = (i / P) % 2, y = (i % P) / W, x = i % W;
+    float acc = 0.f;
+    for (int64_t ky = 0; ky < k; ++ky) {
+      const int64_t oy = y - ky + r;
+      if (oy < 0 || oy >= H) continue;
+      for (int64_t kx = 0; kx < k; ++kx) {
+        const int64_t ox = x - kx + r;
+        if (ox >= 0 && ox < W) acc += dpre[b * P + oy * W + ox] * wp[(ch * k + ky) * k + kx];
       }
     }
-  sa[i] = 1.f / (1.f + __expf(-acc));
-}
-
-// One thread per element: out = h * (ca * sa + 1).
-template <typename scalar_t>
-__global__ void apply_gates(const scalar_t* __restrict__ h, Shape s, const float* __restrict__ ca,
-                            const float* __restrict__ sa, scalar_t* __restrict__ out) {
-  const int64_t P = s.H * s.W, n = s.B * s.C * P;
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  const int64_t b = i / (s.C * P), c = (i / P) % s.C, p = i % P, off = at_(s, b, c, p);
-  const float v = static_cast<float>(h[off]);
-  out[off] = static_cast<scalar_t>(v * (ca[b * s.C + c] * sa[b * P + p] + 1.f));
-}
-
-unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
-
-std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h_in, const Tensor& fc1,
-                                               const Tensor& fc2, const Tensor& sa_weight) {
-  TORCH_CHECK(h_in.dim() == 4, "hdkd::csa_forward: expected h to be 4-D, got shape ",
-              h_in.sizes());
-  TORCH_CHECK(fc1.device() == h_in.device() && fc2.device() == h_in.device() &&
-                  sa_weight.device() == h_in.device(),
-              "hdkd::csa_forward: expected every weight on ", h_in.device());
-  const c10::cuda::CUDAGuard guard(h_in.device());
-  // the channel MLP below must run in float32 even under torch.autocast
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const bool cl = h_in.is_contiguous(at::MemoryFormat::ChannelsLast) && !h_in.is_contiguous();
-  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const Tensor h = h_in.contiguous(fmt);
-  Tensor out = at::empty(h.sizes(), h.options(), fmt);
-  const Shape s{h.size(0), h.size(1), h.size(2), h.size(3),
-                h.stride(0), h.stride(1), h.stride(2), h.stride(3)};
-  const int64_t P = s.H * s.W;
-  const auto fopts = h.options().dtype(at::kFloat);
-  Tensor avg = at::empty({s.B, s.C}, fopts), mx = at::empty({s.B, s.C}, fopts);
-  Tensor pooled = at::empty({s.B, 2, s.H, s.W}, fopts), sa = at::empty({s.B, s.H, s.W}, fopts);
-  const Tensor w1 = fc1.to(at::kFloat).reshape({fc1.size(0), s.C});
-  const Tensor w2 = fc2.to(at::kFloat).reshape({s.C, fc1.size(0)});
-  const Tensor saw = sa_weight.to(at::kFloat).contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "hdkd_csa_forward",
-                                  [&] {
-    channel_stats<scalar_t><<<static_cast<unsigned>(s.B * s.C), kThreads, 0, stream>>>(
-        h.data_ptr<scalar_t>(), s, avg.data_ptr<float>(), mx.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dpooled[i] = acc;
   });
-  auto mlp = [&](const Tensor& v) { return at::mm(at::gelu(at::mm(v, w1.t())), w2.t()); };
-  const Tensor ca = at::sigmoid(mlp(avg).add_(mlp(mx))).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "hdkd_csa_forward",
-                                  [&] {
-    channel_pool<scalar_t><<<blocks_for(s.B * P), kThreads, 0, stream>>>(
-        h.data_ptr<scalar_t>(), s, ca.data_ptr<float>(), pooled.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    spatial_gate<<<blocks_for(s.B * P), kThreads, 0, stream>>>(
-        pooled.data_ptr<float>(), saw.data_ptr<float>(), static_cast<int>(saw.size(-1)), s,
-        sa.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    apply_gates<scalar_t><<<blocks_for(s.B * s.C * P), kThreads, 0, stream>>>(
-        h.data_ptr<scalar_t>(), s, ca.data_ptr<float>(), sa.data_ptr<float>(),
-        out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const Tensor dsaw = sum_terms(2 * k * k, B * P, [=] HDKD_HD(int64_t tap, int64_t t) {
+    const int64_t ch = tap / (k * k), ky = (tap / k) % k, kx = tap % k;
+    const int64_t b = t / P, y = (t % P) / W + ky - r, x = t % W + kx - r;
+    if (y < 0 || y >= H || x < 0 || x >= W) return 0.f;
+    return dpre[t] * pp[(b * 2 + ch) * P + y * W + x];
+  }, h);
+
+  // dca[b, c] = sum_p du * h.
+  const float inv_c = 1.f / float(C);
+  Tensor dca;
+  HDKD_DISPATCH(h.scalar_type(), "hdkd_csa_backward_dca", [&] {
+    const scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad.data_ptr<scalar_t>();
+    dca = sum_terms(B * C, P, [=] HDKD_HD(int64_t j, int64_t p) {
+      const int64_t b = j / C, c = j % C, q = b * P + p;
+      float du = static_cast<float>(gp[lg.at(b, c, p)]) * sap[q] + dpooled[b * 2 * P + p] * inv_c;
+      if (argc[q] == c) du += dpooled[(b * 2 + 1) * P + p];
+      return du * static_cast<float>(hp[lh.at(b, c, p)]);
+    }, h).view({B, C});
   });
-  return {out, ca, sa};
+
+  // Channel gate MLP backward on B x C (small): ca = sigmoid(MLP(avg) + MLP(mx)).
+  const int64_t R = fc1.size(0);
+  const Tensor w1 = fc1.to(at::kFloat).reshape({R, C}), w2 = fc2.to(at::kFloat).reshape({C, R});
+  const Tensor a1 = at::mm(avg, w1.t()), m1 = at::mm(stats.max, w1.t());
+  const Tensor dlogit = dca.mul(ca).mul_(ca.neg().add_(1.0));
+  const Tensor dw2 = at::mm(dlogit.t(), at::gelu(a1).add_(at::gelu(m1)));
+  const Tensor dg = at::mm(dlogit, w2);
+  const Tensor da1 = at::gelu_backward(dg, a1), dm1 = at::gelu_backward(dg, m1);
+  const Tensor dw1 = at::mm(da1.t(), avg).add_(at::mm(dm1.t(), stats.max));
+  const Tensor davg = at::mm(da1, w1).mul_(1.0 / double(P)).contiguous();
+  const Tensor dmx = at::mm(dm1, w1).contiguous();
+
+  Tensor dh = empty_like_input(h, h.sizes(), h.scalar_type());
+  const Layout ld = layout_of(dh);
+  const float *davp = davg.data_ptr<float>(), *dmxp = dmx.data_ptr<float>();
+  const int64_t* argp = stats.argmax.data_ptr<int64_t>();
+  HDKD_DISPATCH(h.scalar_type(), "hdkd_csa_backward_dh", [&] {
+    const scalar_t* gp = grad.data_ptr<scalar_t>();
+    scalar_t* out = dh.data_ptr<scalar_t>();
+    for_each_index(B * C * P, [=] HDKD_HD(int64_t i) {
+      int64_t b, c, p;
+      ld.unravel(i, b, c, p);
+      const int64_t q = b * P + p, j = b * C + c;
+      const float g = static_cast<float>(gp[lg.at(b, c, p)]);
+      float du = g * sap[q] + dpooled[b * 2 * P + p] * inv_c;
+      if (argc[q] == c) du += dpooled[(b * 2 + 1) * P + p];
+      float v = g + du * cap[j] + davp[j];
+      if (argp[j] == p) v += dmxp[j];
+      out[ld.at(b, c, p)] = static_cast<scalar_t>(v);
+    });
+  });
+  return {dh, dw1.view(fc1.sizes()).to(fc1.scalar_type()),
+          dw2.view(fc2.sizes()).to(fc2.scalar_type()),
+          dsaw.view(sa_weight.sizes()).to(sa_weight.scalar_type())};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hdkd, CUDA, m) { m.impl("csa_forward", &csa_forward); }
+HDKD_CUDA_IMPL(m) {
+  m.impl("csa_forward", &csa_forward);
+  m.impl("csa_backward", &csa_backward);
+}
 
 }  // namespace hdkd::cuda

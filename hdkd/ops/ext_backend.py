@@ -1,9 +1,9 @@
 """The `ext` backend: the compiled extension hdkd._C (csrc/).
 
-CPU: fused float32 kernels for every op (bfloat16/float16 computed in float32; float64 and
-depthwise kernels larger than 7x7 run the reference). CUDA (when the .so has CUDA and a GPU is visible): the
-channel-spatial attention forward is a CUDA kernel; the other ops run the reference there until
-their CUDA kernels exist.
+CPU: fused float32 kernels for every op (bfloat16/float16 computed in float32; depthwise kernels
+larger than 7x7 run the reference). CUDA (when the .so has CUDA and a GPU is visible): kernels for
+every op (csrc/cuda, float32 math, the 1x1 convs of the fused eval block on cuBLAS). float64 runs
+the reference on both.
 
 mbcsa_eval runs the whole-block kernel when no gradient is needed; with gradients it is composed
 of the fused depthwise and attention ops (which have autograd) and ATen 1x1 convs. mbcsa_train
@@ -22,7 +22,9 @@ from .reference import BatchNormState, MBCSAWeights
 
 _module, _reason = load()
 if _module is not None:
-    from . import ext_ops  # noqa: F401  (registers fake kernels and autograd)
+    from . import ext_ops
+
+    ext_ops.register("hdkd")
 # Read once: the selection code runs inside torch.compile graphs, which cannot call into pybind11.
 _CUDA_BUILT = _module is not None and bool(_module.build_info()["cuda"])
 
@@ -31,13 +33,16 @@ def _devices() -> tuple[str, ...]:
     return ("cpu", "cuda") if _CUDA_BUILT and torch.cuda.is_available() else ("cpu",)
 
 
-_MAX_DW_KERNEL = 7  # csrc/cpu/dwconv.cpp keeps the taps of one pixel on the stack
+_MAX_CPU_DW_KERNEL = 7  # csrc/cpu/dwconv.cpp keeps the taps of one pixel on the stack
 
 
 def _kernels_for(x: Tensor, dw: Tensor) -> bool:
-    """Whether x runs on the extension's CPU kernels (else on the reference)."""
-    return (x.device.type == "cpu" and x.dtype != torch.float64
-            and dw.shape[-1] <= _MAX_DW_KERNEL)
+    """Whether x runs on the extension's kernels (else on the reference)."""
+    if x.dtype == torch.float64:
+        return False
+    if x.device.type == "cuda":
+        return _CUDA_BUILT
+    return x.device.type == "cpu" and dw.shape[-1] <= _MAX_CPU_DW_KERNEL
 
 
 def channel_spatial_attention(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor) -> Tensor:
@@ -118,7 +123,7 @@ def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1
 
 
 def _describe() -> str:
-    cuda = "; CUDA: attention forward kernel" if "cuda" in _devices() else ""
+    cuda = "; CUDA: kernels for every op" if "cuda" in _devices() else ""
     return describe_build().removeprefix("hdkd._C: ") + cuda
 
 

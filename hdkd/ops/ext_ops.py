@@ -1,6 +1,7 @@
-"""torch.library registrations of the extension's ops (schemas in csrc/schemas.cpp): fake
+"""torch.library registrations of the extension's ops (schemas in csrc/schemas.h): fake
 implementations for torch.compile / FakeTensor, and autograd formulas built on the backward ops.
-Imported by ext_backend only after hdkd._C loaded.
+ext_backend calls register("hdkd") once hdkd._C has loaded; the tests call it for the namespace of
+the CPU-emulated CUDA kernels too (tests/cuda_emulation), which share the schemas.
 
 Output layout rule (shared with the kernels): channels_last exactly when the input is
 channels_last and not also contiguous; saved-for-backward tensors are float32.
@@ -9,10 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from . import reference
-
-ops = torch.ops.hdkd
 
 
 def _format(x: Tensor) -> torch.memory_format:
@@ -29,15 +26,11 @@ def _new(t: Tensor, shape, dtype=None) -> Tensor:
     return torch.empty(shape, dtype=dtype or t.dtype, device=t.device)
 
 
-# ---------------------------------------------------------------- fake implementations
-
-@torch.library.register_fake("hdkd::csa_forward")
 def _csa_forward_fake(h, fc1, fc2, sa):
     b, c, hh, ww = h.shape
     return _like(h), _new(h, (b, c), torch.float32), _new(h, (b, hh, ww), torch.float32)
 
 
-@torch.library.register_fake("hdkd::csa_backward")
 def _csa_backward_fake(grad, h, fc1, fc2, sa, ca, s):
     return _like(h), _new(fc1, fc1.shape), _new(fc2, fc2.shape), _new(sa, sa.shape)
 
@@ -47,12 +40,10 @@ def _dw_stats_fake(x):
     return _new(x, (b, c)), _new(x, (b, c)), _new(x, (b, c), torch.int64)
 
 
-@torch.library.register_fake("hdkd::dwconv_bn_gelu_eval")
 def _dw_eval_fake(x, w, scale, shift):
     return (_like(x), *_dw_stats_fake(x))
 
 
-@torch.library.register_fake("hdkd::dwconv_bn_gelu_train")
 def _dw_train_fake(x, w, gamma, beta, eps):
     c = x.shape[1]
     conv = torch.empty(x.shape, dtype=torch.float32, device=x.device,
@@ -61,13 +52,11 @@ def _dw_train_fake(x, w, gamma, beta, eps):
             _new(x, (c,), torch.float32))
 
 
-@torch.library.register_fake("hdkd::dwconv_bn_gelu_backward")
 def _dw_backward_fake(grad_y, grad_avg, grad_max, x, w, conv, scale, shift, argmax, mean,
                       invstd):
     return _like(x), _new(w, w.shape), _new(scale, scale.shape), _new(shift, shift.shape)
 
 
-@torch.library.register_fake("hdkd::mbcsa_eval")
 def _mbcsa_eval_fake(x, expand_w, expand_b, dw_w, dw_b, fc1, fc2, sa, project_w, project_b,
                      shortcut):
     b, _, h, w = x.shape
@@ -76,8 +65,6 @@ def _mbcsa_eval_fake(x, expand_w, expand_b, dw_w, dw_b, fc1, fc2, sa, project_w,
     return _like(x, (b, project_w.shape[0], h, w))
 
 
-# ---------------------------------------------------------------- autograd
-
 def _csa_setup(ctx, inputs, output):
     h, fc1, fc2, sa_w = inputs
     _, ca, sa = output
@@ -85,26 +72,9 @@ def _csa_setup(ctx, inputs, output):
     ctx.save_for_backward(h, fc1, fc2, sa_w, ca, sa)
 
 
-def _csa_backward(ctx, grad_out, _grad_ca, _grad_sa):
-    return ops.csa_backward(grad_out, *ctx.saved_tensors)
-
-
-torch.library.register_autograd("hdkd::csa_forward", _csa_backward, setup_context=_csa_setup)
-
-
 def _dw_eval_setup(ctx, inputs, output):
     x, w, scale, shift = inputs
     ctx.save_for_backward(x, w, scale, shift, output[3])
-
-
-def _dw_eval_backward(ctx, grad_y, grad_avg, grad_max, _grad_arg):
-    x, w, scale, shift, argmax = ctx.saved_tensors
-    return ops.dwconv_bn_gelu_backward(grad_y, grad_avg, grad_max, x, w, None, scale, shift,
-                                       argmax, None, None)
-
-
-torch.library.register_autograd("hdkd::dwconv_bn_gelu_eval", _dw_eval_backward,
-                                setup_context=_dw_eval_setup)
 
 
 def _dw_train_setup(ctx, inputs, output):
@@ -115,28 +85,36 @@ def _dw_train_setup(ctx, inputs, output):
     ctx.save_for_backward(x, w, gamma, beta, argmax, conv, mean, var)
 
 
-def _dw_train_backward(ctx, grad_y, grad_avg, grad_max, _arg, _conv, _mean, _var):
-    x, w, gamma, beta, argmax, conv, mean, var = ctx.saved_tensors
-    invstd = torch.rsqrt(var + ctx.eps)
-    scale = gamma.float() * invstd
-    shift = beta.float() - mean * scale
-    dx, dw, dgamma, dbeta = ops.dwconv_bn_gelu_backward(grad_y, grad_avg, grad_max, x, w, conv,
-                                                        scale, shift, argmax, mean, invstd)
-    return dx, dw, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), None
+def register(namespace: str = "hdkd") -> None:
+    """Fake kernels and autograd for the ops of `namespace` (schemas of csrc/schemas.h)."""
+    ops = getattr(torch.ops, namespace)
 
+    def csa_backward(ctx, grad_out, _grad_ca, _grad_sa):
+        return ops.csa_backward(grad_out, *ctx.saved_tensors)
 
-torch.library.register_autograd("hdkd::dwconv_bn_gelu_train", _dw_train_backward,
-                                setup_context=_dw_train_setup)
+    def dw_eval_backward(ctx, grad_y, grad_avg, grad_max, _grad_arg):
+        x, w, scale, shift, argmax = ctx.saved_tensors
+        return ops.dwconv_bn_gelu_backward(grad_y, grad_avg, grad_max, x, w, None, scale, shift,
+                                           argmax, None, None)
 
+    def dw_train_backward(ctx, grad_y, grad_avg, grad_max, _arg, _conv, _mean, _var):
+        x, w, gamma, beta, argmax, conv, mean, var = ctx.saved_tensors
+        invstd = torch.rsqrt(var + ctx.eps)
+        scale = gamma.float() * invstd
+        shift = beta.float() - mean * scale
+        dx, dw, dgamma, dbeta = ops.dwconv_bn_gelu_backward(grad_y, grad_avg, grad_max, x, w,
+                                                            conv, scale, shift, argmax, mean,
+                                                            invstd)
+        return dx, dw, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), None
 
-# ---------------------------------------------------------------- CUDA
-
-def _csa_backward_cuda(grad, h, fc1, fc2, sa_w, ca, sa):
-    """CUDA backward of the attention until its CUDA kernel exists: the reference's autograd."""
-    with torch.enable_grad():
-        inputs = [t.detach().requires_grad_() for t in (h, fc1, fc2, sa_w)]
-        out = reference.channel_spatial_attention(*inputs)
-        return tuple(torch.autograd.grad(out, inputs, grad))
-
-
-torch.library.register_kernel("hdkd::csa_backward", "cuda", _csa_backward_cuda)
+    fakes = {"csa_forward": _csa_forward_fake, "csa_backward": _csa_backward_fake,
+             "dwconv_bn_gelu_eval": _dw_eval_fake, "dwconv_bn_gelu_train": _dw_train_fake,
+             "dwconv_bn_gelu_backward": _dw_backward_fake, "mbcsa_eval": _mbcsa_eval_fake}
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"{namespace}::{name}", fake)
+    torch.library.register_autograd(f"{namespace}::csa_forward", csa_backward,
+                                    setup_context=_csa_setup)
+    torch.library.register_autograd(f"{namespace}::dwconv_bn_gelu_eval", dw_eval_backward,
+                                    setup_context=_dw_eval_setup)
+    torch.library.register_autograd(f"{namespace}::dwconv_bn_gelu_train", dw_train_backward,
+                                    setup_context=_dw_train_setup)

@@ -1,0 +1,140 @@
+#include "cuda/common.cuh"
+
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sigmoid.h>
+
+namespace hdkd::cuda {
+
+Layout layout_of(const Tensor& t) {
+  return {t.size(0),   t.size(1),   t.size(2),   t.size(3),
+          t.stride(0), t.stride(1), t.stride(2), t.stride(3),
+          t.stride(1) < t.stride(3)};
+}
+
+Layout nhwc_layout(int64_t B, int64_t C, int64_t H, int64_t W) {
+  return {B, C, H, W, H * W * C, 1, W * C, C, true};
+}
+
+bool wants_channels_last(const Tensor& x) {
+  return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+}
+
+Tensor empty_like_input(const Tensor& x, at::IntArrayRef sizes, at::ScalarType dtype) {
+  const auto fmt =
+      wants_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return at::empty(sizes, x.options().dtype(dtype), fmt);
+}
+
+Tensor empty_nhwc_float(const Tensor& like, int64_t B, int64_t C, int64_t H, int64_t W) {
+  return at::empty({B, C, H, W}, like.options().dtype(at::kFloat),
+                   at::MemoryFormat::ChannelsLast);
+}
+
+void check_4d(const char* op, const char* name, const Tensor& t, const Tensor& x) {
+  TORCH_CHECK(t.defined(), op, ": expected ", name, " to be a tensor, got None");
+  TORCH_CHECK(t.device() == x.device(), op, ": expected ", name, " on ", x.device(), ", got ",
+              t.device());
+  TORCH_CHECK(t.dim() == 4, op, ": expected ", name, " to be 4-D, got shape ", t.sizes());
+  const auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, op, ": expected ", name,
+              " of dtype float32, bfloat16 or float16, got ", s);
+}
+
+void check_channel_vec(const char* op, const char* name, const Tensor& t, int64_t C,
+                       const Tensor& x) {
+  TORCH_CHECK(t.defined(), op, ": expected ", name, " to be a tensor, got None");
+  TORCH_CHECK(t.device() == x.device(), op, ": expected ", name, " on ", x.device(), ", got ",
+              t.device());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == C, op, ": expected ", name, " of shape (", C,
+              "), got ", t.sizes());
+}
+
+ChannelStats channel_stats(const Tensor& t) {
+  const Layout l = layout_of(t);
+  ChannelStats out;
+  HDKD_DISPATCH(t.scalar_type(), "hdkd_channel_stats", [&] {
+    const scalar_t* src = t.data_ptr<scalar_t>();
+    out = channel_stats_of(l.B, l.C, l.P(), [=] HDKD_HD(int64_t b, int64_t c, int64_t p) {
+      return static_cast<float>(src[l.at(b, c, p)]);
+    }, t);
+  });
+  return out;
+}
+
+Tensor channel_pool(const Tensor& h, const Tensor& ca, int32_t* argc) {
+  const Layout l = layout_of(h);
+  const int64_t P = l.P();
+  Tensor pooled = at::empty({l.B, 2, l.H, l.W}, h.options().dtype(at::kFloat));
+  float* out = pooled.data_ptr<float>();
+  const float* gate = ca.data_ptr<float>();
+  HDKD_DISPATCH(h.scalar_type(), "hdkd_channel_pool", [&] {
+    const scalar_t* src = h.data_ptr<scalar_t>();
+    for_each_index(l.B * P, [=] HDKD_HD(int64_t i) {
+      const int64_t b = i / P, p = i % P;
+      float sum = 0.f, mx = -INFINITY;
+      int32_t arg = 0;
+      for (int64_t c = 0; c < l.C; ++c) {
+        const float u = static_cast<float>(src[l.at(b, c, p)]) * gate[b * l.C + c];
+        sum += u;
+        if (u > mx) {
+          mx = u;
+          arg = static_cast<int32_t>(c);
+        }
+      }
+      out[b * 2 * P + p] = sum / float(l.C);
+      out[(b * 2 + 1) * P + p] = mx;
+      if (argc) argc[i] = arg;
+    });
+  });
+  return pooled;
+}
+
+Tensor spatial_gate(const Tensor& pooled, const Tensor& sa_weight) {
+  const int64_t B = pooled.size(0), H = pooled.size(2), W = pooled.size(3), P = H * W;
+  const Tensor w = sa_weight.to(at::kFloat).contiguous();
+  const int64_t k = w.size(-1), r = k / 2;
+  Tensor sa = at::empty({B, H, W}, pooled.options());
+  const float *src = pooled.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* out = sa.data_ptr<float>();
+  for_each_index(B * P, [=] HDKD_HD(int64_t i) {
+    const int64_t b = i / P, y = (i % P) / W, x = i % W;
+    float acc = 0.f;
+    for (int64_t ch = 0; ch < 2; ++ch)
+      for (int64_t ky = 0; ky < k; ++ky) {
+        const int64_t iy = y + ky - r;
+        if (iy < 0 || iy >= H) continue;
+        for (int64_t kx = 0; kx < k; ++kx) {
+          const int64_t ix = x + kx - r;
+          if (ix >= 0 && ix < W) acc += src[(b * 2 + ch) * P + iy * W + ix] * wp[(ch * k + ky) * k + kx];
+        }
+      }
+    out[i] = sigmoid(acc);
+  });
+  return sa;
+}
+
+Tensor channel_gate(const Tensor& avg, const Tensor& mx, const Tensor& fc1, const Tensor& fc2) {
+  const int64_t R = fc1.size(0), C = fc1.size(1);
+  const Tensor w1 = fc1.to(at::kFloat).reshape({R, C}), w2 = fc2.to(at::kFloat).reshape({C, R});
+  auto mlp = [&](const Tensor& v) { return at::mm(at::gelu(at::mm(v, w1.t())), w2.t()); };
+  return at::sigmoid(mlp(avg).add_(mlp(mx))).contiguous();
+}
+
+void apply_gates(const Tensor& h, const Tensor& ca, const Tensor& sa, const Tensor& out) {
+  const Layout lh = layout_of(h), lo = layout_of(out);
+  const int64_t P = lh.P();
+  const float *gate = ca.data_ptr<float>(), *spatial = sa.data_ptr<float>();
+  HDKD_DISPATCH(h.scalar_type(), "hdkd_apply_gates", [&] {
+    const scalar_t* src = h.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    for_each_index(lh.B * lh.C * P, [=] HDKD_HD(int64_t i) {
+      int64_t b, c, p;
+      lo.unravel(i, b, c, p);
+      const float v = static_cast<float>(src[lh.at(b, c, p)]);
+      dst[lo.at(b, c, p)] = static_cast<scalar_t>(v * (gate[b * lh.C + c] * spatial[b * P + p] + 1.f));
+    });
+  });
+}
+
+}  // namespace hdkd::cuda

@@ -1,0 +1,226 @@
+// Shared pieces of the CUDA kernels (attention.cu, dwconv.cu, mbcsa.cu).
+//
+// Every kernel is a lambda run once per index by for_each_index: one CUDA thread per index on
+// the current stream, or, when these sources are compiled as C++ with HDKD_CUDA_EMULATION
+// (tests/cuda_emulation), a plain loop on the CPU, so that the kernels' indexing and math are
+// tested against the reference without a GPU. Each index writes only its own outputs and no
+// index reads what another writes in the same launch (gathers and chunked reductions, no shared
+// memory, no atomics): results do not depend on the schedule, which is also why the emulation
+// cannot hide a race. Math is float32 whatever the tensors' dtype.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#ifdef HDKD_CUDA_EMULATION
+#define HDKD_HD
+#define HDKD_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(hdkd_cuda_emu, CPU, m)
+#else
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define HDKD_HD __host__ __device__
+#define HDKD_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(hdkd, CUDA, m)
+#endif
+
+// The dtypes the ops accept (float64 runs the reference in Python).
+#define HDKD_DISPATCH(dtype, name, ...)                                              \
+  AT_DISPATCH_SWITCH(dtype, name, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)          \
+                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)                    \
+                             AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
+namespace hdkd::cuda {
+
+using at::Tensor;
+
+#ifndef HDKD_CUDA_EMULATION
+constexpr int kThreads = 256;
+
+template <class F>
+__global__ void for_each_kernel(int64_t n, F fn) {
+  const int64_t step = int64_t(blockDim.x) * gridDim.x;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += step) fn(i);
+}
+#endif
+
+// fn(i) for every i in [0, n); launch errors raise (c10::Error, a RuntimeError in Python).
+template <class F>
+void for_each_index(int64_t n, const F& fn) {
+  if (n <= 0) return;
+#ifdef HDKD_CUDA_EMULATION
+  for (int64_t i = 0; i < n; ++i) fn(i);
+#else
+  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20);
+  for_each_kernel<<<static_cast<unsigned>(blocks), kThreads, 0,
+                    c10::cuda::getCurrentCUDAStream()>>>(n, fn);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
+
+// Held by every op: its tensor's device is current, and the ATen ops called inside (mm, gelu,
+// ...) compute in the given dtypes even under torch.autocast.
+class OpScope {
+ public:
+#ifdef HDKD_CUDA_EMULATION
+  explicit OpScope(const Tensor&) {}
+#else
+  explicit OpScope(const Tensor& t) : device_(t.device()) {}
+
+ private:
+  c10::cuda::CUDAGuard device_;
+#endif
+  c10::impl::ExcludeDispatchKeyGuard no_autocast_{c10::autocast_dispatch_keyset};
+};
+
+// Sizes and element strides of a B x C x H x W tensor; any memory format, views included.
+struct Layout {
+  int64_t B, C, H, W;
+  int64_t sb, sc, sh, sw;
+  bool channels_last;  // the order in which elementwise kernels visit it (writes coalesce)
+
+  HDKD_HD int64_t P() const { return H * W; }
+  HDKD_HD int64_t at(int64_t b, int64_t c, int64_t p) const {
+    return b * sb + c * sc + (p / W) * sh + (p % W) * sw;
+  }
+  HDKD_HD int64_t at(int64_t b, int64_t c, int64_t y, int64_t x) const {
+    return b * sb + c * sc + y * sh + x * sw;
+  }
+  // Element i of the visiting order as (b, c, p).
+  HDKD_HD void unravel(int64_t i, int64_t& b, int64_t& c, int64_t& p) const {
+    if (channels_last) {
+      c = i % C;
+      p = (i / C) % (H * W);
+      b = i / (C * H * W);
+    } else {
+      p = i % (H * W);
+      c = (i / (H * W)) % C;
+      b = i / (C * H * W);
+    }
+  }
+};
+
+Layout layout_of(const Tensor& t);
+// Layout of a dense float32 B x P x C buffer (channels_last order).
+Layout nhwc_layout(int64_t B, int64_t C, int64_t H, int64_t W);
+
+// The ops return channels_last exactly when their input is channels_last and not also contiguous.
+bool wants_channels_last(const Tensor& x);
+Tensor empty_like_input(const Tensor& x, at::IntArrayRef sizes, at::ScalarType dtype);
+Tensor empty_nhwc_float(const Tensor& like, int64_t B, int64_t C, int64_t H, int64_t W);
+
+void check_4d(const char* op, const char* name, const Tensor& t, const Tensor& x);
+void check_channel_vec(const char* op, const char* name, const Tensor& t, int64_t C,
+                       const Tensor& x);
+
+HDKD_HD inline float gelu(float z) { return 0.5f * z * (1.f + erff(z * 0.70710678118654752f)); }
+HDKD_HD inline float gelu_grad(float z) {
+  return 0.5f * (1.f + erff(z * 0.70710678118654752f)) +
+         z * expf(-0.5f * z * z) * 0.39894228040143268f;
+}
+HDKD_HD inline float sigmoid(float z) { return 1.f / (1.f + expf(-z)); }
+
+// Terms per partial sum of the chunked reductions.
+constexpr int64_t kChunk = 256;
+
+// out[j] = sum over t in [0, n) of term(j, t) for j in [0, m) (float32 out, on like's device):
+// partial sums over chunks of kChunk terms in parallel, then each j's partials in chunk order.
+// Consecutive j run in consecutive threads, so put the fastest-varying memory index in j.
+template <class Term>
+Tensor sum_terms(int64_t m, int64_t n, const Term& term, const Tensor& like);
+
+// Per-(b, c) sum, max and first argmax (pixel index) over the H*W pixels, float32 / int64 B x C:
+// of t's values, or of value(b, c, p) (a float32 value before any rounding to t's dtype).
+struct ChannelStats {
+  Tensor sum, max, argmax;
+};
+ChannelStats channel_stats(const Tensor& t);
+template <class Value>
+ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t P, const Value& value,
+                              const Tensor& like);
+
+// The CBAM gates on h (B x C x H x W, any layout and dtype), ca B x C float32:
+//   pooled[b, 0|1, p] = mean|max over c of h * ca (argc: first argmax channel, when not null);
+//   sa[b, p] = sigmoid(conv_kxk(pooled)) with sa_weight 1 x 2 x k x k.
+Tensor channel_pool(const Tensor& h, const Tensor& ca, int32_t* argc);
+Tensor spatial_gate(const Tensor& pooled, const Tensor& sa_weight);  // -> B x H x W float32
+// ca from the channel averages and maxima: sigmoid(MLP(avg) + MLP(max)), float32 B x C.
+Tensor channel_gate(const Tensor& avg, const Tensor& mx, const Tensor& fc1, const Tensor& fc2);
+// h * (ca * sa + 1) into out (both laid out as described, may alias).
+void apply_gates(const Tensor& h, const Tensor& ca, const Tensor& sa, const Tensor& out);
+
+template <class Term>
+Tensor sum_terms(int64_t m, int64_t n, const Term& term, const Tensor& like) {
+  const int64_t chunks = std::max<int64_t>((n + kChunk - 1) / kChunk, 1);
+  const auto opts = like.options().dtype(at::kFloat);
+  Tensor partial = at::empty({chunks * m}, opts), out = at::empty({m}, opts);
+  float* pp = partial.data_ptr<float>();
+  for_each_index(chunks * m, [=] HDKD_HD(int64_t i) {
+    const int64_t j = i % m, t0 = (i / m) * kChunk, t1 = t0 + kChunk < n ? t0 + kChunk : n;
+    float acc = 0.f;
+    for (int64_t t = t0; t < t1; ++t) acc += term(j, t);
+    pp[i] = acc;
+  });
+  float* op = out.data_ptr<float>();
+  for_each_index(m, [=] HDKD_HD(int64_t j) {
+    float acc = 0.f;
+    for (int64_t ch = 0; ch < chunks; ++ch) acc += pp[ch * m + j];
+    op[j] = acc;
+  });
+  return out;
+}
+
+template <class Value>
+ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t P, const Value& value,
+                              const Tensor& like) {
+  const int64_t m = B * C, chunks = std::max<int64_t>((P + kChunk - 1) / kChunk, 1);
+  const auto f32 = like.options().dtype(at::kFloat), i64 = like.options().dtype(at::kLong);
+  Tensor psum = at::empty({chunks * m}, f32), pmax = at::empty({chunks * m}, f32);
+  Tensor parg = at::empty({chunks * m}, i64);
+  float *ps = psum.data_ptr<float>(), *pm = pmax.data_ptr<float>();
+  int64_t* pa = parg.data_ptr<int64_t>();
+  for_each_index(chunks * m, [=] HDKD_HD(int64_t i) {
+    const int64_t j = i % m, b = j / C, c = j % C, p0 = (i / m) * kChunk;
+    const int64_t p1 = p0 + kChunk < P ? p0 + kChunk : P;
+    float sum = 0.f, mx = -INFINITY;
+    int64_t arg = p0;
+    for (int64_t p = p0; p < p1; ++p) {
+      const float v = value(b, c, p);
+      sum += v;
+      if (v > mx) {
+        mx = v;
+        arg = p;
+      }
+    }
+    ps[i] = sum;
+    pm[i] = mx;
+    pa[i] = arg;
+  });
+  ChannelStats out{at::empty({B, C}, f32), at::empty({B, C}, f32), at::empty({B, C}, i64)};
+  float *os = out.sum.data_ptr<float>(), *om = out.max.data_ptr<float>();
+  int64_t* oa = out.argmax.data_ptr<int64_t>();
+  for_each_index(m, [=] HDKD_HD(int64_t j) {
+    float sum = 0.f, mx = -INFINITY;
+    int64_t arg = 0;
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const int64_t i = ch * m + j;
+      sum += ps[i];
+      if (pm[i] > mx) {  // strictly greater: the first maximum in pixel order wins
+        mx = pm[i];
+        arg = pa[i];
+      }
+    }
+    os[j] = sum;
+    om[j] = mx;
+    oa[j] = arg;
+  });
+  return out;
+}
+
+}  // namespace hdkd::cuda

@@ -1,0 +1,47 @@
+// The depthwise conv shared by dwconv.cu and mbcsa.cu.
+#pragma once
+
+#include "cuda/common.cuh"
+
+namespace hdkd::cuda {
+
+// act(conv_kxk(x, w)[b, c, p] * scale[c] + shift[c]) in float32: depthwise, stride 1, zero
+// padding k / 2; scale null means 1 (shift is then the conv bias), shift null means 0; act is
+// GELU when apply_gelu, else the identity. w: float32 C x k*k.
+template <typename in_t>
+struct DwconvValue {
+  const in_t* x;
+  Layout lx;
+  const float* w;
+  int64_t k;
+  const float* scale;
+  const float* shift;
+  bool apply_gelu;
+
+  HDKD_HD float operator()(int64_t b, int64_t c, int64_t p) const {
+    const int64_t r = k / 2, y = p / lx.W, xx = p % lx.W;
+    float acc = 0.f;
+    for (int64_t ky = 0; ky < k; ++ky) {
+      const int64_t iy = y + ky - r;
+      if (iy < 0 || iy >= lx.H) continue;
+      for (int64_t kx = 0; kx < k; ++kx) {
+        const int64_t ix = xx + kx - r;
+        if (ix >= 0 && ix < lx.W)
+          acc += static_cast<float>(x[lx.at(b, c, iy, ix)]) * w[(c * k + ky) * k + kx];
+      }
+    }
+    if (scale) acc *= scale[c];
+    if (shift) acc += shift[c];
+    return apply_gelu ? gelu(acc) : acc;
+  }
+};
+
+// y = the values above for every element; x any layout and float dtype; y the same dtype as x or
+// float32, any layout; scale / shift float32 contiguous or undefined.
+void dwconv(const Tensor& x, const Tensor& w, const Tensor& scale, const Tensor& shift,
+            bool apply_gelu, const Tensor& y);
+// The channel statistics of those values (recomputed in float32, not read back rounded).
+ChannelStats dwconv_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
+                          const Tensor& shift, bool apply_gelu);
+
+}  // namespace hdkd::cuda

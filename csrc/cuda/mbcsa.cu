@@ -1,0 +1,95 @@
+// CUDA path of the whole eval-mode MBCSA block (expansion > 1) from BN-folded weights, in the
+// input's dtype (the 1x1 convs are cuBLAS GEMMs on the pixel rows of channels_last buffers):
+//   e = GELU(x[::s, ::s] We^T + be)             GEMM, then GELU in place
+//   d = GELU(dwconv(e, Wd) + bd)                 the depthwise kernel, then d's channel stats
+//                                                (recomputed in float32, as the other backends)
+//   d *= ca * sa + 1                             the CBAM gates and residual, in place
+//   out = shortcut(x) + bp + d Wp^T              the project GEMM accumulating into out
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/max_pool2d.h>
+#include <ATen/ops/mm.h>
+
+#include "cuda/dwconv.cuh"
+
+namespace hdkd::cuda {
+namespace {
+
+// x (B x C x H x W, channels_last dense) as the (B*H*W) x C matrix of its pixels (a view).
+Tensor pixel_rows(const Tensor& x) {
+  return x.permute({0, 2, 3, 1}).reshape({x.size(0) * x.size(2) * x.size(3), x.size(1)});
+}
+
+void check_shape(const Tensor& t, at::IntArrayRef want, const char* name, const Tensor& x) {
+  TORCH_CHECK(t.device() == x.device(), "hdkd::mbcsa_eval: expected ", name, " on ", x.device(),
+              ", got ", t.device());
+  TORCH_CHECK(t.sizes() == want, "hdkd::mbcsa_eval: expected ", name, " of shape ", want,
+              ", got ", t.sizes());
+}
+
+Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expand_b,
+                  const Tensor& dw_w, const Tensor& dw_b, const Tensor& fc1, const Tensor& fc2,
+                  const Tensor& sa_w, const Tensor& project_w, const Tensor& project_b,
+                  const std::optional<Tensor>& shortcut_in) {
+  const char* op = "hdkd::mbcsa_eval";
+  check_4d(op, "x", x_in, x_in);
+  const int64_t B = x_in.size(0), cin = x_in.size(1), hid = expand_w.size(0),
+                cout = project_w.size(0), k = dw_w.size(-1), R = fc1.size(0);
+  const bool down = shortcut_in.has_value() && shortcut_in->defined();
+  check_shape(expand_w, {hid, cin, 1, 1}, "expand_weight", x_in);
+  check_shape(expand_b, {hid}, "expand_bias", x_in);
+  TORCH_CHECK(k % 2 == 1, op, ": expected an odd dw_weight kernel, got ", k);
+  check_shape(dw_w, {hid, 1, k, k}, "dw_weight", x_in);
+  check_shape(dw_b, {hid}, "dw_bias", x_in);
+  check_shape(fc1, {R, hid, 1, 1}, "fc1_weight", x_in);
+  check_shape(fc2, {hid, R, 1, 1}, "fc2_weight", x_in);
+  TORCH_CHECK(sa_w.dim() == 4 && sa_w.size(0) == 1 && sa_w.size(1) == 2 && sa_w.size(2) % 2,
+              op, ": expected sa_weight of shape (1, 2, k, k), got ", sa_w.sizes());
+  check_shape(project_w, {cout, hid, 1, 1}, "project_weight", x_in);
+  check_shape(project_b, {cout}, "project_bias", x_in);
+  if (down)
+    check_shape(*shortcut_in, {cout, cin, 1, 1}, "shortcut", x_in);
+  else
+    TORCH_CHECK(cin == cout, op, ": expected cin == cout without a shortcut, got ", cin, " and ",
+                cout);
+  TORCH_CHECK(x_in.size(2) * x_in.size(3) > 0, op,
+              ": expected x with at least one pixel, got shape ", x_in.sizes());
+  const OpScope scope(x_in);
+  const auto dtype = x_in.scalar_type();
+  auto matrix = [&](const Tensor& w, int64_t rows, int64_t cols) {
+    return w.to(dtype).reshape({rows, cols}).t();
+  };
+
+  const Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor xe = down ? x.slice(2, 0, x.size(2), 2).slice(3, 0, x.size(3), 2)
+                               .contiguous(at::MemoryFormat::ChannelsLast)
+                         : x;
+  const int64_t He = xe.size(2), We = xe.size(3);
+  const Tensor xrows = pixel_rows(xe);
+
+  Tensor e = at::addmm(expand_b.to(dtype), xrows, matrix(expand_w, hid, cin));
+  at::gelu_(e);
+  const Tensor e4 = e.view({B, He, We, hid}).permute({0, 3, 1, 2});
+  Tensor d = at::empty({B, hid, He, We}, x.options(), at::MemoryFormat::ChannelsLast);
+  const Tensor bias = dw_b.to(at::kFloat).contiguous();
+  dwconv(e4, dw_w, Tensor(), bias, true, d);
+
+  const ChannelStats stats = dwconv_stats(e4, dw_w, Tensor(), bias, true);
+  const Tensor ca = channel_gate(stats.sum.div(double(He * We)), stats.max, fc1, fc2);
+  const Tensor sa = spatial_gate(channel_pool(d, ca, nullptr), sa_w);
+  apply_gates(d, ca, sa, d);
+
+  Tensor out = down ? at::mm(pixel_rows(at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1})
+                                            .contiguous(at::MemoryFormat::ChannelsLast)),
+                             matrix(*shortcut_in, cout, cin))
+                    : xrows.clone();
+  out.add_(project_b.to(dtype)).addmm_(pixel_rows(d), matrix(project_w, cout, hid));
+  const Tensor result = out.view({B, He, We, cout}).permute({0, 3, 1, 2});
+  return wants_channels_last(x_in) ? result : result.contiguous();
+}
+
+}  // namespace
+
+HDKD_CUDA_IMPL(m) { m.impl("mbcsa_eval", &mbcsa_eval); }
+
+}  // namespace hdkd::cuda

@@ -1,0 +1,46 @@
+"""The CUDA kernels of csrc/cuda built for the CPU (HDKD_CUDA_EMULATION) as torch.ops.hdkd_cuda_emu,
+with hdkd's fake kernels and autograd registered for that namespace: CI tests the kernels'
+indexing and math against the reference without a GPU (csrc/cuda/common.cuh says why a loop over
+the launch indices is a faithful model of those kernels). What emulation cannot check (launch
+configuration, streams, memory errors, speed) is left to tests on a GPU and compute-sanitizer."""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE.parents[1] / "csrc"
+SOURCE = HERE / "hdkd_cuda_emu.cpp"
+NAMESPACE = "hdkd_cuda_emu"
+
+_ops = None
+
+
+def _digest() -> str:
+    """The build folder is keyed by torch's version and every source the build includes (torch's
+    own check only sees the listed source, not the .cu files it includes)."""
+    h = hashlib.sha256(torch.__version__.encode())
+    for path in sorted([SOURCE, CSRC / "schemas.h", *(CSRC / "cuda").iterdir()]):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load():
+    """torch.ops.hdkd_cuda_emu, building it on first use (about a minute on 2 cores)."""
+    global _ops
+    if _ops is None:
+        from torch.utils.cpp_extension import load as build
+
+        from hdkd.ops import ext_ops
+
+        folder = Path(tempfile.gettempdir()) / f"hdkd_cuda_emu_{_digest()}"
+        folder.mkdir(exist_ok=True)
+        build(name=NAMESPACE, sources=[str(SOURCE)], extra_include_paths=[str(CSRC)],
+              extra_cflags=["-O1", "-DHDKD_CUDA_EMULATION"], build_directory=str(folder),
+              is_python_module=False)
+        ext_ops.register(NAMESPACE)
+        _ops = getattr(torch.ops, NAMESPACE)
+    return _ops

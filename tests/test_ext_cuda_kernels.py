@@ -1,0 +1,300 @@
+"""The extension's CUDA kernels (csrc/cuda) against the float64 reference, forward and backward
+through the ops' registered autograd: on a GPU as torch.ops.hdkd on CUDA tensors, and on any
+machine as the same sources compiled for the CPU (tests/cuda_emulation). Odd sizes, batch 1, more
+pixels than one reduction chunk, contiguous / channels_last / strided inputs, all three dtypes."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cuda_emulation
+from ext_env import EXT, TOL, layout, rel_err
+from hdkd.ops import reference as R
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+# (1, 6, 23, 17): 391 pixels, more than one 256-pixel reduction chunk.
+SHAPES = [(1, 19, 7, 5), (2, 37, 9, 11), (3, 8, 1, 6), (1, 6, 23, 17)]
+
+
+def _cuda_unavailable_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if EXT is None or not EXT.build_info()["cuda"]:
+        return "hdkd._C was built without its CUDA sources"
+    return None
+
+
+@pytest.fixture(scope="module", params=["emulated", "cuda"])
+def target(request):
+    """(ops namespace, device) of the kernels under test."""
+    if request.param == "cuda":
+        reason = _cuda_unavailable_reason()
+        if reason:
+            pytest.skip(reason)
+        return torch.ops.hdkd, torch.device("cuda")
+    return cuda_emulation.load(), torch.device("cpu")
+
+
+def _random(shapes, seed, scales=None):
+    g = torch.Generator().manual_seed(seed)
+    scales = scales or [1.0] * len(shapes)
+    return [torch.randn(s, generator=g, dtype=torch.float64) * a for s, a in zip(shapes, scales)]
+
+
+def _pair(base, dtype, device, kind=None):
+    """Leaves for the kernel (dtype, device, the first one in layout `kind`) and float64 leaves
+    holding exactly the same values, so the comparison measures the kernel, not input rounding."""
+    ours, refs = [], []
+    for i, t in enumerate(base):
+        q = t.to(dtype)
+        if i == 0 and kind is not None:
+            q = layout(q, kind)
+        ours.append(q.to(device).detach().requires_grad_())
+        refs.append(q.double().detach().requires_grad_())
+    return ours, refs
+
+
+def _check_grads(ours, refs, dtype, what):
+    for i, (a, b) in enumerate(zip(ours, refs)):
+        assert a.grad is not None, f"{what}: no gradient for input {i}"
+        assert a.grad.dtype == a.dtype and a.grad.shape == a.shape, what
+        err = rel_err(a.grad.cpu(), b.grad)
+        assert err < 2 * TOL[dtype], f"{what}: input {i} gradient rel. error {err:.2e}"
+
+
+def _backward(outs, refs_out, dtype, seed):
+    """Backpropagates the same random cotangents through both sets of outputs."""
+    g = torch.Generator().manual_seed(seed)
+    cot = [torch.randn(r.shape, generator=g, dtype=torch.float64).to(dtype).double()
+           for r in refs_out]
+    sum(((o.float() * c.to(o.device).float()).sum() for o, c in zip(outs, cot))).backward()
+    sum(((r * c).sum() for r, c in zip(refs_out, cot))).backward()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_attention(target, shape, kind, dtype):
+    ops, device = target
+    b, c, h, w = shape
+    r = max(c // 16, 1)
+    base = _random([shape, (r, c, 1, 1), (c, r, 1, 1), (1, 2, 7, 7)], seed=sum(shape),
+                   scales=[1, 0.3, 0.3, 0.3])
+    ours, refs = _pair(base, dtype, device, kind)
+    out = ops.csa_forward(*ours)[0]
+    ref = R.channel_spatial_attention(*refs)
+    assert out.dtype == dtype and out.shape == ref.shape and out.device.type == device.type
+    if kind == "channels_last" and h * w > 1 and c > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(out.cpu(), ref) < TOL[dtype]
+    _backward([out], [ref], dtype, seed=1)
+    _check_grads(ours, refs, dtype, f"attention {shape} {kind} {dtype}")
+
+
+def _dw_reference(x, w, scale, shift):
+    k = w.shape[-1]
+    z = F.conv2d(x, w, padding=k // 2, groups=x.shape[1])
+    y = F.gelu(z * scale[:, None, None] + shift[:, None, None])
+    return y, y.mean((2, 3)), y.amax((2, 3))
+
+
+DW_CASES = [((1, 19, 7, 5), 3), ((2, 37, 9, 11), 3), ((2, 10, 6, 4), 5), ((1, 6, 23, 17), 7)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("shape,k", DW_CASES)
+def test_dwconv_eval(target, shape, k, kind, dtype):
+    ops, device = target
+    c = shape[1]
+    base = _random([shape, (c, 1, k, k), (c,), (c,)], seed=c + k, scales=[1, 0.4, 0.5, 0.2])
+    base[2] = base[2].abs() + 0.5
+    ours, refs = _pair(base, dtype, device, kind)
+    y, avg, mx, arg = ops.dwconv_bn_gelu_eval(*ours)
+    yr, avgr, mxr = _dw_reference(*refs)
+    for a, b, name in ((y, yr, "y"), (avg, avgr, "avg"), (mx, mxr, "max")):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        assert rel_err(a.cpu(), b) < TOL[dtype], f"{name}: rel. error {rel_err(a.cpu(), b):.2e}"
+    if dtype == torch.float32:
+        assert torch.equal(arg.cpu(), yr.flatten(2).argmax(-1))
+    _backward([y, avg, mx], [yr, avgr, mxr], dtype, seed=2)
+    _check_grads(ours, refs, dtype, f"dwconv eval {shape} k{k} {kind} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("shape,k", DW_CASES)
+def test_dwconv_train(target, shape, k, kind, dtype):
+    ops, device = target
+    c, eps = shape[1], 1e-5
+    base = _random([shape, (c, 1, k, k), (c,), (c,)], seed=c + k + 1, scales=[1, 0.4, 0.5, 0.2])
+    base[2] = base[2].abs() + 0.5
+    ours, refs = _pair(base, dtype, device, kind)
+    y, avg, mx, _, conv, mean, var = ops.dwconv_bn_gelu_train(*ours, eps)
+    x, w, gamma, beta = refs
+    z = F.conv2d(x, w, padding=k // 2, groups=c)
+    zm, zv = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
+    yr, avgr, mxr = _dw_reference(x, w, gamma / (zv + eps).sqrt(), beta - zm * gamma / (zv + eps).sqrt())
+    for a, b, name in ((y, yr, "y"), (avg, avgr, "avg"), (mx, mxr, "max"), (conv, z, "conv"),
+                       (mean, zm, "mean"), (var, zv, "var")):
+        assert a.shape == b.shape, name
+        assert rel_err(a.cpu(), b) < TOL[dtype], f"{name}: rel. error {rel_err(a.cpu(), b):.2e}"
+    assert conv.dtype == mean.dtype == var.dtype == torch.float32
+    _backward([y, avg, mx], [yr, avgr, mxr], dtype, seed=3)
+    _check_grads(ours, refs, dtype, f"dwconv train {shape} k{k} {kind} {dtype}")
+
+
+def test_dwconv_gradient_of_y_alone(target):
+    """Only y used: grad_avg and grad_max reach the backward op as None."""
+    ops, device = target
+    base = _random([(2, 11, 5, 7), (11, 1, 3, 3), (11,), (11,)], seed=4)
+    base[2] = base[2].abs() + 0.5
+    ours, refs = _pair(base, torch.float32, device)
+    y = ops.dwconv_bn_gelu_train(*ours, 1e-5)[0]
+    x, w, gamma, beta = refs
+    z = F.conv2d(x, w, padding=1, groups=11)
+    zm, zv = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
+    s = gamma / (zv + 1e-5).sqrt()
+    yr = _dw_reference(x, w, s, beta - zm * s)[0]
+    y.float().pow(2).sum().backward()
+    yr.pow(2).sum().backward()
+    _check_grads(ours, refs, torch.float32, "dwconv y only")
+
+
+def _folded(cin, cout, hidden, k, down, seed):
+    r = max(hidden // 16, 1)
+    shapes = [(hidden, cin, 1, 1), (hidden,), (hidden, 1, k, k), (hidden,), (r, hidden, 1, 1),
+              (hidden, r, 1, 1), (1, 2, 7, 7), (cout, hidden, 1, 1), (cout,)]
+    scales = [cin ** -0.5, 0.1, 0.3, 0.1, 0.3, 0.3, 0.3, hidden ** -0.5, 0.1]
+    if down:
+        shapes.append((cout, cin, 1, 1))
+        scales.append(cin ** -0.5)
+    ws = _random(shapes, seed, scales)
+    return ws if down else ws + [None]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("cin,cout,down,hw", [(12, 12, False, (9, 7)), (10, 20, True, (11, 6)),
+                                              (16, 16, False, (1, 5)), (6, 6, False, (23, 17))])
+def test_mbcsa_eval(target, cin, cout, down, hw, kind, dtype):
+    ops, device = target
+    weights = _folded(cin, cout, 4 * cin, 3, down, seed=cin + cout)
+    x = _random([(2, cin, *hw)], seed=5)[0]
+    xq = layout(x.to(dtype), kind)
+    with torch.no_grad():
+        out = ops.mbcsa_eval(xq.to(device), *[None if t is None else t.to(dtype).to(device)
+                                              for t in weights])
+    ref = R.mbcsa_folded(xq.double(), R.FoldedMBCSA(*[None if t is None else t.to(dtype).double()
+                                                      for t in weights]))
+    assert out.dtype == dtype and out.shape == ref.shape
+    if kind == "channels_last" and out.shape[2] * out.shape[3] > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    # the hidden activations are rounded to dtype between the stages, as in eager autocast
+    tol = TOL[dtype] * (1 if dtype == torch.float32 else 2)
+    assert rel_err(out.cpu(), ref) < tol
+
+
+def test_ops_pass_opcheck(target):
+    """Schema, fake kernel, autograd registration and device handling agree (torch.library)."""
+    ops, device = target
+    base = _random([(2, 8, 5, 3), (1, 8, 1, 1), (8, 1, 1, 1), (1, 2, 3, 3)], seed=6)
+    h, fc1, fc2, sa = [t.float().to(device).requires_grad_() for t in base]
+    torch.library.opcheck(ops.csa_forward, (h, fc1, fc2, sa))
+    w = torch.randn(8, 1, 3, 3, device=device, requires_grad=True)
+    gamma = torch.rand(8, device=device, requires_grad=True)
+    beta = torch.randn(8, device=device, requires_grad=True)
+    torch.library.opcheck(ops.dwconv_bn_gelu_train, (h, w, gamma, beta, 1e-5))
+    torch.library.opcheck(ops.dwconv_bn_gelu_eval, (h, w, gamma, beta))
+
+
+def test_errors_name_the_argument(target):
+    ops, device = target
+    h = torch.randn(1, 8, 4, 4, device=device)
+    fc1, fc2 = torch.randn(2, 8, 1, 1, device=device), torch.randn(8, 2, 1, 1, device=device)
+    sa = torch.randn(1, 2, 7, 7, device=device)
+    with pytest.raises(RuntimeError, match="fc2_weight of shape"):
+        ops.csa_forward(h, fc1, fc2[:4], sa)
+    with pytest.raises(RuntimeError, match="weight of shape"):
+        ops.dwconv_bn_gelu_eval(h, torch.ones(8, 1, 3, 2, device=device),
+                                torch.ones(8, device=device), torch.zeros(8, device=device))
+    with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
+        ops.csa_forward(h.double(), fc1, fc2, sa)
+    with pytest.raises(RuntimeError, match="at least one pixel"):
+        ops.csa_forward(h[:, :, :0], fc1, fc2, sa)
+    with pytest.raises(RuntimeError, match="expected cin == cout"):
+        hid = torch.randn(32, device=device)
+        ops.mbcsa_eval(h, torch.randn(32, 8, 1, 1, device=device), hid,
+                       torch.randn(32, 1, 3, 3, device=device), hid,
+                       torch.randn(2, 32, 1, 1, device=device),
+                       torch.randn(32, 2, 1, 1, device=device), sa,
+                       torch.randn(6, 32, 1, 1, device=device), torch.randn(6, device=device),
+                       None)
+
+
+@pytest.mark.skipif(_cuda_unavailable_reason() is not None,
+                    reason=str(_cuda_unavailable_reason()))
+def test_cuda_weights_on_another_device_are_named():
+    h = torch.randn(1, 8, 4, 4, device="cuda")
+    fc1, fc2, sa = torch.randn(2, 8, 1, 1), torch.randn(8, 2, 1, 1), torch.randn(1, 2, 7, 7)
+    with pytest.raises(RuntimeError, match="expected fc1_weight on cuda"):
+        torch.ops.hdkd.csa_forward(h, fc1, fc2, sa)
+
+
+requires_cuda = pytest.mark.skipif(_cuda_unavailable_reason() is not None,
+                                   reason=str(_cuda_unavailable_reason()))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_realistic_shapes_on_cuda(dtype):
+    """An MBCSA stage-3 hidden activation (PERFORMANCE.md), channels_last, against the float64
+    reference computed on the GPU."""
+    base = _random([(8, 384, 28, 28), (24, 384, 1, 1), (384, 24, 1, 1), (1, 2, 7, 7),
+                    (384, 1, 3, 3), (384,), (384,)], seed=7, scales=[1, 0.1, 0.1, 0.3, 0.3, 0.2, 0.1])
+    base[5] = base[5].abs() + 0.5
+    h = layout(base[0].to(dtype), "channels_last").cuda()
+    weights = [t.to(dtype).cuda() for t in base[1:4]]
+    out = torch.ops.hdkd.csa_forward(h, *weights)[0]
+    ref = R.channel_spatial_attention(h.double(), *[w.double() for w in weights])
+    assert rel_err(out, ref) < TOL[dtype]
+    dw = [t.to(dtype).cuda() for t in base[4:]]
+    y = torch.ops.hdkd.dwconv_bn_gelu_train(h, *dw, 1e-5)[0]
+    x64, w64, g64, b64 = h.double(), *[t.double() for t in dw]
+    z = F.conv2d(x64, w64, padding=1, groups=384)
+    zm, zv = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
+    s = g64 / (zv + 1e-5).sqrt()
+    assert rel_err(y, _dw_reference(x64, w64, s, b64 - zm * s)[0]) < TOL[dtype]
+
+
+@requires_cuda
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("down", [False, True])
+def test_mbcsa_module_on_cuda(down, training):
+    """hdkd.nn.MBCSA(backend="ext") on CUDA tensors, forward and backward (the composed training
+    path and the fused eval op), against the float64 torch backend."""
+    import hdkd
+
+    cin, cout = (24, 40) if down else (24, 24)
+    torch.manual_seed(8)
+    ours = hdkd.nn.MBCSA(cin, cout, downsample=down, backend="ext")
+    for bn in ours.batch_norms():
+        bn.running_mean.normal_(0, 0.1)
+        bn.running_var.uniform_(0.5, 1.5)
+    ref = hdkd.nn.MBCSA(cin, cout, downsample=down, backend="torch")
+    ref.load_state_dict(ours.state_dict())
+    ours, ref = ours.cuda().train(training), ref.double().train(training)
+    x = torch.randn(4, cin, 15, 13, dtype=torch.float64)
+    xo = x.float().cuda().contiguous(memory_format=torch.channels_last).requires_grad_()
+    xr = x.clone().requires_grad_()
+    out, expected = ours(xo), ref(xr)
+    assert rel_err(out.cpu(), expected) < 1e-4
+    g = torch.randn_like(expected)
+    out.backward(g.float().cuda())
+    expected.backward(g)
+    assert rel_err(xo.grad.cpu(), xr.grad) < 2e-4
+    with torch.no_grad():
+        fused = ours.eval()(xo)
+        assert rel_err(fused.cpu(), ref.eval()(xr)) < 1e-4
