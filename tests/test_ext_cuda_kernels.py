@@ -269,15 +269,18 @@ def test_realistic_shapes_on_cuda(dtype):
     assert rel_err(y, _dw_reference(x64, w64, s, b64 - zm * s)[0]) < TOL[dtype]
 
 
-@requires_cuda
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("down", [False, True])
-def test_mbcsa_module_on_cuda(down, training):
-    """hdkd.nn.MBCSA(backend="ext") on CUDA tensors, forward and backward (the composed training
-    path and the fused eval op), against the float64 torch backend."""
+def test_mbcsa_module(target, down, training, monkeypatch):
+    """hdkd.nn.MBCSA(backend="ext") forward and backward (the composed training path, BN running
+    statistics, the fused eval op) on these kernels, against the float64 torch backend. Emulated:
+    the ext backend's calls to torch.ops.hdkd are pointed at the emulated namespace."""
     import hdkd
 
-    cin, cout = (24, 40) if down else (24, 24)
+    ops, device = target
+    if device.type == "cpu":
+        monkeypatch.setattr(torch.ops, "hdkd", ops)
+    cin, cout = (12, 20) if down else (12, 12)
     torch.manual_seed(8)
     ours = hdkd.nn.MBCSA(cin, cout, downsample=down, backend="ext")
     for bn in ours.batch_norms():
@@ -285,16 +288,20 @@ def test_mbcsa_module_on_cuda(down, training):
         bn.running_var.uniform_(0.5, 1.5)
     ref = hdkd.nn.MBCSA(cin, cout, downsample=down, backend="torch")
     ref.load_state_dict(ours.state_dict())
-    ours, ref = ours.cuda().train(training), ref.double().train(training)
-    x = torch.randn(4, cin, 15, 13, dtype=torch.float64)
-    xo = x.float().cuda().contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours, ref = ours.to(device).train(training), ref.double().train(training)
+    x = torch.randn(3, cin, 9, 7, dtype=torch.float64)
+    xo = x.float().to(device).contiguous(memory_format=torch.channels_last).requires_grad_()
     xr = x.clone().requires_grad_()
     out, expected = ours(xo), ref(xr)
     assert rel_err(out.cpu(), expected) < 1e-4
     g = torch.randn_like(expected)
-    out.backward(g.float().cuda())
+    out.backward(g.float().to(device))
     expected.backward(g)
     assert rel_err(xo.grad.cpu(), xr.grad) < 2e-4
+    ref_buffers = dict(ref.named_buffers())
+    for name, b in ours.named_buffers():
+        if b.dtype.is_floating_point:
+            assert rel_err(b.cpu(), ref_buffers[name]) < 1e-5, name
     with torch.no_grad():
         fused = ours.eval()(xo)
         assert rel_err(fused.cpu(), ref.eval()(xr)) < 1e-4
