@@ -50,7 +50,7 @@ CASES = [("channel_spatial_attention", False), ("channel_spatial_attention", Tru
          ("mbcsa_eval", False), ("mbcsa_train", True)]
 BLOCKS = ("mbcsa_eval", "mbcsa_train")
 # timing per case: rounds = budget / one call of every backend, within [min, max]
-BUDGET_S, MIN_ROUNDS, MAX_ROUNDS = (0.5, 20, 200) if ON_GPU else (2.0, 9, 50)
+BUDGET_S, MIN_ROUNDS, MAX_ROUNDS = (0.5, 20, 200) if ON_GPU else (1.5, 7, 40)
 
 
 def candidates(op: str) -> list[str]:
@@ -243,7 +243,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=measured.TABLE_FILE,
                    help="table to update (default: the package's, %(default)s)")
-    p.add_argument("--passes", type=int, default=2,
+    p.add_argument("--passes", type=int, default=3,
                    help="times each case is measured, minutes apart (default: %(default)s)")
     p.add_argument("--smoke", action="store_true",
                    help="one tiny size, float32, one call per backend (a check that it runs)")
