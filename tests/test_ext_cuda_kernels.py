@@ -234,6 +234,50 @@ def test_errors_name_the_argument(target):
                        None)
 
 
+def test_saved_inputs_are_checked(target):
+    """The backward ops check the shapes of what autograd saved: a mismatch is an error naming the
+    tensor, never an out-of-bounds read."""
+    ops, device = target
+    x = torch.randn(2, 8, 5, 4, device=device)
+    w, ones = torch.randn(8, 1, 3, 3, device=device), torch.ones(8, device=device)
+    arg = torch.zeros(2, 8, dtype=torch.long, device=device)
+    with pytest.raises(RuntimeError, match="argmax of shape"):
+        ops.dwconv_bn_gelu_backward(x, None, None, x, w, None, ones, ones, arg[:1], None, None)
+    with pytest.raises(RuntimeError, match="conv of shape"):
+        ops.dwconv_bn_gelu_backward(x, None, None, x, w, x[:1], ones, ones, arg, ones, ones)
+    with pytest.raises(RuntimeError, match="k odd and <= 7"):
+        ops.dwconv_bn_gelu_eval(x, torch.randn(8, 1, 9, 9, device=device), ones, ones)
+    h, fc1, fc2 = x, torch.randn(2, 8, 1, 1, device=device), torch.randn(8, 2, 1, 1, device=device)
+    sa = torch.randn(1, 2, 7, 7, device=device)
+    ca, s = torch.rand(2, 8, device=device), torch.rand(2, 5, 4, device=device)
+    with pytest.raises(RuntimeError, match="sa of shape"):
+        ops.csa_backward(h, h, fc1, fc2, sa, ca, s[:, :4])
+    hid = torch.randn(32, device=device)
+    with pytest.raises(RuntimeError, match="sa_weight of shape"):
+        ops.mbcsa_eval(x, torch.randn(32, 8, 1, 1, device=device), hid,
+                       torch.randn(32, 1, 3, 3, device=device), hid,
+                       torch.randn(2, 32, 1, 1, device=device),
+                       torch.randn(32, 2, 1, 1, device=device), sa[..., :5],
+                       torch.randn(8, 32, 1, 1, device=device), torch.randn(8, device=device), None)
+
+
+def test_dwconv_backward_takes_conv_in_any_layout(target):
+    """The saved conv given contiguous instead of channels_last gives the same gradients."""
+    ops, device = target
+    x = torch.randn(2, 6, 5, 7, device=device)
+    w, gamma, beta = torch.randn(6, 1, 3, 3, device=device), torch.rand(6, device=device) + 0.5, \
+        torch.randn(6, device=device)
+    _, _, _, arg, conv, mean, var = ops.dwconv_bn_gelu_train(x, w, gamma, beta, 1e-5)
+    invstd = (var + 1e-5).rsqrt()
+    scale, shift = gamma * invstd, beta - mean * gamma * invstd
+    g = torch.randn_like(x)
+    a = ops.dwconv_bn_gelu_backward(g, None, None, x, w, conv, scale, shift, arg, mean, invstd)
+    b = ops.dwconv_bn_gelu_backward(g, None, None, x, w, conv.contiguous(), scale, shift, arg,
+                                    mean, invstd)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
+
+
 @pytest.mark.skipif(_cuda_unavailable_reason() is not None,
                     reason=str(_cuda_unavailable_reason()))
 def test_cuda_weights_on_another_device_are_named():

@@ -53,8 +53,9 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
   check_shape(dw_b, {hid}, "dw_bias");
   check_shape(fc1, {R, hid, 1, 1}, "fc1_weight");
   check_shape(fc2, {hid, R, 1, 1}, "fc2_weight");
-  TORCH_CHECK(sa_w.dim() == 4 && sa_w.size(0) == 1 && sa_w.size(1) == 2 && sa_w.size(2) % 2,
-              op, ": expected sa_weight of shape (1, 2, k, k), got ", sa_w.sizes());
+  TORCH_CHECK(sa_w.dim() == 4 && sa_w.size(0) == 1 && sa_w.size(1) == 2 &&
+                  sa_w.size(2) == sa_w.size(3) && sa_w.size(2) % 2,
+              op, ": expected sa_weight of shape (1, 2, k, k) with k odd, got ", sa_w.sizes());
   check_shape(project_w, {cout, hid, 1, 1}, "project_weight");
   check_shape(project_b, {cout}, "project_bias");
   if (down) check_shape(*shortcut_in, {cout, cin, 1, 1}, "shortcut");

@@ -55,6 +55,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
   TORCH_CHECK(grad.sizes() == h.sizes() && grad.scalar_type() == h.scalar_type(), op,
               ": expected grad of shape ", h.sizes(), " and dtype ", h.scalar_type(), ", got ",
               grad.sizes(), " ", grad.scalar_type());
+  check_sizes(op, "ca", ca_in, {h.size(0), h.size(1)}, h);
+  check_sizes(op, "sa", sa_in, {h.size(0), h.size(2), h.size(3)}, h);
   const OpScope scope(h);
   const Layout lh = layout_of(h), lg = layout_of(grad);
   const int64_t B = lh.B, C = lh.C, H = lh.H, W = lh.W, P = lh.P();

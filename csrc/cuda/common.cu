@@ -50,6 +50,13 @@ void check_channel_vec(const char* op, const char* name, const Tensor& t, int64_
               "), got ", t.sizes());
 }
 
+void check_sizes(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,
+                 const Tensor& x) {
+  TORCH_CHECK(t.defined(), op, ": expected ", name, " to be a tensor, got None");
+  TORCH_CHECK(t.device() == x.device() && t.sizes() == sizes, op, ": expected ", name,
+              " of shape ", sizes, " on ", x.device(), ", got ", t.sizes(), " on ", t.device());
+}
+
 ChannelStats channel_stats(const Tensor& t) {
   const Layout l = layout_of(t);
   ChannelStats out;

@@ -118,6 +118,9 @@ Tensor empty_nhwc_float(const Tensor& like, int64_t B, int64_t C, int64_t H, int
 void check_4d(const char* op, const char* name, const Tensor& t, const Tensor& x);
 void check_channel_vec(const char* op, const char* name, const Tensor& t, int64_t C,
                        const Tensor& x);
+// t is a tensor of exactly these sizes on x's device.
+void check_sizes(const char* op, const char* name, const Tensor& t, at::IntArrayRef sizes,
+                 const Tensor& x);
 
 HDKD_HD inline float gelu(float z) { return 0.5f * z * (1.f + erff(z * 0.70710678118654752f)); }
 HDKD_HD inline float gelu_grad(float z) {

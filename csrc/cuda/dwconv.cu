@@ -1,5 +1,10 @@
 // CUDA kernels of the fused depthwise conv + BN + GELU that also emits each channel's average and
 // max (eval: BN as a folded affine; train: batch statistics; backward of both).
+//
+// The ops work on channels_last (B x H x W x C) buffers: neighbouring threads take neighbouring
+// channels, so each of the k*k taps is a coalesced load. Other inputs are copied to
+// channels_last on entry (one transpose, instead of k*k strided reads per element), and results
+// are returned channels_last when the input was, else contiguous.
 #include "cuda/dwconv.cuh"
 
 #include <ATen/ops/rsqrt.h>
@@ -9,15 +14,17 @@
 namespace hdkd::cuda {
 namespace {
 
-// w (C x 1 x k x k, any dtype) as float32 C x k x k.
+constexpr int64_t kMaxKernel = 7;  // the weight gradient keeps one pixel's k*k taps in registers
+
+// w (C x 1 x k x k, any dtype) as float32 k*k x C (tap-major: a tap's weights are contiguous).
 Tensor taps_of(const Tensor& w) {
-  return w.to(at::kFloat).reshape({w.size(0), w.size(2), w.size(3)}).contiguous();
+  return w.to(at::kFloat).reshape({w.size(0), w.size(2) * w.size(3)}).t().contiguous();
 }
 
 template <typename in_t>
-DwconvValue<in_t> dwconv_value(const Tensor& x, const Tensor& wt, const Tensor& scale,
+DwconvValue<in_t> dwconv_value(const Tensor& x, const Tensor& wt, int64_t k, const Tensor& scale,
                                const Tensor& shift, bool apply_gelu) {
-  return {x.data_ptr<in_t>(), layout_of(x), wt.data_ptr<float>(), wt.size(-1),
+  return {x.data_ptr<in_t>(), layout_of(x), wt.data_ptr<float>(), k,
           scale.defined() ? scale.data_ptr<float>() : nullptr,
           shift.defined() ? shift.data_ptr<float>() : nullptr, apply_gelu};
 }
@@ -37,43 +44,51 @@ void check_dw(const char* op, const Tensor& x, const Tensor& w) {
   check_4d(op, "x", x, x);
   check_4d(op, "weight", w, x);
   const int64_t C = x.size(1), k = w.size(-1);
-  TORCH_CHECK(w.size(0) == C && w.size(1) == 1 && w.size(2) == k && k % 2 == 1, op,
-              ": expected weight of shape (", C, ", 1, k, k) with k odd, got ", w.sizes());
+  TORCH_CHECK(w.size(0) == C && w.size(1) == 1 && w.size(2) == k && k % 2 == 1 && k <= kMaxKernel,
+              op, ": expected weight of shape (", C, ", 1, k, k) with k odd and <= ", kMaxKernel,
+              ", got ", w.sizes());
   TORCH_CHECK(x.size(2) * x.size(3) > 0, op, ": expected x with at least one pixel, got shape ",
               x.sizes());
 }
 
 Tensor as_float(const Tensor& t) { return t.to(at::kFloat).contiguous(); }
-
-// Statistics as the ops return them: avg and max in y's dtype, argmax int64.
-std::tuple<Tensor, Tensor, Tensor> stats_outputs(const ChannelStats& s, const Tensor& y) {
-  const double P = double(y.size(2) * y.size(3));
-  return {s.sum.div(P).to(y.scalar_type()), s.max.to(y.scalar_type()), s.argmax};
+Tensor nhwc(const Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
+// A result computed channels_last, in the memory format the op returns for input x_in.
+Tensor in_format_of(const Tensor& r, const Tensor& x_in) {
+  return wants_channels_last(x_in) ? r : r.contiguous();
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x, const Tensor& w,
+// Statistics as the ops return them: avg and max in the input dtype, argmax int64.
+std::tuple<Tensor, Tensor, Tensor> stats_outputs(const ChannelStats& s, const Tensor& x) {
+  const double P = double(x.size(2) * x.size(3));
+  return {s.sum.div(P).to(x.scalar_type()), s.max.to(x.scalar_type()), s.argmax};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_in,
+                                                               const Tensor& w,
                                                                const Tensor& scale,
                                                                const Tensor& shift) {
   const char* op = "hdkd::dwconv_bn_gelu_eval";
-  check_dw(op, x, w);
-  check_channel_vec(op, "scale", scale, x.size(1), x);
-  check_channel_vec(op, "shift", shift, x.size(1), x);
-  const OpScope scope(x);
-  Tensor y = empty_like_input(x, x.sizes(), x.scalar_type());
-  const Tensor sc = as_float(scale), sh = as_float(shift);
-  dwconv(x, w, sc, sh, true, y);
-  auto [avg, mx, arg] = stats_outputs(dwconv_stats(x, w, sc, sh, true), y);
-  return {y, avg, mx, arg};
+  check_dw(op, x_in, w);
+  check_channel_vec(op, "scale", scale, x_in.size(1), x_in);
+  check_channel_vec(op, "shift", shift, x_in.size(1), x_in);
+  const OpScope scope(x_in);
+  const Tensor x = nhwc(x_in);
+  Tensor y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
+  const ChannelStats stats = dwconv_and_stats(x, w, as_float(scale), as_float(shift), true, y);
+  auto [avg, mx, arg] = stats_outputs(stats, x);
+  return {in_format_of(y, x_in), avg, mx, arg};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_train(
-    const Tensor& x, const Tensor& w, const Tensor& gamma, const Tensor& beta, double eps) {
+    const Tensor& x_in, const Tensor& w, const Tensor& gamma, const Tensor& beta, double eps) {
   const char* op = "hdkd::dwconv_bn_gelu_train";
-  check_dw(op, x, w);
-  check_channel_vec(op, "gamma", gamma, x.size(1), x);
-  check_channel_vec(op, "beta", beta, x.size(1), x);
-  const OpScope scope(x);
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), N = B * H * W;
+  check_dw(op, x_in, w);
+  check_channel_vec(op, "gamma", gamma, x_in.size(1), x_in);
+  check_channel_vec(op, "beta", beta, x_in.size(1), x_in);
+  const OpScope scope(x_in);
+  const Tensor x = nhwc(x_in);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W, N = B * P;
   Tensor conv = empty_nhwc_float(x, B, C, H, W);
   dwconv(x, w, Tensor(), Tensor(), false, conv);
   const float* cp = conv.data_ptr<float>();
@@ -87,24 +102,82 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
   }, x).div_(double(N));  // two-pass: no cancellation
   const Tensor scale = as_float(gamma).mul(at::rsqrt(var.add(eps))).contiguous();
   const Tensor shift = as_float(beta).sub(mean.mul(scale)).contiguous();
-  Tensor y = empty_like_input(x, x.sizes(), x.scalar_type());
-  const Layout ly = layout_of(y);
   const float *scp = scale.data_ptr<float>(), *shp = shift.data_ptr<float>();
+  Tensor y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
+  ChannelStats stats;
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_train_y", [&] {
     scalar_t* yp = y.data_ptr<scalar_t>();
-    for_each_index(N * C, [=] HDKD_HD(int64_t i) {
-      int64_t b, c, p;
-      ly.unravel(i, b, c, p);
-      yp[ly.at(b, c, p)] =
-          static_cast<scalar_t>(gelu(cp[(b * H * W + p) * C + c] * scp[c] + shp[c]));
-    });
+    // y written by the statistics pass: each (b, c, p) has exactly one owner
+    stats = channel_stats_of(B, C, P, [=] HDKD_HD(int64_t b, int64_t c, int64_t p) {
+      const int64_t off = (b * P + p) * C + c;
+      const float v = gelu(cp[off] * scp[c] + shp[c]);
+      yp[off] = static_cast<scalar_t>(v);
+      return v;
+    }, x);
   });
-  const ChannelStats stats = channel_stats_of(B, C, H * W, [=] HDKD_HD(int64_t b, int64_t c,
-                                                                      int64_t p) {
-    return gelu(cp[(b * H * W + p) * C + c] * scp[c] + shp[c]);
-  }, x);
-  auto [avg, mx, arg] = stats_outputs(stats, y);
-  return {y, avg, mx, arg, conv, mean, var};
+  auto [avg, mx, arg] = stats_outputs(stats, x);
+  return {in_format_of(y, x_in), avg, mx, arg, conv, mean, var};
+}
+
+// Partial sums of the weight gradient: thread (chunk of kChunk pixels, channel c) keeps the K*K
+// taps in registers, walks its pixels in order and reads dz once per pixel;
+// partial[(chunk * K*K + tap) * C + c]. x, dz: dense B x H x W x C.
+template <int K, typename scalar_t>
+void dw_grad_partials(const scalar_t* xp, const float* dz, float* partial, int64_t chunks,
+                      int64_t B, int64_t C, int64_t H, int64_t W) {
+  constexpr int R = K / 2;
+  const int64_t P = H * W, N = B * P;
+  for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
+    const int64_t c = i % C, ch = i / C, t0 = ch * kChunk;
+    const int64_t t1 = t0 + kChunk < N ? t0 + kChunk : N;
+    float acc[K * K];
+#pragma unroll
+    for (int q = 0; q < K * K; ++q) acc[q] = 0.f;
+    int64_t b = t0 / P, y = (t0 % P) / W, x = t0 % W;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float g = dz[t * C + c];
+#pragma unroll
+      for (int ky = 0; ky < K; ++ky) {
+        const int64_t iy = y + ky - R;
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) {
+          const int64_t ix = x + kx - R;
+          if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+            acc[ky * K + kx] += g * static_cast<float>(xp[((b * H + iy) * W + ix) * C + c]);
+        }
+      }
+      if (++x == W) {
+        x = 0;
+        if (++y == H) {
+          y = 0;
+          ++b;
+        }
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < K * K; ++q) partial[(ch * K * K + q) * C + c] = acc[q];
+  });
+}
+
+// dw as float32 k*k x C.
+Tensor dw_grad(const Tensor& x, const float* dz, int64_t k) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), taps = k * k;
+  const int64_t chunks = (B * H * W + kChunk - 1) / kChunk;
+  Tensor partial_t = at::empty({chunks * taps * C}, x.options().dtype(at::kFloat));
+  float* partial = partial_t.data_ptr<float>();
+  HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_weight_grad", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    switch (k) {
+      case 1: dw_grad_partials<1>(xp, dz, partial, chunks, B, C, H, W); break;
+      case 3: dw_grad_partials<3>(xp, dz, partial, chunks, B, C, H, W); break;
+      case 5: dw_grad_partials<5>(xp, dz, partial, chunks, B, C, H, W); break;
+      case 7: dw_grad_partials<7>(xp, dz, partial, chunks, B, C, H, W); break;
+      default: TORCH_CHECK(false, "hdkd::dwconv_bn_gelu_backward: unsupported kernel size ", k);
+    }
+  });
+  return sum_terms(taps * C, chunks, [=] HDKD_HD(int64_t j, int64_t ch) {
+    return partial[ch * taps * C + j];
+  }, x).view({taps, C});
 }
 
 // dz = (gy + gavg / P + [p == argmax] gmax) * GELU'(conv * scale + shift); then
@@ -113,35 +186,43 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
 //        dbeta = sum dz, xhat = (conv - mean) * invstd.
 std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
     const std::optional<Tensor>& grad_y, const std::optional<Tensor>& grad_avg,
-    const std::optional<Tensor>& grad_max, const Tensor& x, const Tensor& w,
+    const std::optional<Tensor>& grad_max, const Tensor& x_in, const Tensor& w,
     const std::optional<Tensor>& conv_in, const Tensor& scale_in, const Tensor& shift_in,
     const Tensor& argmax_in, const std::optional<Tensor>& mean_in,
     const std::optional<Tensor>& invstd_in) {
   const char* op = "hdkd::dwconv_bn_gelu_backward";
-  check_dw(op, x, w);
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W, N = B * P;
-  check_channel_vec(op, "scale", scale_in, C, x);
-  check_channel_vec(op, "shift", shift_in, C, x);
+  check_dw(op, x_in, w);
+  const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const int64_t P = H * W, N = B * P;
+  check_channel_vec(op, "scale", scale_in, C, x_in);
+  check_channel_vec(op, "shift", shift_in, C, x_in);
+  check_sizes(op, "argmax", argmax_in, {B, C}, x_in);
   auto given = [](const std::optional<Tensor>& t) { return t.has_value() && t->defined(); };
   const bool train = given(mean_in);
   TORCH_CHECK(train == given(invstd_in), op,
               ": expected mean and invstd both given (train) or both None (eval)");
-  if (given(grad_y))
-    TORCH_CHECK(grad_y->sizes() == x.sizes() && grad_y->scalar_type() == x.scalar_type() &&
-                    grad_y->device() == x.device(),
-                op, ": expected grad_y like x (", x.sizes(), ", ", x.scalar_type(), ")");
-  const OpScope scope(x);
+  if (train) {
+    check_channel_vec(op, "mean", *mean_in, C, x_in);
+    check_channel_vec(op, "invstd", *invstd_in, C, x_in);
+  }
+  if (given(grad_y)) {
+    check_sizes(op, "grad_y", *grad_y, x_in.sizes(), x_in);
+    TORCH_CHECK(grad_y->scalar_type() == x_in.scalar_type(), op, ": expected grad_y of dtype ",
+                x_in.scalar_type(), ", got ", grad_y->scalar_type());
+  }
+  if (given(grad_avg)) check_sizes(op, "grad_avg", *grad_avg, {B, C}, x_in);
+  if (given(grad_max)) check_sizes(op, "grad_max", *grad_max, {B, C}, x_in);
+  if (given(conv_in)) check_sizes(op, "conv", *conv_in, x_in.sizes(), x_in);
+  const OpScope scope(x_in);
+  const Tensor x = nhwc(x_in);
   Tensor conv;
   if (given(conv_in)) {
-    check_4d(op, "conv", *conv_in, x);
-    conv = *conv_in;
+    conv = nhwc(conv_in->to(at::kFloat));
   } else {
     conv = empty_nhwc_float(x, B, C, H, W);
     dwconv(x, w, Tensor(), Tensor(), false, conv);
   }
-  const Layout lc = layout_of(conv);
-  const Tensor conv_f = conv.scalar_type() == at::kFloat ? conv : conv.to(at::kFloat);
-  const float* cp = conv_f.data_ptr<float>();
+  const float* cp = conv.data_ptr<float>();
   const Tensor scale = as_float(scale_in), shift = as_float(shift_in);
   const Tensor gavg = given(grad_avg) ? as_float(*grad_avg) : Tensor();
   const Tensor gmax = given(grad_max) ? as_float(*grad_max) : Tensor();
@@ -152,25 +233,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   const int64_t* amp = argmax.data_ptr<int64_t>();
   const float inv_p = 1.f / float(P);
 
-  // dz, then dconv in place: a dense float32 B x P x C buffer.
+  // dz, then dconv in place: a dense float32 B x P x C buffer, like conv.
   Tensor dz_t = empty_nhwc_float(x, B, C, H, W);
   float* dz = dz_t.data_ptr<float>();
+  const Tensor gy = given(grad_y) ? nhwc(*grad_y) : Tensor();
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_backward_dz", [&] {
-    const scalar_t* gyp = given(grad_y) ? grad_y->data_ptr<scalar_t>() : nullptr;
-    const Layout lg = given(grad_y) ? layout_of(*grad_y) : lc;
+    const scalar_t* gyp = gy.defined() ? gy.data_ptr<scalar_t>() : nullptr;
     for_each_index(N * C, [=] HDKD_HD(int64_t i) {
       const int64_t c = i % C, b = i / (P * C), p = (i / C) % P, j = b * C + c;
-      float base = gyp ? static_cast<float>(gyp[lg.at(b, c, p)]) : 0.f;
+      float base = gyp ? static_cast<float>(gyp[i]) : 0.f;
       if (gap) base += gap[j] * inv_p;
       if (gmp && amp[j] == p) base += gmp[j];
-      dz[i] = base * gelu_grad(cp[lc.at(b, c, p)] * scp[c] + shp[c]);
+      dz[i] = base * gelu_grad(cp[i] * scp[c] + shp[c]);
     });
   });
   const Tensor dsum = sum_terms(C, N, [=] HDKD_HD(int64_t c, int64_t t) {
     return dz[t * C + c];
   }, x);
   const Tensor dsumc = sum_terms(C, N, [=] HDKD_HD(int64_t c, int64_t t) {
-    return dz[t * C + c] * cp[lc.at(t / P, c, t % P)];
+    return dz[t * C + c] * cp[t * C + c];
   }, x);
   Tensor dscale;
   if (train) {
@@ -181,8 +262,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
     const float *k1p = k1.data_ptr<float>(), *c0p = c0.data_ptr<float>();
     const float* mp = mean.data_ptr<float>();
     for_each_index(N * C, [=] HDKD_HD(int64_t i) {
-      const int64_t c = i % C, t = i / C;
-      dz[i] = dz[i] * scp[c] - c0p[c] - k1p[c] * (cp[lc.at(t / P, c, t % P)] - mp[c]);
+      const int64_t c = i % C;
+      dz[i] = dz[i] * scp[c] - c0p[c] - k1p[c] * (cp[i] - mp[c]);
     });
   } else {
     dscale = dsumc;
@@ -190,53 +271,40 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   }
 
   // dx: the conv of dconv with the spatially flipped kernel (a gather per pixel).
-  Tensor dx = empty_like_input(x, x.sizes(), x.scalar_type());
-  const Layout ld = layout_of(dx);
+  Tensor dx = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
+  const int64_t k = w.size(-1), r = k / 2;
   const Tensor wt = taps_of(w);
   const float* wp = wt.data_ptr<float>();
-  const int64_t k = w.size(-1), r = k / 2, taps = k * k;
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_backward_dx", [&] {
     scalar_t* out = dx.data_ptr<scalar_t>();
     for_each_index(N * C, [=] HDKD_HD(int64_t i) {
-      int64_t b, c, p;
-      ld.unravel(i, b, c, p);
-      const int64_t yy = p / W, xx = p % W;
+      const int64_t c = i % C, b = i / (P * C), p = (i / C) % P, yy = p / W, xx = p % W;
       float acc = 0.f;
       for (int64_t ky = 0; ky < k; ++ky) {
         const int64_t oy = yy - ky + r;
         if (oy < 0 || oy >= H) continue;
         for (int64_t kx = 0; kx < k; ++kx) {
           const int64_t ox = xx - kx + r;
-          if (ox >= 0 && ox < W) acc += dz[((b * H + oy) * W + ox) * C + c] * wp[c * taps + ky * k + kx];
+          if (ox >= 0 && ox < W) acc += dz[((b * H + oy) * W + ox) * C + c] * wp[(ky * k + kx) * C + c];
         }
       }
-      out[ld.at(b, c, p)] = static_cast<scalar_t>(acc);
+      out[i] = static_cast<scalar_t>(acc);
     });
   });
 
-  // dw[c, tap] = sum over pixels of dconv * x shifted by the tap; j = tap * C + c (c fastest).
-  const Layout lx = layout_of(x);
-  Tensor dw;
-  HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_backward_dw", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    dw = sum_terms(taps * C, N, [=] HDKD_HD(int64_t j, int64_t t) {
-      const int64_t c = j % C, tap = j / C, b = t / P;
-      const int64_t iy = (t % P) / W + tap / k - r, ix = t % W + tap % k - r;
-      if (iy < 0 || iy >= H || ix < 0 || ix >= W) return 0.f;
-      return dz[t * C + c] * static_cast<float>(xp[lx.at(b, c, iy, ix)]);
-    }, x);
-  });
-  return {dx, dw.view({taps, C}).t().reshape({C, 1, k, k}).to(w.scalar_type()),
-          dscale.to(scale_in.scalar_type()), dsum.to(shift_in.scalar_type())};
+  const Tensor dw = dw_grad(x, dz, k).t().reshape({C, 1, k, k});
+  return {in_format_of(dx, x_in), dw.to(w.scalar_type()), dscale.to(scale_in.scalar_type()),
+          dsum.to(shift_in.scalar_type())};
 }
 
 }  // namespace
 
 void dwconv(const Tensor& x, const Tensor& w, const Tensor& scale, const Tensor& shift,
             bool apply_gelu, const Tensor& y) {
+  TORCH_INTERNAL_ASSERT(y.scalar_type() == at::kFloat || y.scalar_type() == x.scalar_type());
   const Tensor wt = taps_of(w);
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv", [&] {
-    const auto value = dwconv_value<scalar_t>(x, wt, scale, shift, apply_gelu);
+    const auto value = dwconv_value<scalar_t>(x, wt, w.size(-1), scale, shift, apply_gelu);
     if (y.scalar_type() == at::kFloat)
       launch_dwconv<scalar_t, float>(value, y);
     else
@@ -244,13 +312,21 @@ void dwconv(const Tensor& x, const Tensor& w, const Tensor& scale, const Tensor&
   });
 }
 
-ChannelStats dwconv_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
-                          const Tensor& shift, bool apply_gelu) {
+ChannelStats dwconv_and_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
+                              const Tensor& shift, bool apply_gelu, const Tensor& y) {
+  TORCH_INTERNAL_ASSERT(y.scalar_type() == x.scalar_type());
   const Tensor wt = taps_of(w);
   ChannelStats out;
-  HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_stats", [&] {
-    const auto value = dwconv_value<scalar_t>(x, wt, scale, shift, apply_gelu);
-    out = channel_stats_of(x.size(0), x.size(1), x.size(2) * x.size(3), value, x);
+  HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_and_stats", [&] {
+    const auto value = dwconv_value<scalar_t>(x, wt, w.size(-1), scale, shift, apply_gelu);
+    const Layout ly = layout_of(y);
+    scalar_t* dst = y.data_ptr<scalar_t>();
+    // y written by the statistics pass: each (b, c, p) has exactly one owner
+    out = channel_stats_of(ly.B, ly.C, ly.P(), [=] HDKD_HD(int64_t b, int64_t c, int64_t p) {
+      const float v = value(b, c, p);
+      dst[ly.at(b, c, p)] = static_cast<scalar_t>(v);
+      return v;
+    }, x);
   });
   return out;
 }

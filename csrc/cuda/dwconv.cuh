@@ -7,7 +7,8 @@ namespace hdkd::cuda {
 
 // act(conv_kxk(x, w)[b, c, p] * scale[c] + shift[c]) in float32: depthwise, stride 1, zero
 // padding k / 2; scale null means 1 (shift is then the conv bias), shift null means 0; act is
-// GELU when apply_gelu, else the identity. w: float32 C x k*k.
+// GELU when apply_gelu, else the identity. w: float32 k*k x C (tap-major, so that neighbouring
+// channels read neighbouring weights).
 template <typename in_t>
 struct DwconvValue {
   const in_t* x;
@@ -27,7 +28,7 @@ struct DwconvValue {
       for (int64_t kx = 0; kx < k; ++kx) {
         const int64_t ix = xx + kx - r;
         if (ix >= 0 && ix < lx.W)
-          acc += static_cast<float>(x[lx.at(b, c, iy, ix)]) * w[(c * k + ky) * k + kx];
+          acc += static_cast<float>(x[lx.at(b, c, iy, ix)]) * w[(ky * k + kx) * lx.C + c];
       }
     }
     if (scale) acc *= scale[c];
@@ -40,8 +41,9 @@ struct DwconvValue {
 // float32, any layout; scale / shift float32 contiguous or undefined.
 void dwconv(const Tensor& x, const Tensor& w, const Tensor& scale, const Tensor& shift,
             bool apply_gelu, const Tensor& y);
-// The channel statistics of those values (recomputed in float32, not read back rounded).
-ChannelStats dwconv_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
-                          const Tensor& shift, bool apply_gelu);
+// The same into y (x's dtype), written by the pass that takes the values' channel statistics
+// (of the float32 values, before rounding to y's dtype).
+ChannelStats dwconv_and_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
+                              const Tensor& shift, bool apply_gelu, const Tensor& y);
 
 }  // namespace hdkd::cuda

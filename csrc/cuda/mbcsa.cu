@@ -1,8 +1,8 @@
 // CUDA path of the whole eval-mode MBCSA block (expansion > 1) from BN-folded weights, in the
 // input's dtype (the 1x1 convs are cuBLAS GEMMs on the pixel rows of channels_last buffers):
 //   e = GELU(x[::s, ::s] We^T + be)             GEMM, then GELU in place
-//   d = GELU(dwconv(e, Wd) + bd)                 the depthwise kernel, then d's channel stats
-//                                                (recomputed in float32, as the other backends)
+//   d = GELU(dwconv(e, Wd) + bd)                 the depthwise kernel, with d's channel stats
+//                                                (of the float32 values, as the other backends)
 //   d *= ca * sa + 1                             the CBAM gates and residual, in place
 //   out = shortcut(x) + bp + d Wp^T              the project GEMM accumulating into out
 #include <ATen/ops/addmm.h>
@@ -38,13 +38,16 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
   const bool down = shortcut_in.has_value() && shortcut_in->defined();
   check_shape(expand_w, {hid, cin, 1, 1}, "expand_weight", x_in);
   check_shape(expand_b, {hid}, "expand_bias", x_in);
-  TORCH_CHECK(k % 2 == 1, op, ": expected an odd dw_weight kernel, got ", k);
+  TORCH_CHECK(k % 2 == 1, op, ": expected dw_weight of shape (", hid, ", 1, k, k) with k odd, got ",
+              dw_w.sizes());
   check_shape(dw_w, {hid, 1, k, k}, "dw_weight", x_in);
   check_shape(dw_b, {hid}, "dw_bias", x_in);
   check_shape(fc1, {R, hid, 1, 1}, "fc1_weight", x_in);
   check_shape(fc2, {hid, R, 1, 1}, "fc2_weight", x_in);
-  TORCH_CHECK(sa_w.dim() == 4 && sa_w.size(0) == 1 && sa_w.size(1) == 2 && sa_w.size(2) % 2,
-              op, ": expected sa_weight of shape (1, 2, k, k), got ", sa_w.sizes());
+  TORCH_CHECK(sa_w.device() == x_in.device() && sa_w.dim() == 4 && sa_w.size(0) == 1 &&
+                  sa_w.size(1) == 2 && sa_w.size(2) == sa_w.size(3) && sa_w.size(2) % 2,
+              op, ": expected sa_weight of shape (1, 2, k, k) with k odd on ", x_in.device(),
+              ", got ", sa_w.sizes(), " on ", sa_w.device());
   check_shape(project_w, {cout, hid, 1, 1}, "project_weight", x_in);
   check_shape(project_b, {cout}, "project_bias", x_in);
   if (down)
@@ -71,10 +74,8 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
   at::gelu_(e);
   const Tensor e4 = e.view({B, He, We, hid}).permute({0, 3, 1, 2});
   Tensor d = at::empty({B, hid, He, We}, x.options(), at::MemoryFormat::ChannelsLast);
-  const Tensor bias = dw_b.to(at::kFloat).contiguous();
-  dwconv(e4, dw_w, Tensor(), bias, true, d);
-
-  const ChannelStats stats = dwconv_stats(e4, dw_w, Tensor(), bias, true);
+  const ChannelStats stats =
+      dwconv_and_stats(e4, dw_w, Tensor(), dw_b.to(at::kFloat).contiguous(), true, d);
   const Tensor ca = channel_gate(stats.sum.div(double(He * We)), stats.max, fc1, fc2);
   const Tensor sa = spatial_gate(channel_pool(d, ca, nullptr), sa_w);
   apply_gates(d, ca, sa, d);

@@ -1,9 +1,8 @@
 """The `ext` backend: the compiled extension hdkd._C (csrc/).
 
-CPU: fused float32 kernels for every op (bfloat16/float16 computed in float32; depthwise kernels
-larger than 7x7 run the reference). CUDA (when the .so has CUDA and a GPU is visible): kernels for
-every op (csrc/cuda, float32 math, the 1x1 convs of the fused eval block on cuBLAS). float64 runs
-the reference on both.
+CPU: fused float32 kernels for every op (bfloat16/float16 computed in float32). CUDA (when the .so
+has CUDA and a GPU is visible): kernels for every op (csrc/cuda, float32 math, the 1x1 convs of the
+fused eval block on cuBLAS). float64 and depthwise kernels larger than 7x7 run the reference.
 
 mbcsa_eval runs the whole-block kernel when no gradient is needed; with gradients it is composed
 of the fused depthwise and attention ops (which have autograd) and ATen 1x1 convs. mbcsa_train
@@ -33,16 +32,15 @@ def _devices() -> tuple[str, ...]:
     return ("cpu", "cuda") if _CUDA_BUILT and torch.cuda.is_available() else ("cpu",)
 
 
-_MAX_CPU_DW_KERNEL = 7  # csrc/cpu/dwconv.cpp keeps the taps of one pixel on the stack
+# The depthwise kernels keep one pixel's taps on the stack (CPU) or in registers (CUDA backward).
+_MAX_DW_KERNEL = 7
 
 
 def _kernels_for(x: Tensor, dw: Tensor) -> bool:
     """Whether x runs on the extension's kernels (else on the reference)."""
-    if x.dtype == torch.float64:
+    if x.dtype == torch.float64 or dw.shape[-1] > _MAX_DW_KERNEL:
         return False
-    if x.device.type == "cuda":
-        return _CUDA_BUILT
-    return x.device.type == "cpu" and dw.shape[-1] <= _MAX_CPU_DW_KERNEL
+    return x.device.type == "cpu" or (x.device.type == "cuda" and _CUDA_BUILT)
 
 
 def channel_spatial_attention(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor) -> Tensor:
