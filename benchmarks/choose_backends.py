@@ -251,6 +251,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     kind = DEVICE.type
     load_start = os.getloadavg()[0]
+    commit = _commit()  # before measuring: the tree may move on during the run
     started = time.time()
     passes = 1 if args.smoke else args.passes
     entries = measure(args.smoke, passes)
@@ -258,7 +259,7 @@ def main(argv=None) -> None:
         "device": torch.cuda.get_device_name(DEVICE) if ON_GPU else cpu_name(),
         "threads": torch.get_num_threads(), "passes": passes,
         "torch": torch.__version__,
-        "hdkd": hdkd.__version__, "hdkd_commit": _commit(),
+        "hdkd": hdkd.__version__, "hdkd_commit": commit,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average": [load_start, os.getloadavg()[0]],
         "seconds": round(time.time() - started, 1),
