@@ -100,6 +100,15 @@ def _dw_reference(x, w, scale, shift):
     return y, y.mean((2, 3)), y.amax((2, 3))
 
 
+def _dw_train_reference(x, w, gamma, beta, eps=1e-5):
+    """(y, avg, max) with BN on the batch statistics of the conv, then (conv, mean, var)."""
+    k = w.shape[-1]
+    z = F.conv2d(x, w, padding=k // 2, groups=x.shape[1])
+    mean, var = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
+    scale = gamma / (var + eps).sqrt()
+    return (*_dw_reference(x, w, scale, beta - mean * scale), z, mean, var)
+
+
 DW_CASES = [((1, 19, 7, 5), 3), ((2, 37, 9, 11), 3), ((2, 10, 6, 4), 5), ((1, 6, 23, 17), 7)]
 
 
@@ -133,10 +142,7 @@ def test_dwconv_train(target, shape, k, kind, dtype):
     base[2] = base[2].abs() + 0.5
     ours, refs = _pair(base, dtype, device, kind)
     y, avg, mx, _, conv, mean, var = ops.dwconv_bn_gelu_train(*ours, eps)
-    x, w, gamma, beta = refs
-    z = F.conv2d(x, w, padding=k // 2, groups=c)
-    zm, zv = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
-    yr, avgr, mxr = _dw_reference(x, w, gamma / (zv + eps).sqrt(), beta - zm * gamma / (zv + eps).sqrt())
+    yr, avgr, mxr, z, zm, zv = _dw_train_reference(*refs, eps)
     for a, b, name in ((y, yr, "y"), (avg, avgr, "avg"), (mx, mxr, "max"), (conv, z, "conv"),
                        (mean, zm, "mean"), (var, zv, "var")):
         assert a.shape == b.shape, name
@@ -153,11 +159,7 @@ def test_dwconv_gradient_of_y_alone(target):
     base[2] = base[2].abs() + 0.5
     ours, refs = _pair(base, torch.float32, device)
     y = ops.dwconv_bn_gelu_train(*ours, 1e-5)[0]
-    x, w, gamma, beta = refs
-    z = F.conv2d(x, w, padding=1, groups=11)
-    zm, zv = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
-    s = gamma / (zv + 1e-5).sqrt()
-    yr = _dw_reference(x, w, s, beta - zm * s)[0]
+    yr = _dw_train_reference(*refs)[0]
     y.float().pow(2).sum().backward()
     yr.pow(2).sum().backward()
     _check_grads(ours, refs, torch.float32, "dwconv y only")
@@ -297,7 +299,8 @@ def test_realistic_shapes_on_cuda(dtype):
     """An MBCSA stage-3 hidden activation (PERFORMANCE.md), channels_last, against the float64
     reference computed on the GPU."""
     base = _random([(8, 384, 28, 28), (24, 384, 1, 1), (384, 24, 1, 1), (1, 2, 7, 7),
-                    (384, 1, 3, 3), (384,), (384,)], seed=7, scales=[1, 0.1, 0.1, 0.3, 0.3, 0.2, 0.1])
+                    (384, 1, 3, 3), (384,), (384,)], seed=7,
+                   scales=[1, 0.1, 0.1, 0.3, 0.3, 0.2, 0.1])
     base[5] = base[5].abs() + 0.5
     h = layout(base[0].to(dtype), "channels_last").cuda()
     weights = [t.to(dtype).cuda() for t in base[1:4]]
@@ -306,11 +309,7 @@ def test_realistic_shapes_on_cuda(dtype):
     assert rel_err(out, ref) < TOL[dtype]
     dw = [t.to(dtype).cuda() for t in base[4:]]
     y = torch.ops.hdkd.dwconv_bn_gelu_train(h, *dw, 1e-5)[0]
-    x64, w64, g64, b64 = h.double(), *[t.double() for t in dw]
-    z = F.conv2d(x64, w64, padding=1, groups=384)
-    zm, zv = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
-    s = g64 / (zv + 1e-5).sqrt()
-    assert rel_err(y, _dw_reference(x64, w64, s, b64 - zm * s)[0]) < TOL[dtype]
+    assert rel_err(y, _dw_train_reference(h.double(), *[t.double() for t in dw])[0]) < TOL[dtype]
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])

@@ -8,6 +8,7 @@
 
 #include <tuple>
 
+#include "attention_checks.h"
 #include "cpu/common.h"
 
 namespace hdkd::cpu {
@@ -21,13 +22,7 @@ void check_weights(const char* op, const Tensor& h, const Tensor& fc1, const Ten
   check_input(op, "fc1_weight", fc1, 4);
   check_input(op, "fc2_weight", fc2, 4);
   check_input(op, "sa_weight", sa, 4);
-  const int64_t C = h.size(1), R = fc1.size(0);
-  TORCH_CHECK(fc1.sizes() == at::IntArrayRef({R, C, 1, 1}), op, ": expected fc1_weight of shape (",
-              R, ", ", C, ", 1, 1), got ", fc1.sizes());
-  TORCH_CHECK(fc2.sizes() == at::IntArrayRef({C, R, 1, 1}), op, ": expected fc2_weight of shape (",
-              C, ", ", R, ", 1, 1), got ", fc2.sizes());
-  TORCH_CHECK(sa.size(0) == 1 && sa.size(1) == 2 && sa.size(2) == sa.size(3) && sa.size(2) % 2,
-              op, ": expected sa_weight of shape (1, 2, k, k) with k odd, got ", sa.sizes());
+  check_attention_shapes(op, h, fc1, fc2, sa);
 }
 
 // out = h * (ca * sa + 1) over B x P x C.

@@ -8,6 +8,7 @@
 
 #include <tuple>
 
+#include "attention_checks.h"
 #include "cuda/common.cuh"
 
 namespace hdkd::cuda {
@@ -19,13 +20,7 @@ void check_attention(const char* op, const Tensor& h, const Tensor& fc1, const T
   check_4d(op, "fc1_weight", fc1, h);
   check_4d(op, "fc2_weight", fc2, h);
   check_4d(op, "sa_weight", sa, h);
-  const int64_t C = h.size(1), R = fc1.size(0);
-  TORCH_CHECK(fc1.sizes() == at::IntArrayRef({R, C, 1, 1}), op, ": expected fc1_weight of shape (",
-              R, ", ", C, ", 1, 1), got ", fc1.sizes());
-  TORCH_CHECK(fc2.sizes() == at::IntArrayRef({C, R, 1, 1}), op, ": expected fc2_weight of shape (",
-              C, ", ", R, ", 1, 1), got ", fc2.sizes());
-  TORCH_CHECK(sa.size(0) == 1 && sa.size(1) == 2 && sa.size(2) == sa.size(3) && sa.size(2) % 2,
-              op, ": expected sa_weight of shape (1, 2, k, k) with k odd, got ", sa.sizes());
+  check_attention_shapes(op, h, fc1, fc2, sa);
   TORCH_CHECK(h.size(2) * h.size(3) > 0, op, ": expected h with at least one pixel, got shape ",
               h.sizes());
 }

@@ -113,7 +113,8 @@ Tensor spatial_gate(const Tensor& pooled, const Tensor& sa_weight) {
         if (iy < 0 || iy >= H) continue;
         for (int64_t kx = 0; kx < k; ++kx) {
           const int64_t ix = x + kx - r;
-          if (ix >= 0 && ix < W) acc += src[(b * 2 + ch) * P + iy * W + ix] * wp[(ch * k + ky) * k + kx];
+          if (ix >= 0 && ix < W)
+            acc += src[(b * 2 + ch) * P + iy * W + ix] * wp[(ch * k + ky) * k + kx];
         }
       }
     out[i] = sigmoid(acc);
@@ -139,7 +140,8 @@ void apply_gates(const Tensor& h, const Tensor& ca, const Tensor& sa, const Tens
       int64_t b, c, p;
       lo.unravel(i, b, c, p);
       const float v = static_cast<float>(src[lh.at(b, c, p)]);
-      dst[lo.at(b, c, p)] = static_cast<scalar_t>(v * (gate[b * lh.C + c] * spatial[b * P + p] + 1.f));
+      const float scale = gate[b * lh.C + c] * spatial[b * P + p] + 1.f;
+      dst[lo.at(b, c, p)] = static_cast<scalar_t>(v * scale);
     });
   });
 }

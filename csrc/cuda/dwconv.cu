@@ -285,7 +285,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
         if (oy < 0 || oy >= H) continue;
         for (int64_t kx = 0; kx < k; ++kx) {
           const int64_t ox = xx - kx + r;
-          if (ox >= 0 && ox < W) acc += dz[((b * H + oy) * W + ox) * C + c] * wp[(ky * k + kx) * C + c];
+          if (ox >= 0 && ox < W)
+            acc += dz[((b * H + oy) * W + ox) * C + c] * wp[(ky * k + kx) * C + c];
         }
       }
       out[i] = static_cast<scalar_t>(acc);

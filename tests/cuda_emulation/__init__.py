@@ -23,7 +23,7 @@ def _digest() -> str:
     """The build folder is keyed by torch's version and every source the build includes (torch's
     own check only sees the listed source, not the .cu files it includes)."""
     h = hashlib.sha256(torch.__version__.encode())
-    for path in sorted([SOURCE, CSRC / "schemas.h", *(CSRC / "cuda").iterdir()]):
+    for path in sorted([SOURCE, *CSRC.glob("*.h"), *(CSRC / "cuda").iterdir()]):
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]
 
