@@ -171,12 +171,22 @@ def _apply_kernel(h_ptr, ca_ptr, s_ptr, out_ptr, C, HW, W, sb, sc, sh, sw, ob, o
 # ------------------------------------------------------------------------------ backward kernels
 
 @triton.jit
-def _du(g, h, ca, s, dp_mean, dp_max, p_max, p_cnt, inv_c):
-    """dL/du at a [pixels, channels] tile: through out = u * sa, through the channel mean and
-    through the channel max (split evenly among ties, as torch.amax does)."""
-    u = h * ca[None, :]
-    at_max = (u == p_max[:, None]).to(tl.float32)
-    return g * s[:, None] + (dp_mean * inv_c)[:, None] + (dp_max / p_cnt)[:, None] * at_max
+def _du_tile(g_ptr, h_ptr, ca, s_ptr, dpooled_ptr, pooled_ptr, pcnt_ptr, b, offs_p, offs_c,
+             pmask, m, HW, W, gb, gc, gh, gw, sb, sc, sh, sw, inv_c):
+    """(g, h, dL/du) at a [pixels, channels] tile: dL/du through out = u * sa, through the
+    channel mean and through the channel max (split evenly among ties, as torch.amax does)."""
+    g = tl.load(g_ptr + b * gb + _pixel_offsets(offs_p, W, gh, gw)[:, None] + offs_c[None, :] * gc,
+                mask=m, other=0.0).to(tl.float32)
+    h = tl.load(h_ptr + b * sb + _pixel_offsets(offs_p, W, sh, sw)[:, None] + offs_c[None, :] * sc,
+                mask=m, other=0.0).to(tl.float32)
+    s = tl.load(s_ptr + b * HW + offs_p, mask=pmask, other=0.0)
+    dp_mean = tl.load(dpooled_ptr + b * 2 * HW + offs_p, mask=pmask, other=0.0)
+    dp_max = tl.load(dpooled_ptr + (b * 2 + 1) * HW + offs_p, mask=pmask, other=0.0)
+    p_max = tl.load(pooled_ptr + (b * 2 + 1) * HW + offs_p, mask=pmask, other=0.0)
+    p_cnt = tl.load(pcnt_ptr + b * HW + offs_p, mask=pmask, other=1.0)
+    at_max = (h * ca[None, :] == p_max[:, None]).to(tl.float32)
+    du = g * s[:, None] + (dp_mean * inv_c)[:, None] + (dp_max / p_cnt)[:, None] * at_max
+    return g, h, du
 
 
 @triton.autotune(configs(gpu=[dict(BLOCK_P=32, BLOCK_C=64), dict(BLOCK_P=64, BLOCK_C=64),
@@ -256,16 +266,8 @@ def _channel_gate_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dpooled_ptr, pooled_p
         offs_p = p0 + tl.arange(0, BLOCK_P)
         pmask = offs_p < HW
         m = pmask[:, None] & cmask[None, :]
-        g = tl.load(g_ptr + b * gb + _pixel_offsets(offs_p, W, gh, gw)[:, None] + offs_c[None, :] * gc,
-                    mask=m, other=0.0).to(tl.float32)
-        h = tl.load(h_ptr + b * sb + _pixel_offsets(offs_p, W, sh, sw)[:, None] + offs_c[None, :] * sc,
-                    mask=m, other=0.0).to(tl.float32)
-        s = tl.load(s_ptr + b * HW + offs_p, mask=pmask, other=0.0)
-        dpm = tl.load(dpooled_ptr + b * 2 * HW + offs_p, mask=pmask, other=0.0)
-        dpx = tl.load(dpooled_ptr + (b * 2 + 1) * HW + offs_p, mask=pmask, other=0.0)
-        pmax = tl.load(pooled_ptr + (b * 2 + 1) * HW + offs_p, mask=pmask, other=0.0)
-        pcnt = tl.load(pcnt_ptr + b * HW + offs_p, mask=pmask, other=1.0)
-        du = _du(g, h, ca, s, dpm, dpx, pmax, pcnt, inv_c)
+        _, h, du = _du_tile(g_ptr, h_ptr, ca, s_ptr, dpooled_ptr, pooled_ptr, pcnt_ptr, b, offs_p,
+                            offs_c, pmask, m, HW, W, gb, gc, gh, gw, sb, sc, sh, sw, inv_c)
         acc += tl.sum(tl.where(m, du * h, 0.0), 0)
     tl.store(dca_ptr + b * C + offs_c, acc, mask=cmask)
 
@@ -287,17 +289,9 @@ def _input_grad_kernel(g_ptr, h_ptr, ca_ptr, s_ptr, dpooled_ptr, pooled_ptr, pcn
     pmask = offs_p < HW
     cmask = offs_c < C
     m = pmask[:, None] & cmask[None, :]
-    g = tl.load(g_ptr + b * gb + _pixel_offsets(offs_p, W, gh, gw)[:, None] + offs_c[None, :] * gc,
-                mask=m, other=0.0).to(tl.float32)
-    h = tl.load(h_ptr + b * sb + _pixel_offsets(offs_p, W, sh, sw)[:, None] + offs_c[None, :] * sc,
-                mask=m, other=0.0).to(tl.float32)
-    s = tl.load(s_ptr + b * HW + offs_p, mask=pmask, other=0.0)
-    dpm = tl.load(dpooled_ptr + b * 2 * HW + offs_p, mask=pmask, other=0.0)
-    dpx = tl.load(dpooled_ptr + (b * 2 + 1) * HW + offs_p, mask=pmask, other=0.0)
-    pmax = tl.load(pooled_ptr + (b * 2 + 1) * HW + offs_p, mask=pmask, other=0.0)
-    pcnt = tl.load(pcnt_ptr + b * HW + offs_p, mask=pmask, other=1.0)
     ca = tl.load(ca_ptr + b * C + offs_c, mask=cmask, other=0.0)
-    du = _du(g, h, ca, s, dpm, dpx, pmax, pcnt, inv_c)
+    g, h, du = _du_tile(g_ptr, h_ptr, ca, s_ptr, dpooled_ptr, pooled_ptr, pcnt_ptr, b, offs_p,
+                        offs_c, pmask, m, HW, W, gb, gc, gh, gw, sb, sc, sh, sw, inv_c)
     dh = g + du * ca[None, :]
     if STATS_GRAD:
         chmax = tl.load(chmax_ptr + b * C + offs_c, mask=cmask, other=0.0)
