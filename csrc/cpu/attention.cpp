@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "attention_checks.h"
+#include "spatial_gate_math.h"
 #include "cpu/common.h"
 
 namespace hdkd::cpu {
@@ -53,18 +54,9 @@ void spatial_gate_backward(const float* dpre, const float* pooled, const float* 
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / H, y = t % H;
       for (int64_t x = 0; x < W; ++x)
-        for (int64_t ch = 0; ch < 2; ++ch) {
-          float acc = 0.f;
-          for (int64_t ky = 0; ky < k; ++ky) {
-            const int64_t oy = y - ky + r;
-            if (oy < 0 || oy >= H) continue;
-            for (int64_t kx = 0; kx < k; ++kx) {
-              const int64_t ox = x - kx + r;
-              if (ox >= 0 && ox < W) acc += dpre[b * P + oy * W + ox] * w[(ch * k + ky) * k + kx];
-            }
-          }
-          dpooled[(b * 2 + ch) * P + y * W + x] = acc;
-        }
+        for (int64_t ch = 0; ch < 2; ++ch)
+          dpooled[(b * 2 + ch) * P + y * W + x] =
+              spatial_gate_input_grad(dpre, w, k, H, W, b, ch, y, x);
     }
   });
   at::parallel_for(0, 2 * k * k, 1, [&](int64_t t0, int64_t t1) {

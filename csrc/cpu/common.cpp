@@ -8,6 +8,8 @@
 
 #include <limits>
 
+#include "spatial_gate_math.h"
+
 namespace hdkd::cpu {
 
 Dims dims_of(const at::Tensor& x) {
@@ -159,26 +161,11 @@ void channel_pool(const float* h, const float* ca, Dims d, float* pooled, int32_
 }
 
 void spatial_gate(const float* pooled, const float* w, int64_t k, Dims d, float* sa) {
-  const int64_t r = k / 2, H = d.H, W = d.W;
-  at::parallel_for(0, d.B * H, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / H, y = t % H;
-      for (int64_t x = 0; x < W; ++x) {
-        float acc = 0.f;
-        for (int64_t ch = 0; ch < 2; ++ch) {
-          const float* src = pooled + (b * 2 + ch) * d.P;
-          const float* wk = w + ch * k * k;
-          for (int64_t ky = 0; ky < k; ++ky) {
-            const int64_t iy = y + ky - r;
-            if (iy < 0 || iy >= H) continue;
-            for (int64_t kx = 0; kx < k; ++kx) {
-              const int64_t ix = x + kx - r;
-              if (ix >= 0 && ix < W) acc += src[iy * W + ix] * wk[ky * k + kx];
-            }
-          }
-        }
-        sa[b * d.P + y * W + x] = sigmoid(acc);
-      }
+      const int64_t b = t / d.H, y = t % d.H;
+      for (int64_t x = 0; x < d.W; ++x)
+        sa[b * d.P + y * d.W + x] = sigmoid(spatial_gate_logit(pooled, w, k, d.H, d.W, b, y, x));
     }
   });
 }

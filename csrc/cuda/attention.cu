@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "attention_checks.h"
+#include "spatial_gate_math.h"
 #include "cuda/common.cuh"
 
 namespace hdkd::cuda {
@@ -89,17 +90,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
   Tensor dpooled_t = at::empty({B, 2, P}, ca.options());
   float* dpooled = dpooled_t.data_ptr<float>();
   for_each_index(B * 2 * P, [=] HDKD_HD(int64_t i) {
-    const int64_t b = i / (2 * P), ch = (i / P) % 2, y = (i % P) / W, x = i % W;
-    float acc = 0.f;
-    for (int64_t ky = 0; ky < k; ++ky) {
-      const int64_t oy = y - ky + r;
-      if (oy < 0 || oy >= H) continue;
-      for (int64_t kx = 0; kx < k; ++kx) {
-        const int64_t ox = x - kx + r;
-        if (ox >= 0 && ox < W) acc += dpre[b * P + oy * W + ox] * wp[(ch * k + ky) * k + kx];
-      }
-    }
-    dpooled[i] = acc;
+    dpooled[i] = spatial_gate_input_grad(dpre, wp, k, H, W, i / (2 * P), (i / P) % 2,
+                                         (i % P) / W, i % W);
   });
   const Tensor dsaw = sum_terms(2 * k * k, B * P, [=] HDKD_HD(int64_t tap, int64_t t) {
     const int64_t ch = tap / (k * k), ky = (tap / k) % k, kx = tap % k;

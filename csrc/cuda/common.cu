@@ -4,6 +4,8 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sigmoid.h>
 
+#include "spatial_gate_math.h"
+
 namespace hdkd::cuda {
 
 Layout layout_of(const Tensor& t) {
@@ -100,24 +102,12 @@ Tensor channel_pool(const Tensor& h, const Tensor& ca, int32_t* argc) {
 Tensor spatial_gate(const Tensor& pooled, const Tensor& sa_weight) {
   const int64_t B = pooled.size(0), H = pooled.size(2), W = pooled.size(3), P = H * W;
   const Tensor w = sa_weight.to(at::kFloat).contiguous();
-  const int64_t k = w.size(-1), r = k / 2;
+  const int64_t k = w.size(-1);
   Tensor sa = at::empty({B, H, W}, pooled.options());
   const float *src = pooled.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* out = sa.data_ptr<float>();
   for_each_index(B * P, [=] HDKD_HD(int64_t i) {
-    const int64_t b = i / P, y = (i % P) / W, x = i % W;
-    float acc = 0.f;
-    for (int64_t ch = 0; ch < 2; ++ch)
-      for (int64_t ky = 0; ky < k; ++ky) {
-        const int64_t iy = y + ky - r;
-        if (iy < 0 || iy >= H) continue;
-        for (int64_t kx = 0; kx < k; ++kx) {
-          const int64_t ix = x + kx - r;
-          if (ix >= 0 && ix < W)
-            acc += src[(b * 2 + ch) * P + iy * W + ix] * wp[(ch * k + ky) * k + kx];
-        }
-      }
-    out[i] = sigmoid(acc);
+    out[i] = sigmoid(spatial_gate_logit(src, wp, k, H, W, i / P, (i % P) / W, i % W));
   });
   return sa;
 }
