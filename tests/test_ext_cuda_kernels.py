@@ -210,6 +210,13 @@ def test_ops_pass_opcheck(target):
     beta = torch.randn(8, device=device, requires_grad=True)
     torch.library.opcheck(ops.dwconv_bn_gelu_train, (h, w, gamma, beta, 1e-5))
     torch.library.opcheck(ops.dwconv_bn_gelu_eval, (h, w, gamma, beta))
+    for cin, cout, down in ((8, 8, False), (8, 12, True)):
+        weights = [None if t is None else t.float().to(device)
+                   for t in _folded(cin, cout, 4 * cin, 3, down, seed=9)]
+        for x in (torch.randn(2, cin, 7, 5, device=device),
+                  torch.randn(2, cin, 7, 5, device=device).contiguous(
+                      memory_format=torch.channels_last)):
+            torch.library.opcheck(ops.mbcsa_eval, (x, *weights))
 
 
 def test_errors_name_the_argument(target):
