@@ -1,14 +1,12 @@
 // CPU kernels of the channel-spatial attention (CBAM with its residual):
 //   u = h * ca(h); out = u * sa(u) + h = h * (ca * sa + 1).
 #include <ATen/ops/empty.h>
-#include <ATen/ops/gelu.h>
-#include <ATen/ops/gelu_backward.h>
-#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <tuple>
 
 #include "attention_checks.h"
+#include "channel_gate.h"
 #include "spatial_gate_math.h"
 #include "cpu/common.h"
 
@@ -192,17 +190,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
       }
   }
 
-  // Channel gate MLP backward on B x C (small): ca = sigmoid(MLP(avg) + MLP(mx)).
-  const Tensor w1 = float_contig(fc1).view({fc1.size(0), C});
-  const Tensor w2 = float_contig(fc2).view({C, fc1.size(0)});
-  const Tensor a1 = at::mm(avg, w1.t()), m1 = at::mm(mx, w1.t());
-  const Tensor dlogit = dca.mul(ca).mul_(ca.neg().add_(1.0));
-  const Tensor dw2 = at::mm(dlogit.t(), at::gelu(a1).add_(at::gelu(m1)));
-  const Tensor dg = at::mm(dlogit, w2);
-  const Tensor da1 = at::gelu_backward(dg, a1), dm1 = at::gelu_backward(dg, m1);
-  const Tensor dw1 = at::mm(da1.t(), avg).add_(at::mm(dm1.t(), mx));
-  const Tensor davg = at::mm(da1, w1).mul_(1.0 / double(P)).contiguous();
-  const Tensor dmx = at::mm(dm1, w1).contiguous();
+  const ChannelGateGrads gate = channel_gate_backward(dca, ca, avg, mx, fc1, fc2);
+  const Tensor davg = gate.avg.mul(1.0 / double(P)), dmx = gate.max;
 
   // Pass C: dh.
   Tensor dh = empty_nhwc(d.B, C, d.H, d.W);
@@ -228,8 +217,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
   for (int64_t b = 0; b < d.B; ++b)
     for (int64_t c = 0; c < C; ++c) dhp[(b * P + app[b * C + c]) * C + c] += dmxp[b * C + c];
 
-  return {like_input(dh, h_in), dw1.view(fc1.sizes()).to(fc1.scalar_type()),
-          dw2.view(fc2.sizes()).to(fc2.scalar_type()), dsaw.to(sa_weight.scalar_type())};
+  return {like_input(dh, h_in), gate.fc1.view(fc1.sizes()).to(fc1.scalar_type()),
+          gate.fc2.view(fc2.sizes()).to(fc2.scalar_type()), dsaw.to(sa_weight.scalar_type())};
 }
 
 }  // namespace

@@ -1,9 +1,6 @@
 #include "cpu/common.h"
 
 #include <ATen/ops/empty.h>
-#include <ATen/ops/gelu.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/sigmoid.h>
 #include <c10/util/Exception.h>
 
 #include <limits>
@@ -102,14 +99,6 @@ void ChannelPartials::combine(int64_t B, int64_t per, float* sum, float* max,
       if (arg) arg[b * C + c] = static_cast<int64_t>(a);
     }
   }
-}
-
-at::Tensor channel_gate(const at::Tensor& avg, const at::Tensor& mx, const at::Tensor& fc1,
-                        const at::Tensor& fc2) {
-  const at::Tensor w1 = float_contig(fc1).view({fc1.size(0), fc1.size(1)});
-  const at::Tensor w2 = float_contig(fc2).view({fc2.size(0), fc2.size(1)});
-  auto mlp = [&](const at::Tensor& s) { return at::mm(at::gelu(at::mm(s, w1.t())), w2.t()); };
-  return at::sigmoid(mlp(avg).add_(mlp(mx))).contiguous();
 }
 
 void channel_pool(const float* h, const float* ca, Dims d, float* pooled, int32_t* argc) {

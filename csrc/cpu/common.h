@@ -80,9 +80,6 @@ void for_pixel_chunks(int64_t B, int64_t P, const F& fn);
 int64_t chunks_per_image(int64_t P);
 
 // CBAM pieces on float32 B x P x C data.
-// ca = sigmoid(MLP(avg) + MLP(max)) (B x C float32) for fc1 (R x C x 1 x 1), fc2 (C x R x 1 x 1).
-at::Tensor channel_gate(const at::Tensor& avg, const at::Tensor& mx, const at::Tensor& fc1,
-                        const at::Tensor& fc2);
 // pooled[b, 0|1, p] = mean|max over c of h[b, p, c] * ca[b, c]   (pooled: B x 2 x H x W).
 void channel_pool(const float* h, const float* ca, Dims d, float* pooled, int32_t* argc);
 // sa[b, p] = sigmoid(conv_kxk(pooled)[b, p]) with sa_weight 1 x 2 x k x k (float32 contiguous).

@@ -9,6 +9,7 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include "channel_gate.h"
 #include "cpu/common.h"
 #include "cpu/dwconv.h"
 

@@ -2,13 +2,11 @@
 //   u = h * ca(h); out = u * sa(u) + h = h * (ca * sa + 1),
 //   ca = sigmoid(MLP(avg_p h) + MLP(max_p h)), sa = sigmoid(conv_kxk([mean_c u, max_c u])).
 // The channel MLP (B x C, tiny) runs on ATen in float32.
-#include <ATen/ops/gelu.h>
-#include <ATen/ops/gelu_backward.h>
-#include <ATen/ops/mm.h>
 
 #include <tuple>
 
 #include "attention_checks.h"
+#include "channel_gate.h"
 #include "spatial_gate_math.h"
 #include "cuda/common.cuh"
 
@@ -113,17 +111,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
     }, h).view({B, C});
   });
 
-  // Channel gate MLP backward on B x C (small): ca = sigmoid(MLP(avg) + MLP(mx)).
-  const int64_t R = fc1.size(0);
-  const Tensor w1 = fc1.to(at::kFloat).reshape({R, C}), w2 = fc2.to(at::kFloat).reshape({C, R});
-  const Tensor a1 = at::mm(avg, w1.t()), m1 = at::mm(stats.max, w1.t());
-  const Tensor dlogit = dca.mul(ca).mul_(ca.neg().add_(1.0));
-  const Tensor dw2 = at::mm(dlogit.t(), at::gelu(a1).add_(at::gelu(m1)));
-  const Tensor dg = at::mm(dlogit, w2);
-  const Tensor da1 = at::gelu_backward(dg, a1), dm1 = at::gelu_backward(dg, m1);
-  const Tensor dw1 = at::mm(da1.t(), avg).add_(at::mm(dm1.t(), stats.max));
-  const Tensor davg = at::mm(da1, w1).mul_(1.0 / double(P)).contiguous();
-  const Tensor dmx = at::mm(dm1, w1).contiguous();
+  const ChannelGateGrads gate = channel_gate_backward(dca, ca, avg, stats.max, fc1, fc2);
+  const Tensor davg = gate.avg.mul(1.0 / double(P)), dmx = gate.max;
 
   Tensor dh = empty_like_input(h, h.sizes(), h.scalar_type());
   const Layout ld = layout_of(dh);
@@ -144,8 +133,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
       out[ld.at(b, c, p)] = static_cast<scalar_t>(v);
     });
   });
-  return {dh, dw1.view(fc1.sizes()).to(fc1.scalar_type()),
-          dw2.view(fc2.sizes()).to(fc2.scalar_type()),
+  return {dh, gate.fc1.view(fc1.sizes()).to(fc1.scalar_type()),
+          gate.fc2.view(fc2.sizes()).to(fc2.scalar_type()),
           dsaw.view(sa_weight.sizes()).to(sa_weight.scalar_type())};
 }
 

@@ -1,9 +1,5 @@
 #include "cuda/common.cuh"
 
-#include <ATen/ops/gelu.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/sigmoid.h>
-
 #include "spatial_gate_math.h"
 
 namespace hdkd::cuda {
@@ -12,10 +8,6 @@ Layout layout_of(const Tensor& t) {
   return {t.size(0),   t.size(1),   t.size(2),   t.size(3),
           t.stride(0), t.stride(1), t.stride(2), t.stride(3),
           t.stride(1) < t.stride(3)};
-}
-
-Layout nhwc_layout(int64_t B, int64_t C, int64_t H, int64_t W) {
-  return {B, C, H, W, H * W * C, 1, W * C, C, true};
 }
 
 bool wants_channels_last(const Tensor& x) {
@@ -110,13 +102,6 @@ Tensor spatial_gate(const Tensor& pooled, const Tensor& sa_weight) {
     out[i] = sigmoid(spatial_gate_logit(src, wp, k, H, W, i / P, (i % P) / W, i % W));
   });
   return sa;
-}
-
-Tensor channel_gate(const Tensor& avg, const Tensor& mx, const Tensor& fc1, const Tensor& fc2) {
-  const int64_t R = fc1.size(0), C = fc1.size(1);
-  const Tensor w1 = fc1.to(at::kFloat).reshape({R, C}), w2 = fc2.to(at::kFloat).reshape({C, R});
-  auto mlp = [&](const Tensor& v) { return at::mm(at::gelu(at::mm(v, w1.t())), w2.t()); };
-  return at::sigmoid(mlp(avg).add_(mlp(mx))).contiguous();
 }
 
 void apply_gates(const Tensor& h, const Tensor& ca, const Tensor& sa, const Tensor& out) {

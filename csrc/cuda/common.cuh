@@ -107,8 +107,6 @@ struct Layout {
 };
 
 Layout layout_of(const Tensor& t);
-// Layout of a dense float32 B x P x C buffer (channels_last order).
-Layout nhwc_layout(int64_t B, int64_t C, int64_t H, int64_t W);
 
 // The ops return channels_last exactly when their input is channels_last and not also contiguous.
 bool wants_channels_last(const Tensor& x);
@@ -153,8 +151,6 @@ ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t P, const Value& valu
 //   sa[b, p] = sigmoid(conv_kxk(pooled)) with sa_weight 1 x 2 x k x k.
 Tensor channel_pool(const Tensor& h, const Tensor& ca, int32_t* argc);
 Tensor spatial_gate(const Tensor& pooled, const Tensor& sa_weight);  // -> B x H x W float32
-// ca from the channel averages and maxima: sigmoid(MLP(avg) + MLP(max)), float32 B x C.
-Tensor channel_gate(const Tensor& avg, const Tensor& mx, const Tensor& fc1, const Tensor& fc2);
 // h * (ca * sa + 1) into out (both laid out as described, may alias).
 void apply_gates(const Tensor& h, const Tensor& ca, const Tensor& sa, const Tensor& out);
 

@@ -10,6 +10,7 @@
 #include <ATen/ops/max_pool2d.h>
 #include <ATen/ops/mm.h>
 
+#include "channel_gate.h"
 #include "cuda/dwconv.cuh"
 
 namespace hdkd::cuda {
