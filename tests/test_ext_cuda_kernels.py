@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import cuda_emulation
 from ext_env import EXT, EXT_REASON, TOL, layout, rel_err
+from max_ties import check_attention_ties, check_dwconv_ties, reference_max
 from hdkd.ops import reference as R
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -123,13 +124,14 @@ def test_dwconv_eval(target, shape, k, kind, dtype):
     base = _random([shape, (c, 1, k, k), (c,), (c,)], seed=c + k, scales=[1, 0.4, 0.5, 0.2])
     base[2] = base[2].abs() + 0.5
     ours, refs = _pair(base, dtype, device, kind)
-    y, avg, mx, arg = ops.dwconv_bn_gelu_eval(*ours)
-    yr, avgr, mxr = _dw_reference(*refs)
+    y, avg, mx, ties = ops.dwconv_bn_gelu_eval(*ours)
+    yr, avgr, _ = _dw_reference(*refs)
+    mxr = reference_max(yr, y, mx)
     for a, b, name in ((y, yr, "y"), (avg, avgr, "avg"), (mx, mxr, "max")):
         assert a.dtype == dtype and a.shape == b.shape, name
         assert rel_err(a.cpu(), b) < TOL[dtype], f"{name}: rel. error {rel_err(a.cpu(), b):.2e}"
-    if dtype == torch.float32:
-        assert torch.equal(arg.cpu(), yr.flatten(2).argmax(-1))
+    assert ties.dtype == torch.float32
+    assert torch.equal(ties, (y == mx[:, :, None, None]).sum((2, 3)).float())
     _backward([y, avg, mx], [yr, avgr, mxr], dtype, seed=2)
     _check_grads(ours, refs, dtype, f"dwconv eval {shape} k{k} {kind} {dtype}")
 
@@ -144,7 +146,8 @@ def test_dwconv_train(target, shape, k, kind, dtype):
     base[2] = base[2].abs() + 0.5
     ours, refs = _pair(base, dtype, device, kind)
     y, avg, mx, _, conv, mean, var = ops.dwconv_bn_gelu_train(*ours, eps)
-    yr, avgr, mxr, z, zm, zv = _dw_train_reference(*refs, eps)
+    yr, avgr, _, z, zm, zv = _dw_train_reference(*refs, eps)
+    mxr = reference_max(yr, y, mx)
     for a, b, name in ((y, yr, "y"), (avg, avgr, "avg"), (mx, mxr, "max"), (conv, z, "conv"),
                        (mean, zm, "mean"), (var, zv, "var")):
         assert a.shape == b.shape, name
@@ -165,6 +168,25 @@ def test_dwconv_gradient_of_y_alone(target):
     y.float().pow(2).sum().backward()
     yr.pow(2).sum().backward()
     _check_grads(ours, refs, torch.float32, "dwconv y only")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_max_ties_split_the_gradient_like_amax(target, dtype):
+    ops, device = target
+    check_attention_ties(lambda *a: ops.csa_forward(*a)[0], dtype, device)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dwconv_max_ties_split_the_gradient_like_amax(target, dtype, training):
+    ops, device = target
+
+    def run(x, w, bn, training, eps):
+        if training:
+            return ops.dwconv_bn_gelu_train(x, w, bn.weight, bn.bias, eps)[:3]
+        return ops.dwconv_bn_gelu_eval(x, w, *R.fold_batch_norm(bn, eps))[:3]
+
+    check_dwconv_ties(run, dtype, device, training, lambda t: layout(t, "channels_last"))
 
 
 def _folded(cin, cout, hidden, k, down, seed):
@@ -251,11 +273,16 @@ def test_saved_inputs_are_checked(target):
     ops, device = target
     x = torch.randn(2, 8, 5, 4, device=device)
     w, ones = torch.randn(8, 1, 3, 3, device=device), torch.ones(8, device=device)
-    arg = torch.zeros(2, 8, dtype=torch.long, device=device)
-    with pytest.raises(RuntimeError, match="argmax of shape"):
-        ops.dwconv_bn_gelu_backward(x, None, None, x, w, None, ones, ones, arg[:1], None, None)
+    stat = torch.zeros(2, 8, device=device)
+    with pytest.raises(RuntimeError, match="ties of shape"):
+        ops.dwconv_bn_gelu_backward(x, None, None, x, w, None, ones, ones, x, stat, stat[:1], None,
+                                    None)
+    with pytest.raises(RuntimeError, match="y of shape"):
+        ops.dwconv_bn_gelu_backward(x, None, None, x, w, None, ones, ones, x[:1], stat, stat, None,
+                                    None)
     with pytest.raises(RuntimeError, match="conv of shape"):
-        ops.dwconv_bn_gelu_backward(x, None, None, x, w, x[:1], ones, ones, arg, ones, ones)
+        ops.dwconv_bn_gelu_backward(x, None, None, x, w, x[:1], ones, ones, x, stat, stat, ones,
+                                    ones)
     with pytest.raises(RuntimeError, match="k odd and <= 7"):
         ops.dwconv_bn_gelu_eval(x, torch.randn(8, 1, 9, 9, device=device), ones, ones)
     h, fc1, fc2 = x, torch.randn(2, 8, 1, 1, device=device), torch.randn(8, 2, 1, 1, device=device)
@@ -278,13 +305,14 @@ def test_dwconv_backward_takes_conv_in_any_layout(target):
     x = torch.randn(2, 6, 5, 7, device=device)
     w, gamma, beta = torch.randn(6, 1, 3, 3, device=device), torch.rand(6, device=device) + 0.5, \
         torch.randn(6, device=device)
-    _, _, _, arg, conv, mean, var = ops.dwconv_bn_gelu_train(x, w, gamma, beta, 1e-5)
+    y, _, mx, ties, conv, mean, var = ops.dwconv_bn_gelu_train(x, w, gamma, beta, 1e-5)
     invstd = (var + 1e-5).rsqrt()
     scale, shift = gamma * invstd, beta - mean * gamma * invstd
-    g = torch.randn_like(x)
-    a = ops.dwconv_bn_gelu_backward(g, None, None, x, w, conv, scale, shift, arg, mean, invstd)
-    b = ops.dwconv_bn_gelu_backward(g, None, None, x, w, conv.contiguous(), scale, shift, arg,
-                                    mean, invstd)
+    g, gmax = torch.randn_like(x), torch.randn_like(mx)
+    a = ops.dwconv_bn_gelu_backward(g, None, gmax, x, w, conv, scale, shift, y, mx, ties, mean,
+                                    invstd)
+    b = ops.dwconv_bn_gelu_backward(g, None, gmax, x, w, conv.contiguous(), scale, shift, y, mx,
+                                    ties, mean, invstd)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=0, atol=0)
 

@@ -8,6 +8,7 @@ import torch
 import hdkd
 from hdkd.ops import reference as R
 from ext_env import TOL, layout, rel_err, requires_ext
+from max_ties import check_attention_ties, check_dwconv_ties, reference_max
 
 pytestmark = requires_ext
 
@@ -89,7 +90,8 @@ def test_dwconv_bn_gelu_matches_reference(shape, k, kind, dtype, training):
     bn_ref = R.BatchNormState(refs[2], refs[3], rm.clone(), rv.clone())
     y, avg, mx = hdkd.ops.dwconv_bn_gelu(ours[0], ours[1], bn_ours, training, 0.1, 1e-5,
                                          backend="ext")
-    yr, avgr, mxr = R.dwconv_bn_gelu(refs[0], refs[1], bn_ref, training, 0.1, 1e-5)
+    yr, avgr, _ = R.dwconv_bn_gelu(refs[0], refs[1], bn_ref, training, 0.1, 1e-5)
+    mxr = reference_max(yr, y, mx)
     for a, b, name in ((y, yr, "y"), (avg, avgr, "avg"), (mx, mxr, "max")):
         assert a.dtype == dtype and a.shape == b.shape, name
         assert rel_err(a, b) < TOL[dtype], f"{name}: rel. error {rel_err(a, b):.2e}"
@@ -116,6 +118,20 @@ def test_dwconv_gradient_of_y_alone():
     y.pow(2).sum().backward()
     yr.pow(2).sum().backward()
     _check_grads(ours, refs, torch.float32, "dwconv y only")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_max_ties_split_the_gradient_like_amax(dtype):
+    check_attention_ties(lambda *a: hdkd.ops.channel_spatial_attention(*a, backend="ext"),
+                         dtype, "cpu", lambda t: layout(t, "channels_last"))
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dwconv_max_ties_split_the_gradient_like_amax(dtype, training):
+    check_dwconv_ties(lambda x, w, bn, tr, eps: hdkd.ops.dwconv_bn_gelu(x, w, bn, tr, 0.1, eps,
+                                                                         backend="ext"),
+                      dtype, "cpu", training)
 
 
 def _blocks(cin, cout, down, seed):

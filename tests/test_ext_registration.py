@@ -51,16 +51,16 @@ def test_opcheck_dwconv_eval_and_train():
 def test_opcheck_dwconv_backward(training):
     x, w, gamma, beta = [t.detach() for t in _dw_args()]
     if training:
-        y, avg, mx, arg, conv, mean, var = torch.ops.hdkd.dwconv_bn_gelu_train(x, w, gamma, beta,
-                                                                               1e-5)
+        y, avg, mx, ties, conv, mean, var = torch.ops.hdkd.dwconv_bn_gelu_train(x, w, gamma,
+                                                                                beta, 1e-5)
         invstd = torch.rsqrt(var + 1e-5)
         scale, shift, stats = gamma * invstd, beta - mean * gamma * invstd, (mean, invstd)
     else:
-        y, avg, mx, arg = torch.ops.hdkd.dwconv_bn_gelu_eval(x, w, gamma, beta)
+        y, avg, mx, ties = torch.ops.hdkd.dwconv_bn_gelu_eval(x, w, gamma, beta)
         conv, scale, shift, stats = None, gamma, beta, (None, None)
     _opcheck(torch.ops.hdkd.dwconv_bn_gelu_backward.default,
-             (torch.randn_like(y), torch.randn_like(avg), None, x, w, conv, scale, shift, arg,
-              *stats))
+             (torch.randn_like(y), torch.randn_like(avg), torch.randn_like(mx), x, w, conv, scale,
+              shift, y, mx, ties, *stats))
 
 
 @pytest.mark.parametrize("down", [False, True])

@@ -11,6 +11,7 @@ from triton_env import (DEVICE, TOL, batch_norm_leaves, cuda_only, layout, leaf,
 import hdkd
 from hdkd.ops import reference, triton_backend
 from hdkd.ops.reference import BatchNormState
+from max_ties import check_dwconv_ties, reference_max
 
 pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
 
@@ -38,7 +39,8 @@ def _check(shape, dtype, kind, training, stride):
         y, avg, mx = hdkd.ops.dwconv_bn_gelu(x, w, bn, training, 0.1, 1e-5, backend="triton")
     else:  # the strided form, used by expansion-1 downsampling blocks
         y, avg, mx = triton_backend.dwconv_bn_gelu(x, w, bn, training, 0.1, 1e-5, stride=stride)
-    ry, ravg, rmx = reference.dwconv_bn_gelu(xr, wr, bn_ref, training, 0.1, 1e-5, stride=stride)
+    ry, ravg, _ = reference.dwconv_bn_gelu(xr, wr, bn_ref, training, 0.1, 1e-5, stride=stride)
+    rmx = reference_max(ry, y, mx)
     tol = TOL[dtype]
     for name, a, b in (("y", y, ry), ("avg", avg, ravg), ("max", mx, rmx)):
         assert a.dtype == dtype and a.shape == b.shape, name
@@ -66,6 +68,14 @@ def test_forward_backward_small(shape, dtype, kind, training, stride):
 @pytest.mark.parametrize("shape,dtype,kind,training,stride", REALISTIC)
 def test_forward_backward_realistic(shape, dtype, kind, training, stride):
     _check(shape, dtype, kind, training, stride)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_ties_split_the_gradient_like_amax(dtype, training):
+    check_dwconv_ties(lambda x, w, bn, tr, eps: hdkd.ops.dwconv_bn_gelu(x, w, bn, tr, 0.1, eps,
+                                                                         backend="triton"),
+                      dtype, DEVICE, training)
 
 
 def test_training_refuses_a_single_value_per_channel():

@@ -87,7 +87,7 @@ std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h_in, const Tensor&
   for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
     const ChannelAcc acc = parts.row(t);
     acc.reset();
-    for (int64_t p = p0; p < p1; ++p) acc.add(hp + (b * d.P + p) * d.C, float(p));
+    for (int64_t p = p0; p < p1; ++p) acc.add(hp + (b * d.P + p) * d.C);
   });
   parts.combine(d.B, per, sum.data_ptr<float>(), mx.data_ptr<float>(), nullptr);
   const Tensor ca = channel_gate(sum.mul_(1.0 / double(d.P)), mx, fc1, fc2);
@@ -102,8 +102,11 @@ std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h_in, const Tensor&
 }
 
 // Backward. With u = h * ca and s = sa(u):
-//   du = g * s + dmean / C + [c == argmax_c u] * dmax_c   (dmean, dmax_c: grads of the pooled map)
-//   dh = g + du * ca + davg / P + [p == argmax_p h] * dmx (davg, dmx: grads of the channel stats)
+//   du = g * s + dmean / C + [u == max_c u] * dmax_c / ties_c   (dmean, dmax_c: grads of the
+//                                                                 pooled map)
+//   dh = g + du * ca + davg / P + [h == max_p h] * dmx / ties_p   (davg, dmx: grads of the
+//                                                                 channel stats)
+// A max's gradient is split evenly among the values tied at it, as torch.amax does.
 std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, const Tensor& h_in,
                                                         const Tensor& fc1, const Tensor& fc2,
                                                         const Tensor& sa_weight,
@@ -122,13 +125,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
   const float *hp = h.data_ptr<float>(), *gp = g.data_ptr<float>();
   const float *cap = ca.data_ptr<float>(), *sap = sa.data_ptr<float>();
 
-  // Pass A: channel statistics of h (with argmax pixel), pooled map of u with its argmax
-  // channel, and dpre = d(sum_c g * u)/d(conv output) = (sum_c g*u) * s * (1 - s).
+  // Pass A: channel statistics of h (with ties), pooled map of u (with ties), and
+  // dpre = d(sum_c g * u)/d(conv output) = (sum_c g*u) * s * (1 - s).
   const int64_t per = chunks_per_image(P);
   ChannelPartials parts(d.B * per, C);
   Tensor pooled = at::empty({d.B, 2, d.H, d.W}, opts), dpre = at::empty({d.B, 1, d.H, d.W}, opts);
-  Tensor argc = at::empty({d.B, P}, at::TensorOptions().dtype(at::kInt));
-  channel_pool(hp, cap, d, pooled.data_ptr<float>(), argc.data_ptr<int32_t>());
+  Tensor pties = at::empty({d.B, P}, opts);
+  channel_pool(hp, cap, d, pooled.data_ptr<float>(), pties.data_ptr<float>());
   float* dprep = dpre.data_ptr<float>();
   for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
     const ChannelAcc acc = parts.row(t);
@@ -136,7 +139,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
     const float* gate = cap + b * C;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t off = (b * P + p) * C;
-      acc.add(hp + off, float(p));
+      acc.add(hp + off);
       Vec vs(0.f);
       int64_t c = 0;
       for (; c + kVec <= C; c += kVec)
@@ -149,8 +152,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
     }
   });
   Tensor sum = at::empty({d.B, C}, opts), mx = at::empty({d.B, C}, opts);
-  Tensor argp = at::empty({d.B, C}, at::TensorOptions().dtype(at::kLong));
-  parts.combine(d.B, per, sum.data_ptr<float>(), mx.data_ptr<float>(), argp.data_ptr<int64_t>());
+  Tensor ties = at::empty({d.B, C}, opts);
+  parts.combine(d.B, per, sum.data_ptr<float>(), mx.data_ptr<float>(), ties.data_ptr<float>());
   const Tensor avg = sum.mul_(1.0 / double(P));
 
   const Tensor saw = float_contig(sa_weight);
@@ -158,25 +161,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
   spatial_gate_backward(dprep, pooled.data_ptr<float>(), saw.data_ptr<float>(), saw.size(-1), d,
                         dpooled.data_ptr<float>(), dsaw.data_ptr<float>());
   const float* dpp = dpooled.data_ptr<float>();
-  const int32_t* acp = argc.data_ptr<int32_t>();
+  const float *plp = pooled.data_ptr<float>(), *ptp = pties.data_ptr<float>();
   const float inv_c = 1.f / float(C);
+  // du at one pixel's channels [c, c + kVec): u tied at the pixel's max gets share of dmax_c.
+  auto du_vec = [](const Vec& g, const Vec& u, float s, float dmean, float umax, float share) {
+    return at::vec::fmadd(u.eq(Vec(umax)), Vec(share), at::vec::fmadd(g, Vec(s), Vec(dmean)));
+  };
+  auto du_one = [](float g, float u, float s, float dmean, float umax, float share) {
+    return g * s + dmean + (u == umax ? share : 0.f);
+  };
 
   // Pass B: dca[b, c] = sum_p du * h.
   ChannelPartials dparts(d.B * per, C);
   for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
     float* dca = dparts.row(t).sum;
     for (int64_t c = 0; c < C; ++c) dca[c] = 0.f;
+    const float* gate = cap + b * C;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t off = (b * P + p) * C, q = b * P + p;
-      const float s = sap[q], dmean = dpp[b * 2 * P + p] * inv_c, dmaxc = dpp[(b * 2 + 1) * P + p];
-      const Vec vs(s), vm(dmean);
+      const float s = sap[q], dmean = dpp[b * 2 * P + p] * inv_c,
+                  share = dpp[(b * 2 + 1) * P + p] / ptp[q], umax = plp[(b * 2 + 1) * P + p];
       int64_t c = 0;
       for (; c + kVec <= C; c += kVec) {
-        const Vec du = at::vec::fmadd(Vec::loadu(gp + off + c), vs, vm);
-        at::vec::fmadd(du, Vec::loadu(hp + off + c), Vec::loadu(dca + c)).store(dca + c);
+        const Vec hv = Vec::loadu(hp + off + c);
+        const Vec du = du_vec(Vec::loadu(gp + off + c), hv * Vec::loadu(gate + c), s, dmean, umax,
+                              share);
+        at::vec::fmadd(du, hv, Vec::loadu(dca + c)).store(dca + c);
       }
-      for (; c < C; ++c) dca[c] += (gp[off + c] * s + dmean) * hp[off + c];
-      dca[acp[q]] += dmaxc * hp[off + acp[q]];
+      for (; c < C; ++c)
+        dca[c] += du_one(gp[off + c], hp[off + c] * gate[c], s, dmean, umax, share) * hp[off + c];
     }
   });
   Tensor dca = at::empty({d.B, C}, opts);
@@ -196,26 +209,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
   // Pass C: dh.
   Tensor dh = empty_nhwc(d.B, C, d.H, d.W);
   float* dhp = dh.data_ptr<float>();
-  const float *davp = davg.data_ptr<float>(), *dmxp = dmx.data_ptr<float>();
+  // The channel max's gradient, split evenly among the pixels tied at it.
+  const Tensor mshare = dmx.div(ties).contiguous();
+  const float *davp = davg.data_ptr<float>(), *mxp = mx.data_ptr<float>(),
+              *msp = mshare.data_ptr<float>();
   for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
-    const float *gate = cap + b * C, *dav = davp + b * C;
+    const float *gate = cap + b * C, *dav = davp + b * C, *cmax = mxp + b * C, *cms = msp + b * C;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t off = (b * P + p) * C, q = b * P + p;
-      const float s = sap[q], dmean = dpp[b * 2 * P + p] * inv_c, dmaxc = dpp[(b * 2 + 1) * P + p];
-      const Vec vs(s), vm(dmean);
+      const float s = sap[q], dmean = dpp[b * 2 * P + p] * inv_c,
+                  share = dpp[(b * 2 + 1) * P + p] / ptp[q], umax = plp[(b * 2 + 1) * P + p];
       int64_t c = 0;
       for (; c + kVec <= C; c += kVec) {
-        const Vec gv = Vec::loadu(gp + off + c);
-        const Vec du = at::vec::fmadd(gv, vs, vm);
-        (gv + at::vec::fmadd(du, Vec::loadu(gate + c), Vec::loadu(dav + c))).store(dhp + off + c);
+        const Vec gv = Vec::loadu(gp + off + c), hv = Vec::loadu(hp + off + c);
+        const Vec gate_v = Vec::loadu(gate + c);
+        const Vec du = du_vec(gv, hv * gate_v, s, dmean, umax, share);
+        const Vec tied = at::vec::fmadd(hv.eq(Vec::loadu(cmax + c)), Vec::loadu(cms + c),
+                                        Vec::loadu(dav + c));
+        (gv + at::vec::fmadd(du, gate_v, tied)).store(dhp + off + c);
       }
-      for (; c < C; ++c) dhp[off + c] = gp[off + c] + (gp[off + c] * s + dmean) * gate[c] + dav[c];
-      dhp[off + acp[q]] += dmaxc * gate[acp[q]];
+      for (; c < C; ++c) {
+        const float du = du_one(gp[off + c], hp[off + c] * gate[c], s, dmean, umax, share);
+        const float tied = hp[off + c] == cmax[c] ? cms[c] : 0.f;
+        dhp[off + c] = gp[off + c] + du * gate[c] + dav[c] + tied;
+      }
     }
   });
-  const int64_t* app = argp.data_ptr<int64_t>();
-  for (int64_t b = 0; b < d.B; ++b)
-    for (int64_t c = 0; c < C; ++c) dhp[(b * P + app[b * C + c]) * C + c] += dmxp[b * C + c];
 
   return {like_input(dh, h_in), gate.fc1.view(fc1.sizes()).to(fc1.scalar_type()),
           gate.fc2.view(fc2.sizes()).to(fc2.scalar_type()), dsaw.to(sa_weight.scalar_type())};

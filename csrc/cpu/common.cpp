@@ -1,7 +1,9 @@
 #include "cpu/common.h"
 
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
 
 #include <limits>
 
@@ -45,30 +47,37 @@ at::Tensor like_input(const at::Tensor& r, const at::Tensor& x) {
   return r.to(x.scalar_type(), false, false, fmt).contiguous(fmt);
 }
 
+void round_to(at::ScalarType dtype, float* v, int64_t n) {
+  if (dtype == at::kBFloat16)
+    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(c10::BFloat16(v[i]));
+  else if (dtype == at::kHalf)
+    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(c10::Half(v[i]));
+}
+
 void ChannelAcc::reset() const {
   for (int64_t c = 0; c < C; ++c) {
     sum[c] = 0.f;
     max[c] = -std::numeric_limits<float>::infinity();
-    arg[c] = 0.f;
+    ties[c] = 0.f;
   }
 }
 
-void ChannelAcc::add(const float* v, float pixel) const {
+void ChannelAcc::add(const float* v) const {
   int64_t c = 0;
-  const Vec pv(pixel);
   for (; c + kVec <= C; c += kVec) {
-    const Vec x = Vec::loadu(v + c);
+    const Vec x = Vec::loadu(v + c), m = Vec::loadu(max + c);
     (Vec::loadu(sum + c) + x).store(sum + c);
-    const Vec m = Vec::loadu(max + c);
-    const Vec gt = x > m;
-    Vec::blendv(m, x, gt).store(max + c);
-    Vec::blendv(Vec::loadu(arg + c), pv, gt).store(arg + c);
+    // a new max restarts the count at 1; a tie adds 1 (eq() is 1.0 where equal, else 0.0)
+    Vec::blendv(Vec::loadu(ties + c) + x.eq(m), Vec(1.f), x > m).store(ties + c);
+    Vec::blendv(m, x, x > m).store(max + c);
   }
   for (; c < C; ++c) {
     sum[c] += v[c];
     if (v[c] > max[c]) {
       max[c] = v[c];
-      arg[c] = pixel;
+      ties[c] = 1.f;
+    } else if (v[c] == max[c]) {
+      ties[c] += 1.f;
     }
   }
 }
@@ -82,26 +91,28 @@ ChannelAcc ChannelPartials::row(int64_t task) const {
 }
 
 void ChannelPartials::combine(int64_t B, int64_t per, float* sum, float* max,
-                              int64_t* arg) const {
+                              float* ties) const {
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t c = 0; c < C; ++c) {
-      float s = 0.f, m = -std::numeric_limits<float>::infinity(), a = 0.f;
+      float s = 0.f, m = -std::numeric_limits<float>::infinity(), n = 0.f;
       for (int64_t t = b * per; t < (b + 1) * per; ++t) {
         const ChannelAcc r = row(t);
         s += r.sum[c];
         if (r.max[c] > m) {
           m = r.max[c];
-          a = r.arg[c];
+          n = r.ties[c];
+        } else if (r.max[c] == m) {
+          n += r.ties[c];
         }
       }
       if (sum) sum[b * C + c] = s;
       if (max) max[b * C + c] = m;
-      if (arg) arg[b * C + c] = static_cast<int64_t>(a);
+      if (ties) ties[b * C + c] = n;
     }
   }
 }
 
-void channel_pool(const float* h, const float* ca, Dims d, float* pooled, int32_t* argc) {
+void channel_pool(const float* h, const float* ca, Dims d, float* pooled, float* ties) {
   const int64_t C = d.C;
   const float inv_c = 1.f / float(C);
   for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
@@ -135,15 +146,10 @@ void channel_pool(const float* h, const float* ca, Dims d, float* pooled, int32_
       }
       mean_out[p] = s * inv_c;
       max_out[p] = m;
-      if (argc) {  // first channel holding the max (rare ties resolve to the lowest channel)
-        int32_t a = 0;
-        for (int64_t cc = 0; cc < C; ++cc) {
-          if (row[cc] * g[cc] == m) {
-            a = static_cast<int32_t>(cc);
-            break;
-          }
-        }
-        argc[b * d.P + p] = a;
+      if (ties) {
+        float n = 0.f;
+        for (int64_t cc = 0; cc < C; ++cc) n += row[cc] * g[cc] == m ? 1.f : 0.f;
+        ties[b * d.P + p] = n;
       }
     }
   });

@@ -37,6 +37,8 @@ at::Tensor empty_nhwc(int64_t B, int64_t C, int64_t H, int64_t W);
 bool wants_channels_last(const at::Tensor& x);
 // A float32 channels_last result in the dtype and memory format the op returns for input x.
 at::Tensor like_input(const at::Tensor& r, const at::Tensor& x);
+// v[0, n) rounded to dtype (kept as float32): what a tensor of that dtype would store.
+void round_to(at::ScalarType dtype, float* v, int64_t n);
 
 inline float gelu(float z) { return 0.5f * z * (1.f + std::erf(z * float(M_SQRT1_2))); }
 inline Vec gelu(const Vec& z) {
@@ -53,23 +55,24 @@ inline Vec gelu_grad(const Vec& z) {
 }
 inline float sigmoid(float z) { return 1.f / (1.f + std::exp(-z)); }
 
-// Task-local per-channel running sum, max and first argmax (pixel index, as float).
+// Task-local per-channel running sum, max and number of values tied at the max (torch.amax
+// splits its gradient evenly among them); NaN values are left out of the max.
 struct ChannelAcc {
   float* sum;
   float* max;
-  float* arg;
+  float* ties;
   int64_t C;
   void reset() const;
-  void add(const float* v, float pixel) const;  // one pixel's C values
+  void add(const float* v) const;  // one pixel's C values
 };
 
 // Per-task partial statistics: `tasks` rows of ChannelAcc, combined per image in task order.
 struct ChannelPartials {
   ChannelPartials(int64_t tasks, int64_t C);
   ChannelAcc row(int64_t task) const;
-  // Images own consecutive runs of tasks_per_image tasks; writes B x C sum, max, argmax (any may
-  // be null). The first maximum in pixel order wins.
-  void combine(int64_t B, int64_t tasks_per_image, float* sum, float* max, int64_t* arg) const;
+  // Images own consecutive runs of tasks_per_image tasks; writes B x C sum, max, ties (any may
+  // be null).
+  void combine(int64_t B, int64_t tasks_per_image, float* sum, float* max, float* ties) const;
   at::Tensor buf;
   int64_t C;
 };
@@ -80,8 +83,9 @@ void for_pixel_chunks(int64_t B, int64_t P, const F& fn);
 int64_t chunks_per_image(int64_t P);
 
 // CBAM pieces on float32 B x P x C data.
-// pooled[b, 0|1, p] = mean|max over c of h[b, p, c] * ca[b, c]   (pooled: B x 2 x H x W).
-void channel_pool(const float* h, const float* ca, Dims d, float* pooled, int32_t* argc);
+// pooled[b, 0|1, p] = mean|max over c of u = h[b, p, c] * ca[b, c]   (pooled: B x 2 x H x W);
+// ties (when not null, B x H*W): the number of channels whose u equals the max.
+void channel_pool(const float* h, const float* ca, Dims d, float* pooled, float* ties);
 // sa[b, p] = sigmoid(conv_kxk(pooled)[b, p]) with sa_weight 1 x 2 x k x k (float32 contiguous).
 void spatial_gate(const float* pooled, const float* w, int64_t k, Dims d, float* sa);
 

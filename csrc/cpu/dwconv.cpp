@@ -62,15 +62,15 @@ void check_channel_vec(const char* op, const char* name, const Tensor& t, int64_
   TORCH_CHECK(t.size(0) == C, op, ": expected ", name, " of shape (", C, "), got ", t.sizes());
 }
 
-// Converts combined B x C statistics to the op's outputs (avg, max in x's dtype; argmax int64).
+// Converts combined B x C statistics to the op's outputs (avg, max in x's dtype; ties float32).
 std::tuple<Tensor, Tensor, Tensor> stats_outputs(const ChannelPartials& parts, Dims d,
                                                  at::ScalarType dtype) {
   const auto opts = at::TensorOptions().dtype(at::kFloat);
   Tensor sum = at::empty({d.B, d.C}, opts), mx = at::empty({d.B, d.C}, opts);
-  Tensor arg = at::empty({d.B, d.C}, at::TensorOptions().dtype(at::kLong));
+  Tensor ties = at::empty({d.B, d.C}, opts);
   parts.combine(d.B, chunks_per_image(d.P), sum.data_ptr<float>(), mx.data_ptr<float>(),
-                arg.data_ptr<int64_t>());
-  return {sum.mul_(1.0 / double(d.P)).to(dtype), mx.to(dtype), arg};
+                ties.data_ptr<float>());
+  return {sum.mul_(1.0 / double(d.P)).to(dtype), mx.to(dtype), ties};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_in,
@@ -88,15 +88,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_i
   Tensor y = empty_nhwc(d.B, d.C, d.H, d.W);
   ChannelPartials parts(d.B * chunks_per_image(d.P), d.C);
   dwconv_affine_gelu(x.data_ptr<float>(), wt.data_ptr<float>(), sc.data_ptr<float>(),
-                     sh.data_ptr<float>(), w.size(-1), d, y.data_ptr<float>(), parts);
-  auto [avg, mx, arg] = stats_outputs(parts, d, x_in.scalar_type());
-  return {like_input(y, x_in), avg, mx, arg};
+                     sh.data_ptr<float>(), w.size(-1), d, x_in.scalar_type(), y.data_ptr<float>(),
+                     parts);
+  auto [avg, mx, ties] = stats_outputs(parts, d, x_in.scalar_type());
+  return {like_input(y, x_in), avg, mx, ties};
 }
 
 }  // namespace
 
 void dwconv_affine_gelu(const float* x, const float* wt, const float* scale, const float* shift,
-                        int64_t k, Dims d, float* y, const ChannelPartials& parts) {
+                        int64_t k, Dims d, at::ScalarType stored, float* y,
+                        const ChannelPartials& parts) {
   const int64_t C = d.C;
   for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
     const ChannelAcc acc = parts.row(t);
@@ -116,7 +118,8 @@ void dwconv_affine_gelu(const float* x, const float* wt, const float* scale, con
         for (; c + kVec <= C; c += kVec) gelu(Vec::loadu(out + c)).store(out + c);
         for (; c < C; ++c) out[c] = gelu(out[c]);
       }
-      acc.add(out, float(p));
+      round_to(stored, out, C);
+      acc.add(out);
     }
   });
 }
@@ -237,14 +240,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
         gelu(at::vec::fmadd(Vec::loadu(cp + off + c), Vec::loadu(scp + c), Vec::loadu(shp + c)))
             .store(yp + off + c);
       for (; c < C; ++c) yp[off + c] = gelu(cp[off + c] * scp[c] + shp[c]);
-      acc.add(yp + off, float(p));
+      round_to(x_in.scalar_type(), yp + off, C);
+      acc.add(yp + off);
     }
   });
-  auto [avg, mx, arg] = stats_outputs(parts, d, x_in.scalar_type());
-  return {like_input(y, x_in), avg, mx, arg, conv, mean, var};
+  auto [avg, mx, ties] = stats_outputs(parts, d, x_in.scalar_type());
+  return {like_input(y, x_in), avg, mx, ties, conv, mean, var};
 }
 
-// dz = (gy + gavg / P + [p == argmax] gmax) * GELU'(conv * scale + shift); then
+// dz = (gy + gavg / P + [y == max] gmax / ties) * GELU'(conv * scale + shift); then
 // eval: dconv = dz * scale, dscale = sum dz * conv, dshift = sum dz;
 // train: dconv = scale * (dz - mean(dz) - xhat * mean(dz * xhat)), dgamma = sum dz * xhat,
 //        dbeta = sum dz, xhat = (conv - mean) * invstd.
@@ -252,7 +256,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
     const std::optional<Tensor>& grad_y, const std::optional<Tensor>& grad_avg,
     const std::optional<Tensor>& grad_max, const Tensor& x_in, const Tensor& w,
     const std::optional<Tensor>& conv_in, const Tensor& scale_in, const Tensor& shift_in,
-    const Tensor& argmax, const std::optional<Tensor>& mean_in,
+    const Tensor& y_in, const Tensor& max_in, const Tensor& ties_in,
+    const std::optional<Tensor>& mean_in,
     const std::optional<Tensor>& invstd_in) {
   const NoAutocast no_autocast;
   const char* op = "hdkd::dwconv_bn_gelu_backward";
@@ -262,6 +267,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   const int64_t C = d.C, P = d.P, tasks = d.B * chunks_per_image(P);
   check_channel_vec(op, "scale", scale_in, C);
   check_channel_vec(op, "shift", shift_in, C);
+  check_input(op, "y", y_in, 4);
+  TORCH_CHECK(y_in.sizes() == x_in.sizes(), op, ": expected y of shape ", x_in.sizes(), ", got ",
+              y_in.sizes());
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"max", max_in},
+                                {"ties", ties_in}}) {
+    check_input(op, name, t, 2);
+    TORCH_CHECK(t.size(0) == d.B && t.size(1) == C, op, ": expected ", name, " of shape (", d.B,
+                ", ", C, "), got ", t.sizes());
+  }
   const bool train = mean_in.has_value() && mean_in->defined();
   TORCH_CHECK(train == (invstd_in.has_value() && invstd_in->defined()), op,
               ": expected mean and invstd both given (train) or both None (eval)");
@@ -287,6 +301,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   const float* gyp = gy.defined() ? gy.data_ptr<float>() : nullptr;
   const float* gap = gavg.defined() ? gavg.data_ptr<float>() : nullptr;
   const float inv_p = 1.f / float(P);
+  // The max's gradient, split evenly among the pixels whose stored y equals the stored max.
+  Tensor y, ymax, share;
+  if (gmax.defined()) {
+    y = nhwc_float(y_in);
+    ymax = float_contig(max_in);
+    share = gmax.div(float_contig(ties_in)).contiguous();
+  }
+  const float* yp = y.defined() ? y.data_ptr<float>() : nullptr;
+  const float* ymp = y.defined() ? ymax.data_ptr<float>() : nullptr;
+  const float* shrp = y.defined() ? share.data_ptr<float>() : nullptr;
 
   Tensor dz = empty_nhwc(d.B, C, d.H, d.W);
   float* dzp = dz.data_ptr<float>();
@@ -300,6 +324,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
       for (; c + kVec <= C; c += kVec) {
         Vec base = gyp ? Vec::loadu(gyp + off + c) : Vec(0.f);
         if (gap) base = at::vec::fmadd(Vec::loadu(gap + b * C + c), Vec(inv_p), base);
+        if (yp)
+          base = at::vec::fmadd(Vec::loadu(yp + off + c).eq(Vec::loadu(ymp + b * C + c)),
+                                Vec::loadu(shrp + b * C + c), base);
         const Vec cv = Vec::loadu(cp + off + c);
         const Vec g =
             base * gelu_grad(at::vec::fmadd(cv, Vec::loadu(scp + c), Vec::loadu(shp + c)));
@@ -310,6 +337,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
       for (; c < C; ++c) {
         float base = gyp ? gyp[off + c] : 0.f;
         if (gap) base += gap[b * C + c] * inv_p;
+        if (yp && yp[off + c] == ymp[b * C + c]) base += shrp[b * C + c];
         const float g = base * gelu_grad(cp[off + c] * scp[c] + shp[c]);
         dzp[off + c] = g;
         acc.sum[c] += g;
@@ -317,21 +345,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
       }
     }
   });
-  Tensor dsum = total(parts, tasks, 0), dsumc = total(parts, tasks, 1);
-  if (gmax.defined()) {  // the max's gradient flows to its argmax pixel
-    const Tensor arg = argmax.to(at::kLong).contiguous();
-    const int64_t* ap = arg.data_ptr<int64_t>();
-    const float* gmp = gmax.data_ptr<float>();
-    float *ds = dsum.data_ptr<float>(), *dsc = dsumc.data_ptr<float>();
-    for (int64_t b = 0; b < d.B; ++b)
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t off = (b * P + ap[b * C + c]) * C + c;
-        const float add = gmp[b * C + c] * gelu_grad(cp[off] * scp[c] + shp[c]);
-        dzp[off] += add;
-        ds[c] += add;
-        dsc[c] += add * cp[off];
-      }
-  }
+  const Tensor dsum = total(parts, tasks, 0), dsumc = total(parts, tasks, 1);
   Tensor dscale, dshift = dsum;
   Tensor mean, invstd, k1;  // train: dconv = scale * dz - (scale*mean(dz) + k1 * (conv - mean))
   if (train) {

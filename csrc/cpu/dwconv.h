@@ -5,10 +5,12 @@
 
 namespace hdkd::cpu {
 
-// y = GELU(conv(x, w) * scale + shift) (scale may be null: 1) and per-channel statistics of y
-// in `parts` (one row per for_pixel_chunks task). wt: k*k x C (tap-major), x, y: B x P x C.
+// y = GELU(conv(x, w) * scale + shift) (scale may be null: 1), rounded to the dtype y will be
+// stored in, and per-channel statistics of y in `parts` (one row per for_pixel_chunks task).
+// wt: k*k x C (tap-major), x, y: B x P x C.
 void dwconv_affine_gelu(const float* x, const float* wt, const float* scale, const float* shift,
-                        int64_t k, Dims d, float* y, const ChannelPartials& parts);
+                        int64_t k, Dims d, at::ScalarType stored, float* y,
+                        const ChannelPartials& parts);
 
 // w (C x 1 x k x k, any dtype) as the k*k x C float32 tap-major table.
 at::Tensor tap_major(const at::Tensor& w);

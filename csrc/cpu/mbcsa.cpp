@@ -91,7 +91,7 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
   Tensor dbuf = at::empty({rows, hid}, opts);
   ChannelPartials parts(B * chunks_per_image(d.P), hid);
   dwconv_affine_gelu(e.data_ptr<float>(), wt.data_ptr<float>(), nullptr, bd.data_ptr<float>(), k,
-                     d, dbuf.data_ptr<float>(), parts);
+                     d, at::kFloat, dbuf.data_ptr<float>(), parts);
   Tensor sum = at::empty({B, hid}, opts), mx = at::empty({B, hid}, opts);
   parts.combine(B, chunks_per_image(d.P), sum.data_ptr<float>(), mx.data_ptr<float>(), nullptr);
   const Tensor ca = channel_gate(sum.mul_(1.0 / double(d.P)), mx, fc1, fc2);

@@ -37,8 +37,11 @@ std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h, const Tensor& fc
 }
 
 // Backward. With u = h * ca and s = sa(u):
-//   du = g * s + dmean / C + [c == argmax_c u] * dmax_c   (dmean, dmax_c: grads of the pooled map)
-//   dh = g + du * ca + davg / P + [p == argmax_p h] * dmx (davg, dmx: grads of the channel stats)
+//   du = g * s + dmean / C + [u == max_c u] * dmax_c / ties_c   (dmean, dmax_c: grads of the
+//                                                                 pooled map)
+//   dh = g + du * ca + davg / P + [h == max_p h] * dmx / ties_p   (davg, dmx: grads of the
+//                                                                 channel stats)
+// A max's gradient is split evenly among the values tied at it, as torch.amax does.
 std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, const Tensor& h,
                                                         const Tensor& fc1, const Tensor& fc2,
                                                         const Tensor& sa_weight,
@@ -59,9 +62,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
 
   const ChannelStats stats = channel_stats(h);
   const Tensor avg = stats.sum.div(double(P));
-  Tensor argc_t = at::empty({B, P}, h.options().dtype(at::kInt));
-  int32_t* argc = argc_t.data_ptr<int32_t>();
-  const Tensor pooled = channel_pool(h, ca, argc);
+  Tensor pties_t = at::empty({B, P}, ca.options());
+  const float* pties = pties_t.data_ptr<float>();
+  const Tensor pooled = channel_pool(h, ca, pties_t.data_ptr<float>());
   const float* pp = pooled.data_ptr<float>();
 
   // dpre = d(sum_c g * u * s)/d(conv output) = (sum_c g * u) * s * (1 - s), per pixel.
@@ -105,9 +108,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
     const scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad.data_ptr<scalar_t>();
     dca = sum_terms(B * C, P, [=] HDKD_HD(int64_t j, int64_t p) {
       const int64_t b = j / C, c = j % C, q = b * P + p;
+      const float hv = static_cast<float>(hp[lh.at(b, c, p)]);
       float du = static_cast<float>(gp[lg.at(b, c, p)]) * sap[q] + dpooled[b * 2 * P + p] * inv_c;
-      if (argc[q] == c) du += dpooled[(b * 2 + 1) * P + p];
-      return du * static_cast<float>(hp[lh.at(b, c, p)]);
+      if (hv * cap[j] == pp[(b * 2 + 1) * P + p]) du += dpooled[(b * 2 + 1) * P + p] / pties[q];
+      return du * hv;
     }, h).view({B, C});
   });
 
@@ -117,19 +121,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
   Tensor dh = empty_like_input(h, h.sizes(), h.scalar_type());
   const Layout ld = layout_of(dh);
   const float *davp = davg.data_ptr<float>(), *dmxp = dmx.data_ptr<float>();
-  const int64_t* argp = stats.argmax.data_ptr<int64_t>();
+  const float *mxp = stats.max.data_ptr<float>(), *tiesp = stats.ties.data_ptr<float>();
   HDKD_DISPATCH(h.scalar_type(), "hdkd_csa_backward_dh", [&] {
-    const scalar_t* gp = grad.data_ptr<scalar_t>();
+    const scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad.data_ptr<scalar_t>();
     scalar_t* out = dh.data_ptr<scalar_t>();
     for_each_index(B * C * P, [=] HDKD_HD(int64_t i) {
       int64_t b, c, p;
       ld.unravel(i, b, c, p);
       const int64_t q = b * P + p, j = b * C + c;
       const float g = static_cast<float>(gp[lg.at(b, c, p)]);
+      const float hv = static_cast<float>(hp[lh.at(b, c, p)]);
       float du = g * sap[q] + dpooled[b * 2 * P + p] * inv_c;
-      if (argc[q] == c) du += dpooled[(b * 2 + 1) * P + p];
+      if (hv * cap[j] == pp[(b * 2 + 1) * P + p]) du += dpooled[(b * 2 + 1) * P + p] / pties[q];
       float v = g + du * cap[j] + davp[j];
-      if (argp[j] == p) v += dmxp[j];
+      if (hv == mxp[j]) v += dmxp[j] / tiesp[j];
       out[ld.at(b, c, p)] = static_cast<scalar_t>(v);
     });
   });

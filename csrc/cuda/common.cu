@@ -63,7 +63,7 @@ ChannelStats channel_stats(const Tensor& t) {
   return out;
 }
 
-Tensor channel_pool(const Tensor& h, const Tensor& ca, int32_t* argc) {
+Tensor channel_pool(const Tensor& h, const Tensor& ca, float* ties) {
   const Layout l = layout_of(h);
   const int64_t P = l.P();
   Tensor pooled = at::empty({l.B, 2, l.H, l.W}, h.options().dtype(at::kFloat));
@@ -73,19 +73,15 @@ Tensor channel_pool(const Tensor& h, const Tensor& ca, int32_t* argc) {
     const scalar_t* src = h.data_ptr<scalar_t>();
     for_each_index(l.B * P, [=] HDKD_HD(int64_t i) {
       const int64_t b = i / P, p = i % P;
-      float sum = 0.f, mx = -INFINITY;
-      int32_t arg = 0;
+      float sum = 0.f, mx = -INFINITY, n = 0.f;
       for (int64_t c = 0; c < l.C; ++c) {
         const float u = static_cast<float>(src[l.at(b, c, p)]) * gate[b * l.C + c];
         sum += u;
-        if (u > mx) {
-          mx = u;
-          arg = static_cast<int32_t>(c);
-        }
+        max_with_ties(u, 1.f, mx, n);
       }
       out[b * 2 * P + p] = sum / float(l.C);
       out[(b * 2 + 1) * P + p] = mx;
-      if (argc) argc[i] = arg;
+      if (ties) ties[i] = n;
     });
   });
   return pooled;

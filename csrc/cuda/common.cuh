@@ -136,10 +136,11 @@ constexpr int64_t kChunk = 256;
 template <class Term>
 Tensor sum_terms(int64_t m, int64_t n, const Term& term, const Tensor& like);
 
-// Per-(b, c) sum, max and first argmax (pixel index) over the H*W pixels, float32 / int64 B x C:
-// of t's values, or of value(b, c, p) (a float32 value before any rounding to t's dtype).
+// Per-(b, c) sum, max and the number of pixels equal to the max (torch.amax splits its gradient
+// evenly among them), over the H*W pixels, float32 B x C: of t's values, or of value(b, c, p).
+// NaN values are left out of the max.
 struct ChannelStats {
-  Tensor sum, max, argmax;
+  Tensor sum, max, ties;
 };
 ChannelStats channel_stats(const Tensor& t);
 template <class Value>
@@ -147,9 +148,10 @@ ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t P, const Value& valu
                               const Tensor& like);
 
 // The CBAM gates on h (B x C x H x W, any layout and dtype), ca B x C float32:
-//   pooled[b, 0|1, p] = mean|max over c of h * ca (argc: first argmax channel, when not null);
+//   pooled[b, 0|1, p] = mean|max over c of u = h * ca (ties, when not null: B x H*W, the number of
+//   channels whose u equals the max);
 //   sa[b, p] = sigmoid(conv_kxk(pooled)) with sa_weight 1 x 2 x k x k.
-Tensor channel_pool(const Tensor& h, const Tensor& ca, int32_t* argc);
+Tensor channel_pool(const Tensor& h, const Tensor& ca, float* ties);
 Tensor spatial_gate(const Tensor& pooled, const Tensor& sa_weight);  // -> B x H x W float32
 // h * (ca * sa + 1) into out (both laid out as described, may alias).
 void apply_gates(const Tensor& h, const Tensor& ca, const Tensor& sa, const Tensor& out);
@@ -175,49 +177,50 @@ Tensor sum_terms(int64_t m, int64_t n, const Term& term, const Tensor& like) {
   return out;
 }
 
+// Folds (v_max, v_ties) into the running (mx, ties).
+HDKD_HD inline void max_with_ties(float v_max, float v_ties, float& mx, float& ties) {
+  if (v_max > mx) {
+    mx = v_max;
+    ties = v_ties;
+  } else if (v_max == mx) {
+    ties += v_ties;
+  }
+}
+
 template <class Value>
 ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t P, const Value& value,
                               const Tensor& like) {
   const int64_t m = B * C, chunks = std::max<int64_t>((P + kChunk - 1) / kChunk, 1);
-  const auto f32 = like.options().dtype(at::kFloat), i64 = like.options().dtype(at::kLong);
-  Tensor psum = at::empty({chunks * m}, f32), pmax = at::empty({chunks * m}, f32);
-  Tensor parg = at::empty({chunks * m}, i64);
-  float *ps = psum.data_ptr<float>(), *pm = pmax.data_ptr<float>();
-  int64_t* pa = parg.data_ptr<int64_t>();
+  const auto f32 = like.options().dtype(at::kFloat);
+  Tensor partial = at::empty({3, chunks * m}, f32);
+  float* ps = partial.data_ptr<float>();
+  float *pm = ps + chunks * m, *pt = pm + chunks * m;
   for_each_index(chunks * m, [=] HDKD_HD(int64_t i) {
     const int64_t j = i % m, b = j / C, c = j % C, p0 = (i / m) * kChunk;
     const int64_t p1 = p0 + kChunk < P ? p0 + kChunk : P;
-    float sum = 0.f, mx = -INFINITY;
-    int64_t arg = p0;
+    float sum = 0.f, mx = -INFINITY, ties = 0.f;
     for (int64_t p = p0; p < p1; ++p) {
       const float v = value(b, c, p);
       sum += v;
-      if (v > mx) {
-        mx = v;
-        arg = p;
-      }
+      max_with_ties(v, 1.f, mx, ties);
     }
     ps[i] = sum;
     pm[i] = mx;
-    pa[i] = arg;
+    pt[i] = ties;
   });
-  ChannelStats out{at::empty({B, C}, f32), at::empty({B, C}, f32), at::empty({B, C}, i64)};
+  ChannelStats out{at::empty({B, C}, f32), at::empty({B, C}, f32), at::empty({B, C}, f32)};
   float *os = out.sum.data_ptr<float>(), *om = out.max.data_ptr<float>();
-  int64_t* oa = out.argmax.data_ptr<int64_t>();
+  float* ot = out.ties.data_ptr<float>();
   for_each_index(m, [=] HDKD_HD(int64_t j) {
-    float sum = 0.f, mx = -INFINITY;
-    int64_t arg = 0;
+    float sum = 0.f, mx = -INFINITY, ties = 0.f;
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const int64_t i = ch * m + j;
       sum += ps[i];
-      if (pm[i] > mx) {  // strictly greater: the first maximum in pixel order wins
-        mx = pm[i];
-        arg = pa[i];
-      }
+      max_with_ties(pm[i], pt[i], mx, ties);
     }
     os[j] = sum;
     om[j] = mx;
-    oa[j] = arg;
+    ot[j] = ties;
   });
   return out;
 }

@@ -58,10 +58,10 @@ Tensor in_format_of(const Tensor& r, const Tensor& x_in) {
   return wants_channels_last(x_in) ? r : r.contiguous();
 }
 
-// Statistics as the ops return them: avg and max in the input dtype, argmax int64.
+// Statistics as the ops return them: avg and max in the input dtype, ties float32.
 std::tuple<Tensor, Tensor, Tensor> stats_outputs(const ChannelStats& s, const Tensor& x) {
   const double P = double(x.size(2) * x.size(3));
-  return {s.sum.div(P).to(x.scalar_type()), s.max.to(x.scalar_type()), s.argmax};
+  return {s.sum.div(P).to(x.scalar_type()), s.max.to(x.scalar_type()), s.ties};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_in,
@@ -76,8 +76,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_i
   const Tensor x = nhwc(x_in);
   Tensor y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
   const ChannelStats stats = dwconv_and_stats(x, w, as_float(scale), as_float(shift), true, y);
-  auto [avg, mx, arg] = stats_outputs(stats, x);
-  return {in_format_of(y, x_in), avg, mx, arg};
+  auto [avg, mx, ties] = stats_outputs(stats, x);
+  return {in_format_of(y, x_in), avg, mx, ties};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_train(
@@ -110,13 +110,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
     // y written by the statistics pass: each (b, c, p) has exactly one owner
     stats = channel_stats_of(B, C, P, [=] HDKD_HD(int64_t b, int64_t c, int64_t p) {
       const int64_t off = (b * P + p) * C + c;
-      const float v = gelu(cp[off] * scp[c] + shp[c]);
-      yp[off] = static_cast<scalar_t>(v);
-      return v;
+      const scalar_t v = static_cast<scalar_t>(gelu(cp[off] * scp[c] + shp[c]));
+      yp[off] = v;
+      return static_cast<float>(v);
     }, x);
   });
-  auto [avg, mx, arg] = stats_outputs(stats, x);
-  return {in_format_of(y, x_in), avg, mx, arg, conv, mean, var};
+  auto [avg, mx, ties] = stats_outputs(stats, x);
+  return {in_format_of(y, x_in), avg, mx, ties, conv, mean, var};
 }
 
 // Partial sums of the weight gradient: thread (chunk of kChunk pixels, channel c) keeps the K*K
@@ -180,7 +180,7 @@ Tensor dw_grad(const Tensor& x, const float* dz, int64_t k) {
   }, x).view({taps, C});
 }
 
-// dz = (gy + gavg / P + [p == argmax] gmax) * GELU'(conv * scale + shift); then
+// dz = (gy + gavg / P + [y == max] gmax / ties) * GELU'(conv * scale + shift); then
 // eval: dconv = dz * scale, dscale = sum dz * conv, dshift = sum dz;
 // train: dconv = scale * (dz - mean(dz) - xhat * mean(dz * xhat)), dgamma = sum dz * xhat,
 //        dbeta = sum dz, xhat = (conv - mean) * invstd.
@@ -188,7 +188,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
     const std::optional<Tensor>& grad_y, const std::optional<Tensor>& grad_avg,
     const std::optional<Tensor>& grad_max, const Tensor& x_in, const Tensor& w,
     const std::optional<Tensor>& conv_in, const Tensor& scale_in, const Tensor& shift_in,
-    const Tensor& argmax_in, const std::optional<Tensor>& mean_in,
+    const Tensor& y_in, const Tensor& max_in, const Tensor& ties_in,
+    const std::optional<Tensor>& mean_in,
     const std::optional<Tensor>& invstd_in) {
   const char* op = "hdkd::dwconv_bn_gelu_backward";
   check_dw(op, x_in, w);
@@ -196,7 +197,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   const int64_t P = H * W, N = B * P;
   check_channel_vec(op, "scale", scale_in, C, x_in);
   check_channel_vec(op, "shift", shift_in, C, x_in);
-  check_sizes(op, "argmax", argmax_in, {B, C}, x_in);
+  check_sizes(op, "y", y_in, x_in.sizes(), x_in);
+  TORCH_CHECK(y_in.scalar_type() == x_in.scalar_type(), op, ": expected y of dtype ",
+              x_in.scalar_type(), ", got ", y_in.scalar_type());
+  check_sizes(op, "max", max_in, {B, C}, x_in);
+  check_sizes(op, "ties", ties_in, {B, C}, x_in);
   auto given = [](const std::optional<Tensor>& t) { return t.has_value() && t->defined(); };
   const bool train = given(mean_in);
   TORCH_CHECK(train == given(invstd_in), op,
@@ -226,11 +231,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   const Tensor scale = as_float(scale_in), shift = as_float(shift_in);
   const Tensor gavg = given(grad_avg) ? as_float(*grad_avg) : Tensor();
   const Tensor gmax = given(grad_max) ? as_float(*grad_max) : Tensor();
-  const Tensor argmax = argmax_in.to(at::kLong).contiguous();
+  const Tensor ymax = as_float(max_in), ties = as_float(ties_in);
   const float *scp = scale.data_ptr<float>(), *shp = shift.data_ptr<float>();
   const float* gap = gavg.defined() ? gavg.data_ptr<float>() : nullptr;
   const float* gmp = gmax.defined() ? gmax.data_ptr<float>() : nullptr;
-  const int64_t* amp = argmax.data_ptr<int64_t>();
+  const float *ymp = ymax.data_ptr<float>(), *tp = ties.data_ptr<float>();
+  const Layout ly = layout_of(y_in);
   const float inv_p = 1.f / float(P);
 
   // dz, then dconv in place: a dense float32 B x P x C buffer, like conv.
@@ -239,11 +245,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   const Tensor gy = given(grad_y) ? nhwc(*grad_y) : Tensor();
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_backward_dz", [&] {
     const scalar_t* gyp = gy.defined() ? gy.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* yp = y_in.data_ptr<scalar_t>();
     for_each_index(N * C, [=] HDKD_HD(int64_t i) {
       const int64_t c = i % C, b = i / (P * C), p = (i / C) % P, j = b * C + c;
       float base = gyp ? static_cast<float>(gyp[i]) : 0.f;
       if (gap) base += gap[j] * inv_p;
-      if (gmp && amp[j] == p) base += gmp[j];
+      if (gmp && static_cast<float>(yp[ly.at(b, c, p)]) == ymp[j]) base += gmp[j] / tp[j];
       dz[i] = base * gelu_grad(cp[i] * scp[c] + shp[c]);
     });
   });
@@ -324,9 +331,9 @@ ChannelStats dwconv_and_stats(const Tensor& x, const Tensor& w, const Tensor& sc
     scalar_t* dst = y.data_ptr<scalar_t>();
     // y written by the statistics pass: each (b, c, p) has exactly one owner
     out = channel_stats_of(ly.B, ly.C, ly.P(), [=] HDKD_HD(int64_t b, int64_t c, int64_t p) {
-      const float v = value(b, c, p);
-      dst[ly.at(b, c, p)] = static_cast<scalar_t>(v);
-      return v;
+      const scalar_t v = static_cast<scalar_t>(value(b, c, p));
+      dst[ly.at(b, c, p)] = v;
+      return static_cast<float>(v);
     }, x);
   });
   return out;

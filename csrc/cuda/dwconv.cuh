@@ -41,8 +41,8 @@ struct DwconvValue {
 // float32, any layout; scale / shift float32 contiguous or undefined.
 void dwconv(const Tensor& x, const Tensor& w, const Tensor& scale, const Tensor& shift,
             bool apply_gelu, const Tensor& y);
-// The same into y (x's dtype), written by the pass that takes the values' channel statistics
-// (of the float32 values, before rounding to y's dtype).
+// The same into y (x's dtype), written by the pass that takes the channel statistics of y as
+// stored (rounded to its dtype, as torch.amax and mean would see it).
 ChannelStats dwconv_and_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
                               const Tensor& shift, bool apply_gelu, const Tensor& y);
 

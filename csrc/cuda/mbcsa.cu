@@ -1,8 +1,8 @@
 // CUDA path of the whole eval-mode MBCSA block (expansion > 1) from BN-folded weights, in the
 // input's dtype (the 1x1 convs are cuBLAS GEMMs on the pixel rows of channels_last buffers):
 //   e = GELU(x[::s, ::s] We^T + be)             GEMM, then GELU in place
-//   d = GELU(dwconv(e, Wd) + bd)                 the depthwise kernel, with d's channel stats
-//                                                (of the float32 values, as the other backends)
+//   d = GELU(dwconv(e, Wd) + bd)                 the depthwise kernel, with the channel stats
+//                                                of d as stored (as the other backends)
 //   d *= ca * sa + 1                             the CBAM gates and residual, in place
 //   out = shortcut(x) + bp + d Wp^T              the project GEMM accumulating into out
 #include <ATen/ops/addmm.h>

@@ -37,7 +37,7 @@ def _csa_backward_fake(grad, h, fc1, fc2, sa, ca, s):
 
 def _dw_stats_fake(x):
     b, c = x.shape[:2]
-    return _new(x, (b, c)), _new(x, (b, c)), _new(x, (b, c), torch.int64)
+    return _new(x, (b, c)), _new(x, (b, c)), _new(x, (b, c), torch.float32)
 
 
 def _dw_eval_fake(x, w, scale, shift):
@@ -52,7 +52,7 @@ def _dw_train_fake(x, w, gamma, beta, eps):
             _new(x, (c,), torch.float32))
 
 
-def _dw_backward_fake(grad_y, grad_avg, grad_max, x, w, conv, scale, shift, argmax, mean,
+def _dw_backward_fake(grad_y, grad_avg, grad_max, x, w, conv, scale, shift, y, mx, ties, mean,
                       invstd):
     return _like(x), _new(w, w.shape), _new(scale, scale.shape), _new(shift, shift.shape)
 
@@ -74,15 +74,17 @@ def _csa_setup(ctx, inputs, output):
 
 def _dw_eval_setup(ctx, inputs, output):
     x, w, scale, shift = inputs
-    ctx.save_for_backward(x, w, scale, shift, output[3])
+    y, _, mx, ties = output
+    ctx.mark_non_differentiable(ties)
+    ctx.save_for_backward(x, w, scale, shift, y, mx, ties)
 
 
 def _dw_train_setup(ctx, inputs, output):
     x, w, gamma, beta, eps = inputs
-    _, _, _, argmax, conv, mean, var = output
-    ctx.mark_non_differentiable(conv, mean, var)
+    y, _, mx, ties, conv, mean, var = output
+    ctx.mark_non_differentiable(ties, conv, mean, var)
     ctx.eps = eps
-    ctx.save_for_backward(x, w, gamma, beta, argmax, conv, mean, var)
+    ctx.save_for_backward(x, w, gamma, beta, y, mx, ties, conv, mean, var)
 
 
 def register(namespace: str = "hdkd") -> None:
@@ -92,19 +94,19 @@ def register(namespace: str = "hdkd") -> None:
     def csa_backward(ctx, grad_out, _grad_ca, _grad_sa):
         return ops.csa_backward(grad_out, *ctx.saved_tensors)
 
-    def dw_eval_backward(ctx, grad_y, grad_avg, grad_max, _grad_arg):
-        x, w, scale, shift, argmax = ctx.saved_tensors
+    def dw_eval_backward(ctx, grad_y, grad_avg, grad_max, _grad_ties):
+        x, w, scale, shift, y, mx, ties = ctx.saved_tensors
         return ops.dwconv_bn_gelu_backward(grad_y, grad_avg, grad_max, x, w, None, scale, shift,
-                                           argmax, None, None)
+                                           y, mx, ties, None, None)
 
-    def dw_train_backward(ctx, grad_y, grad_avg, grad_max, _arg, _conv, _mean, _var):
-        x, w, gamma, beta, argmax, conv, mean, var = ctx.saved_tensors
+    def dw_train_backward(ctx, grad_y, grad_avg, grad_max, _ties, _conv, _mean, _var):
+        x, w, gamma, beta, y, mx, ties, conv, mean, var = ctx.saved_tensors
         invstd = torch.rsqrt(var + ctx.eps)
         scale = gamma.float() * invstd
         shift = beta.float() - mean * scale
         dx, dw, dgamma, dbeta = ops.dwconv_bn_gelu_backward(grad_y, grad_avg, grad_max, x, w,
-                                                            conv, scale, shift, argmax, mean,
-                                                            invstd)
+                                                            conv, scale, shift, y, mx, ties,
+                                                            mean, invstd)
         return dx, dw, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), None
 
     fakes = {"csa_forward": _csa_forward_fake, "csa_backward": _csa_backward_fake,

@@ -36,7 +36,10 @@ def channel_spatial_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
 def dwconv_bn_gelu(x: Tensor, dw_weight: Tensor, bn: BatchNormState, training: bool,
                    momentum: float = 0.1, eps: float = 1e-5, *,
                    backend: Optional[str] = "auto") -> tuple[Tensor, Tensor, Tensor]:
-    """GELU(BN(depthwise kxk conv(x))) and the per-channel average and max of the result."""
+    """GELU(BN(depthwise kxk conv(x))) and the per-channel average and max of the result.
+
+    The statistics are of the result as returned (in x's dtype). As with torch.amax, the max's
+    gradient is split evenly among the pixels tied at it, on every backend."""
     op = "hdkd.dwconv_bn_gelu"
     check_activation(op, "x", x)
     c = x.shape[1]
