@@ -15,8 +15,9 @@ from hdkd.ops import reference as R
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
-# (1, 6, 23, 17): 391 pixels, more than one 256-pixel reduction chunk.
-SHAPES = [(1, 19, 7, 5), (2, 37, 9, 11), (3, 8, 1, 6), (1, 6, 23, 17)]
+# (1, 6, 23, 17): 391 pixels, more than one 256-pixel reduction chunk; (1, 70, 5, 3): more
+# channels than two warps of lanes (the per-pixel channel reductions).
+SHAPES = [(1, 19, 7, 5), (2, 37, 9, 11), (3, 8, 1, 6), (1, 6, 23, 17), (1, 70, 5, 3)]
 
 
 def _cuda_unavailable_reason():

@@ -63,26 +63,44 @@ ChannelStats channel_stats(const Tensor& t) {
   return out;
 }
 
+namespace {
+
+HDKD_HD inline void write_pool(float* out, float* ties, int64_t C, int64_t P, int64_t i,
+                               const SumMaxTies& s) {
+  const int64_t b = i / P, p = i % P;
+  out[b * 2 * P + p] = s.sum / float(C);
+  out[(b * 2 + 1) * P + p] = s.max;
+  if (ties) ties[i] = s.ties;
+}
+
+}  // namespace
+
 Tensor channel_pool(const Tensor& h, const Tensor& ca, float* ties) {
   const Layout l = layout_of(h);
-  const int64_t P = l.P();
+  const int64_t P = l.P(), C = l.C;
   Tensor pooled = at::empty({l.B, 2, l.H, l.W}, h.options().dtype(at::kFloat));
   float* out = pooled.data_ptr<float>();
   const float* gate = ca.data_ptr<float>();
   HDKD_DISPATCH(h.scalar_type(), "hdkd_channel_pool", [&] {
     const scalar_t* src = h.data_ptr<scalar_t>();
-    for_each_index(l.B * P, [=] HDKD_HD(int64_t i) {
-      const int64_t b = i / P, p = i % P;
-      float sum = 0.f, mx = -INFINITY, n = 0.f;
-      for (int64_t c = 0; c < l.C; ++c) {
-        const float u = static_cast<float>(src[l.at(b, c, p)]) * gate[b * l.C + c];
-        sum += u;
-        max_with_ties(u, 1.f, mx, n);
-      }
-      out[b * 2 * P + p] = sum / float(l.C);
-      out[(b * 2 + 1) * P + p] = mx;
-      if (ties) ties[i] = n;
-    });
+    if (l.channels_last) {  // a warp per pixel: its lanes read neighbouring channels
+      for_each_warp(l.B * P, [=] HDKD_HD(int64_t i, int lane) {
+        const int64_t b = i / P, base = l.pixel(b, i % P);
+        SumMaxTies s;
+        for (int64_t c = lane; c < C; c += kWarp)
+          s.add(static_cast<float>(src[base + c * l.sc]) * gate[b * C + c]);
+        return s;
+      }, [] HDKD_HD(const SumMaxTies& a, const SumMaxTies& b) { return SumMaxTies::merge(a, b); },
+      [=] HDKD_HD(int64_t i, const SumMaxTies& s) { write_pool(out, ties, C, P, i, s); });
+    } else {  // a thread per pixel: neighbouring threads read neighbouring pixels
+      for_each_index(l.B * P, [=] HDKD_HD(int64_t i) {
+        const int64_t b = i / P, base = l.pixel(b, i % P);
+        SumMaxTies s;
+        for (int64_t c = 0; c < C; ++c)
+          s.add(static_cast<float>(src[base + c * l.sc]) * gate[b * C + c]);
+        write_pool(out, ties, C, P, i, s);
+      });
+    }
   });
   return pooled;
 }

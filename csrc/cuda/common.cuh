@@ -64,6 +64,61 @@ void for_each_index(int64_t n, const F& fn) {
 #endif
 }
 
+// One warp (kWarp lanes) per index, for a reduction along one row of contiguous values: lane
+// `lane` computes its share partial(i, lane) (a struct of floats), the shares are combined by a
+// butterfly (lane l takes combine(v_l, v_{l ^ m}) for m = 16, 8, 4, 2, 1), and finish(i, total)
+// runs once per index. The emulation runs the same butterfly, so results match bit for bit.
+constexpr int kWarp = 32;
+
+#ifndef HDKD_CUDA_EMULATION
+template <class T>
+__device__ T shfl_xor(T v, int mask) {
+  static_assert(sizeof(T) % sizeof(float) == 0, "shfl_xor: a struct of floats");
+  float* f = reinterpret_cast<float*>(&v);
+#pragma unroll
+  for (int k = 0; k < int(sizeof(T) / sizeof(float)); ++k)
+    f[k] = __shfl_xor_sync(0xffffffffu, f[k], mask);
+  return v;
+}
+
+// i is the same for all lanes of a warp, so every lane takes part in every shuffle.
+template <class Partial, class Combine, class Finish>
+__global__ void for_each_warp_kernel(int64_t n, Partial partial, Combine combine, Finish finish) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t step = int64_t(blockDim.x) * gridDim.x / kWarp;
+  for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp; i < n; i += step) {
+    auto v = partial(i, lane);
+#pragma unroll
+    for (int m = kWarp / 2; m > 0; m /= 2) v = combine(v, shfl_xor(v, m));
+    if (lane == 0) finish(i, v);
+  }
+}
+#endif
+
+template <class Partial, class Combine, class Finish>
+void for_each_warp(int64_t n, const Partial& partial, const Combine& combine,
+                   const Finish& finish) {
+  if (n <= 0) return;
+#ifdef HDKD_CUDA_EMULATION
+  using T = decltype(partial(int64_t(0), 0));
+  T v[kWarp], next[kWarp];
+  for (int64_t i = 0; i < n; ++i) {
+    for (int lane = 0; lane < kWarp; ++lane) v[lane] = partial(i, lane);
+    for (int m = kWarp / 2; m > 0; m /= 2) {
+      for (int lane = 0; lane < kWarp; ++lane) next[lane] = combine(v[lane], v[lane ^ m]);
+      std::copy(next, next + kWarp, v);
+    }
+    finish(i, v[0]);
+  }
+#else
+  const int64_t blocks =
+      std::min<int64_t>((n * kWarp + kThreads - 1) / kThreads, int64_t(1) << 20);
+  for_each_warp_kernel<<<static_cast<unsigned>(blocks), kThreads, 0,
+                         c10::cuda::getCurrentCUDAStream()>>>(n, partial, combine, finish);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
+
 // Held by every op: its tensor's device is current, and the ATen ops called inside (mm, gelu,
 // ...) compute in the given dtypes even under torch.autocast.
 class OpScope {
@@ -91,6 +146,9 @@ struct Layout {
   }
   HDKD_HD int64_t at(int64_t b, int64_t c, int64_t y, int64_t x) const {
     return b * sb + c * sc + y * sh + x * sw;
+  }
+  HDKD_HD int64_t pixel(int64_t b, int64_t p) const {  // offset of (b, channel 0, p)
+    return b * sb + (p / W) * sh + (p % W) * sw;
   }
   // Element i of the visiting order as (b, c, p).
   HDKD_HD void unravel(int64_t i, int64_t& b, int64_t& c, int64_t& p) const {
@@ -186,6 +244,20 @@ HDKD_HD inline void max_with_ties(float v_max, float v_ties, float& mx, float& t
     ties += v_ties;
   }
 }
+
+// A running sum, and max with the number of values tied at it (NaN left out of the max).
+struct SumMaxTies {
+  float sum = 0.f, max = -INFINITY, ties = 0.f;
+  HDKD_HD void add(float v) {
+    sum += v;
+    max_with_ties(v, 1.f, max, ties);
+  }
+  HDKD_HD static SumMaxTies merge(SumMaxTies a, const SumMaxTies& b) {
+    a.sum += b.sum;
+    max_with_ties(b.max, b.ties, a.max, a.ties);
+    return a;
+  }
+};
 
 template <class Value>
 ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t P, const Value& value,
