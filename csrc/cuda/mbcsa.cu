@@ -3,9 +3,16 @@
 //   e = GELU(x[::s, ::s] We^T + be)             GEMM, then GELU in place
 //   d = GELU(dwconv(e, Wd) + bd)                 the depthwise kernel, with the channel stats
 //                                                of d as stored (as the other backends)
-//   d *= ca * sa + 1                             the CBAM gates and residual, in place
-//   out = shortcut(x) + bp + d Wp^T              the project GEMM accumulating into out
+//   ca, sa                                       the CBAM gates (sa from one pass over d)
+//   out = shortcut(x) + bp + (d * (ca * sa + 1)) Wp^T
+// The gates are folded into the project GEMM instead of being applied to d: per pixel,
+//   (d * (ca * sa + 1)) Wp^T = sa * (d (Wp diag ca)^T) + d Wp^T,
+// so one batched GEMM of each image's d against [diag(ca) Wp^T | Wp^T] (hidden x 2 cout) reads
+// d once, and d is never rewritten; a last kernel combines the two halves with sa, the bias and
+// the shortcut.
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/max_pool2d.h>
 #include <ATen/ops/mm.h>
@@ -79,13 +86,31 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
       dwconv_and_stats(e4, dw_w, Tensor(), dw_b.to(at::kFloat).contiguous(), true, d);
   const Tensor ca = channel_gate(stats.sum.div(double(He * We)), stats.max, fc1, fc2);
   const Tensor sa = spatial_gate(channel_pool(d, ca, nullptr), sa_w);
-  apply_gates(d, ca, sa, d);
 
-  Tensor out = down ? at::mm(pixel_rows(at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1})
-                                            .contiguous(at::MemoryFormat::ChannelsLast)),
-                             matrix(*shortcut_in, cout, cin))
-                    : xrows.clone();
-  out.add_(project_b.to(dtype)).addmm_(pixel_rows(d), matrix(project_w, cout, hid));
+  const int64_t P = He * We;
+  const Tensor wp = matrix(project_w, cout, hid);  // hid x cout
+  const Tensor gated = ca.unsqueeze(2).mul(wp.to(at::kFloat).unsqueeze(0));  // B x hid x cout
+  const Tensor halves = at::bmm(d.permute({0, 2, 3, 1}).reshape({B, P, hid}),
+                                at::cat({gated.to(dtype), wp.unsqueeze(0).expand({B, hid, cout})},
+                                        2));  // B x P x 2 cout
+  const Tensor shortcut = down ? at::mm(pixel_rows(at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1})
+                                                       .contiguous(at::MemoryFormat::ChannelsLast)),
+                                        matrix(*shortcut_in, cout, cin))
+                               : xrows.contiguous();  // B*P x cout
+  const Tensor bias = project_b.to(at::kFloat).contiguous();
+  Tensor out = at::empty({B * P, cout}, x.options());
+  HDKD_DISPATCH(dtype, "hdkd_mbcsa_eval_out", [&] {
+    const scalar_t *yp = halves.data_ptr<scalar_t>(), *sp = shortcut.data_ptr<scalar_t>();
+    const float *bp = bias.data_ptr<float>(), *sap = sa.data_ptr<float>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for_each_index(B * P * cout, [=] HDKD_HD(int64_t i) {
+      const int64_t q = i / cout, o = i % cout, row = q * 2 * cout;
+      const float v = static_cast<float>(sp[i]) + bp[o] +
+                      sap[q] * static_cast<float>(yp[row + o]) +
+                      static_cast<float>(yp[row + cout + o]);
+      op[i] = static_cast<scalar_t>(v);
+    });
+  });
   const Tensor result = out.view({B, He, We, cout}).permute({0, 3, 1, 2});
   return wants_channels_last(x_in) ? result : result.contiguous();
 }
