@@ -96,7 +96,8 @@ def _pointwise_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, ca_ptr, s_ptr, x_ptr, scw
                     ok = (iy >= 0) & (iy < Hx) & (ix >= 0) & (ix < Wx)
                     v = tl.load(x_ptr + b * xb + (iy * xh + ix * xw)[:, None] + offs_k[None, :] * xc,
                                 mask=lmask & ok[:, None], other=_NEG_INF)
-                    pooled = tl.maximum(pooled, v.to(tl.float32))
+                    pooled = tl.maximum(pooled, v.to(tl.float32),  # NaN as max_pool2d
+                                        propagate_nan=tl.PropagateNan.ALL)
             pooled = tl.where(lmask, pooled, 0.0)
             w = tl.load(scw_ptr + offs_n[None, :] * CX + offs_k[:, None],
                         mask=kmask[:, None] & nmask[None, :], other=0.0)

@@ -1,8 +1,9 @@
-"""Inputs whose maxima are tied, and checks that a backend splits a max's gradient evenly among
-the tied values, as torch.amax does (the reference's rule). Shared by the tests of every backend.
+"""The max reductions' semantics, shared by the tests of every backend: inputs whose maxima are
+tied, and checks that a backend splits a max's gradient evenly among the tied values, as
+torch.amax does (the reference's rule); and that a NaN makes a max NaN, as in torch.amax.
 
-Every value below is a small integer or dyadic fraction, so it is exact in float32, bfloat16 and
-float16 alike and the tied values are equal in every dtype and in the float64 reference.
+The tie inputs are small integers and dyadic fractions, exact in float32, bfloat16 and float16
+alike, so the tied values are equal in every dtype and in the float64 reference.
 """
 from __future__ import annotations
 
@@ -11,19 +12,20 @@ import torch
 from helpers import REL_TOL, rel_err
 from hdkd.ops import reference as R
 
-ATTENTION_SHAPE = (2, 6, 5, 4)
-DWCONV_SHAPE = (2, 5, 6, 7)
+# 11 channels: the CPU kernels' 8-wide vector loops and their scalar tails both see ties and NaN
+ATTENTION_SHAPE = (2, 11, 5, 4)
+DWCONV_SHAPE = (2, 11, 6, 7)
 
 
 def attention_inputs() -> list[torch.Tensor]:
     """(h, fc1, fc2, sa_weight), float64. h holds integers in [-2, 2], so several pixels share
-    each channel's max; in its first row three channels are 0 and the others -1, so at those
-    pixels three channels are tied at max_c(h * ca) = 0."""
+    each channel's max; in its first row channels 0, 5 and 9 are 0 and the others -1, so at
+    those pixels three channels are tied at max_c(h * ca) = 0."""
     g = torch.Generator().manual_seed(0)
     b, c, _, _ = ATTENTION_SHAPE
     h = torch.randint(-2, 3, ATTENTION_SHAPE, generator=g).double()
-    h[:, :3, 0] = 0.0
-    h[:, 3:, 0] = -1.0
+    h[:, :, 0] = -1.0
+    h[:, [0, 5, 9], 0] = 0.0
     return [h, torch.randn(1, c, 1, 1, generator=g, dtype=torch.float64) * 0.3,
             torch.randn(c, 1, 1, 1, generator=g, dtype=torch.float64) * 0.3,
             torch.randn(1, 2, 7, 7, generator=g, dtype=torch.float64) * 0.3]
@@ -110,3 +112,25 @@ def check_dwconv_ties(run, dtype, device, training, first_layout=None, eps=1e-5)
     sum(((o.float() * t.to(device).float()).sum() for o, t in zip((y, avg, mx), cots))).backward()
     sum(((r * t.double()).sum() for r, t in zip((yr, avgr, mxr), cots))).backward()
     _check_grads(ours, refs, dtype, what)
+
+
+def check_dwconv_nan(run, device):
+    """A NaN input makes its channel's max NaN, as torch.amax does (a max that skipped it would
+    report a finite value for a channel whose outputs are not)."""
+    g = torch.Generator().manual_seed(4)
+    b, c, hh, ww = DWCONV_SHAPE
+    x = torch.randn(DWCONV_SHAPE, generator=g)
+    x[0, 1, 2, 3] = float("nan")
+    x[1, 9, 0, 0] = float("nan")
+    w = torch.randn(c, 1, 3, 3, generator=g) * 0.3
+    bn = [torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g) * 0.1,
+          torch.zeros(c), torch.ones(c)]
+    y, avg, mx = run(x.to(device), w.to(device), R.BatchNormState(*[t.to(device) for t in bn]),
+                     False, 1e-5)
+    ref = R.dwconv_bn_gelu(x.double(), w.double(), R.BatchNormState(*[t.double() for t in bn]),
+                           False)
+    for name, a, r in zip(("y", "avg", "max"), (y, avg, mx), ref):
+        nan = r.isnan()
+        assert nan.any() and not nan.all(), name
+        assert torch.equal(a.detach().cpu().isnan(), nan), f"{name}: NaN where the reference has"
+        assert rel_err(a.detach().cpu()[~nan], r[~nan]) < REL_TOL[torch.float32], name

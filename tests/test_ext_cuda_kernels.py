@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import cuda_emulation
 from ext_env import EXT, EXT_REASON, TOL, layout, rel_err
-from max_ties import check_attention_ties, check_dwconv_ties, reference_max
+from max_ties import check_attention_ties, check_dwconv_nan, check_dwconv_ties, reference_max
 from hdkd.ops import reference as R
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -188,6 +188,12 @@ def test_dwconv_max_ties_split_the_gradient_like_amax(target, dtype, training):
         return ops.dwconv_bn_gelu_eval(x, w, *R.fold_batch_norm(bn, eps))[:3]
 
     check_dwconv_ties(run, dtype, device, training, lambda t: layout(t, "channels_last"))
+
+
+def test_dwconv_max_propagates_nan(target):
+    ops, device = target
+    check_dwconv_nan(lambda x, w, bn, training, eps: ops.dwconv_bn_gelu_eval(
+        x, w, *R.fold_batch_norm(bn, eps))[:3], device)
 
 
 def _folded(cin, cout, hidden, k, down, seed):

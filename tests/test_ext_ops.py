@@ -8,7 +8,7 @@ import torch
 import hdkd
 from hdkd.ops import reference as R
 from ext_env import TOL, layout, rel_err, requires_ext
-from max_ties import check_attention_ties, check_dwconv_ties, reference_max
+from max_ties import check_attention_ties, check_dwconv_nan, check_dwconv_ties, reference_max
 
 pytestmark = requires_ext
 
@@ -132,6 +132,11 @@ def test_dwconv_max_ties_split_the_gradient_like_amax(dtype, training):
     check_dwconv_ties(lambda x, w, bn, tr, eps: hdkd.ops.dwconv_bn_gelu(x, w, bn, tr, 0.1, eps,
                                                                          backend="ext"),
                       dtype, "cpu", training)
+
+
+def test_dwconv_max_propagates_nan():
+    check_dwconv_nan(lambda x, w, bn, tr, eps: hdkd.ops.dwconv_bn_gelu(x, w, bn, tr, 0.1, eps,
+                                                                        backend="ext"), "cpu")
 
 
 def _blocks(cin, cout, down, seed):

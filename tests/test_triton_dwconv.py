@@ -11,7 +11,7 @@ from triton_env import (DEVICE, TOL, batch_norm_leaves, cuda_only, layout, leaf,
 import hdkd
 from hdkd.ops import reference, triton_backend
 from hdkd.ops.reference import BatchNormState
-from max_ties import check_dwconv_ties, reference_max
+from max_ties import check_dwconv_nan, check_dwconv_ties, reference_max
 
 pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
 
@@ -76,6 +76,11 @@ def test_max_ties_split_the_gradient_like_amax(dtype, training):
     check_dwconv_ties(lambda x, w, bn, tr, eps: hdkd.ops.dwconv_bn_gelu(x, w, bn, tr, 0.1, eps,
                                                                          backend="triton"),
                       dtype, DEVICE, training)
+
+
+def test_max_propagates_nan():
+    check_dwconv_nan(lambda x, w, bn, tr, eps: hdkd.ops.dwconv_bn_gelu(x, w, bn, tr, 0.1, eps,
+                                                                        backend="triton"), DEVICE)
 
 
 def test_training_refuses_a_single_value_per_channel():

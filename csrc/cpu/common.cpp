@@ -54,6 +54,13 @@ void round_to(at::ScalarType dtype, float* v, int64_t n) {
     for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(c10::Half(v[i]));
 }
 
+namespace {
+
+// max(a, b) that propagates NaN, as torch.amax and at::vec::maximum do.
+inline float nan_max(float a, float b) { return b > a || std::isnan(b) ? b : a; }
+
+}  // namespace
+
 void ChannelAcc::reset() const {
   for (int64_t c = 0; c < C; ++c) {
     sum[c] = 0.f;
@@ -67,13 +74,15 @@ void ChannelAcc::add(const float* v) const {
   for (; c + kVec <= C; c += kVec) {
     const Vec x = Vec::loadu(v + c), m = Vec::loadu(max + c);
     (Vec::loadu(sum + c) + x).store(sum + c);
-    // a new max restarts the count at 1; a tie adds 1 (eq() is 1.0 where equal, else 0.0)
-    Vec::blendv(Vec::loadu(ties + c) + x.eq(m), Vec(1.f), x > m).store(ties + c);
-    Vec::blendv(m, x, x > m).store(max + c);
+    // a new max (or NaN, which sticks) restarts the count at 1; a tie adds 1 (eq() is 1.0
+    // where equal, else 0.0)
+    const Vec takes = (x > m) | x.isnan();
+    Vec::blendv(Vec::loadu(ties + c) + x.eq(m), Vec(1.f), takes).store(ties + c);
+    Vec::blendv(m, x, takes).store(max + c);
   }
   for (; c < C; ++c) {
     sum[c] += v[c];
-    if (v[c] > max[c]) {
+    if (v[c] > max[c] || std::isnan(v[c])) {
       max[c] = v[c];
       ties[c] = 1.f;
     } else if (v[c] == max[c]) {
@@ -98,7 +107,7 @@ void ChannelPartials::combine(int64_t B, int64_t per, float* sum, float* max,
       for (int64_t t = b * per; t < (b + 1) * per; ++t) {
         const ChannelAcc r = row(t);
         s += r.sum[c];
-        if (r.max[c] > m) {
+        if (r.max[c] > m || std::isnan(r.max[c])) {
           m = r.max[c];
           n = r.ties[c];
         } else if (r.max[c] == m) {
@@ -136,13 +145,13 @@ void channel_pool(const float* h, const float* ca, Dims d, float* pooled, float*
         vm.store(lanes_m);
         for (int64_t i = 0; i < kVec; ++i) {
           s += lanes_s[i];
-          m = std::max(m, lanes_m[i]);
+          m = nan_max(m, lanes_m[i]);
         }
       }
       for (; c < C; ++c) {
         const float u = row[c] * g[c];
         s += u;
-        m = std::max(m, u);
+        m = nan_max(m, u);
       }
       mean_out[p] = s * inv_c;
       max_out[p] = m;

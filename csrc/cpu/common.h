@@ -56,7 +56,7 @@ inline Vec gelu_grad(const Vec& z) {
 inline float sigmoid(float z) { return 1.f / (1.f + std::exp(-z)); }
 
 // Task-local per-channel running sum, max and number of values tied at the max (torch.amax
-// splits its gradient evenly among them); NaN values are left out of the max.
+// splits its gradient evenly among them); a NaN value makes the max NaN, as in torch.amax.
 struct ChannelAcc {
   float* sum;
   float* max;

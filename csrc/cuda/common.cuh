@@ -196,7 +196,7 @@ Tensor sum_terms(int64_t m, int64_t n, const Term& term, const Tensor& like);
 
 // Per-(b, c) sum, max and the number of pixels equal to the max (torch.amax splits its gradient
 // evenly among them), over the H*W pixels, float32 B x C: of t's values, or of value(b, c, p).
-// NaN values are left out of the max.
+// A NaN value makes the max NaN, as in torch.amax.
 struct ChannelStats {
   Tensor sum, max, ties;
 };
@@ -235,9 +235,9 @@ Tensor sum_terms(int64_t m, int64_t n, const Term& term, const Tensor& like) {
   return out;
 }
 
-// Folds (v_max, v_ties) into the running (mx, ties).
+// Folds (v_max, v_ties) into the running (mx, ties). A NaN max sticks, as in torch.amax.
 HDKD_HD inline void max_with_ties(float v_max, float v_ties, float& mx, float& ties) {
-  if (v_max > mx) {
+  if (v_max > mx || v_max != v_max) {
     mx = v_max;
     ties = v_ties;
   } else if (v_max == mx) {
@@ -245,7 +245,7 @@ HDKD_HD inline void max_with_ties(float v_max, float v_ties, float& mx, float& t
   }
 }
 
-// A running sum, and max with the number of values tied at it (NaN left out of the max).
+// A running sum, and max with the number of values tied at it (a NaN value makes the max NaN).
 struct SumMaxTies {
   float sum = 0.f, max = -INFINITY, ties = 0.f;
   HDKD_HD void add(float v) {
