@@ -7,6 +7,7 @@
 // are returned channels_last when the input was, else contiguous.
 #include "cuda/dwconv.cuh"
 
+#include <ATen/ops/full.h>
 #include <ATen/ops/rsqrt.h>
 
 #include <tuple>
@@ -80,6 +81,48 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_i
   return {in_format_of(y, x_in), avg, mx, ties};
 }
 
+// conv = conv_kxk(x, w) into cp (dense float32 B x H x W x C), and its per-channel batch mean
+// and biased variance, in one pass over x: thread (chunk of kChunk pixels, channel c) writes its
+// chunk's conv values and their mean and sum of squared deviations (re-reading its own values:
+// two-pass within the chunk, no cancellation); the chunks are then combined with Chan's formula,
+// var = (sum M2_i + sum n_i (mean_i - mean)^2) / N.
+std::tuple<Tensor, Tensor> conv_and_moments(const Tensor& x, const Tensor& w, float* cp) {
+  const int64_t C = x.size(1), P = x.size(2) * x.size(3), N = x.size(0) * P;
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  const auto f32 = x.options().dtype(at::kFloat);
+  Tensor moments = at::empty({2, chunks, C}, f32);
+  float* pmean = moments.data_ptr<float>();
+  float* pm2 = pmean + chunks * C;
+  const Tensor wt = taps_of(w);
+  HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_moments", [&] {
+    const auto value = dwconv_value<scalar_t>(x, wt, w.size(-1), Tensor(), Tensor(), false);
+    for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
+      const int64_t c = i % C, t0 = (i / C) * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
+      float sum = 0.f;
+      for (int64_t t = t0; t < t1; ++t) {
+        const float v = value(t / P, c, t % P);
+        cp[t * C + c] = v;
+        sum += v;
+      }
+      const float m = sum / float(t1 - t0);
+      float m2 = 0.f;
+      for (int64_t t = t0; t < t1; ++t) {
+        const float d = cp[t * C + c] - m;
+        m2 += d * d;
+      }
+      pmean[i] = m;
+      pm2[i] = m2;
+    });
+  });
+  Tensor n = at::full({chunks, 1}, double(kChunk), f32);
+  n.select(0, chunks - 1).fill_(double(N - (chunks - 1) * kChunk));
+  const Tensor chunk_mean = moments.select(0, 0), mean = chunk_mean.mul(n).sum(0).div_(double(N));
+  const Tensor var = moments.select(0, 1).sum(0)
+                         .add_(chunk_mean.sub(mean).square_().mul_(n).sum(0))
+                         .div_(double(N));
+  return {mean, var};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_train(
     const Tensor& x_in, const Tensor& w, const Tensor& gamma, const Tensor& beta, double eps) {
   const char* op = "hdkd::dwconv_bn_gelu_train";
@@ -88,18 +131,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
   check_channel_vec(op, "beta", beta, x_in.size(1), x_in);
   const OpScope scope(x_in);
   const Tensor x = nhwc(x_in);
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W, N = B * P;
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   Tensor conv = empty_nhwc_float(x, B, C, H, W);
-  dwconv(x, w, Tensor(), Tensor(), false, conv);
-  const float* cp = conv.data_ptr<float>();
-  const Tensor mean = sum_terms(C, N, [=] HDKD_HD(int64_t c, int64_t t) {
-    return cp[t * C + c];
-  }, x).div_(double(N));
-  const float* mp = mean.data_ptr<float>();
-  const Tensor var = sum_terms(C, N, [=] HDKD_HD(int64_t c, int64_t t) {
-    const float d = cp[t * C + c] - mp[c];
-    return d * d;
-  }, x).div_(double(N));  // two-pass: no cancellation
+  float* cp = conv.data_ptr<float>();
+  auto [mean, var] = conv_and_moments(x, w, cp);
   const Tensor scale = as_float(gamma).mul(at::rsqrt(var.add(eps))).contiguous();
   const Tensor shift = as_float(beta).sub(mean.mul(scale)).contiguous();
   const float *scp = scale.data_ptr<float>(), *shp = shift.data_ptr<float>();
@@ -236,29 +271,44 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   const float* gap = gavg.defined() ? gavg.data_ptr<float>() : nullptr;
   const float* gmp = gmax.defined() ? gmax.data_ptr<float>() : nullptr;
   const float *ymp = ymax.data_ptr<float>(), *tp = ties.data_ptr<float>();
-  const Layout ly = layout_of(y_in);
   const float inv_p = 1.f / float(P);
 
-  // dz, then dconv in place: a dense float32 B x P x C buffer, like conv.
+  // dz, then dconv in place: a dense float32 B x P x C buffer, like conv. One pass writes dz and
+  // its per-channel sums: thread (chunk of kChunk pixels, channel c) walks its chunk, and the
+  // partial sums are then added in a fixed order (deterministic).
   Tensor dz_t = empty_nhwc_float(x, B, C, H, W);
   float* dz = dz_t.data_ptr<float>();
   const Tensor gy = given(grad_y) ? nhwc(*grad_y) : Tensor();
+  const Tensor y = gmp ? nhwc(y_in) : Tensor();  // where the max's gradient goes
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  Tensor partial = at::empty({2, chunks * C}, x.options().dtype(at::kFloat));
+  float* psum = partial.data_ptr<float>();
+  float* psumc = psum + chunks * C;
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_backward_dz", [&] {
     const scalar_t* gyp = gy.defined() ? gy.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* yp = y_in.data_ptr<scalar_t>();
-    for_each_index(N * C, [=] HDKD_HD(int64_t i) {
-      const int64_t c = i % C, b = i / (P * C), p = (i / C) % P, j = b * C + c;
-      float base = gyp ? static_cast<float>(gyp[i]) : 0.f;
-      if (gap) base += gap[j] * inv_p;
-      if (gmp && static_cast<float>(yp[ly.at(b, c, p)]) == ymp[j]) base += gmp[j] / tp[j];
-      dz[i] = base * gelu_grad(cp[i] * scp[c] + shp[c]);
+    const scalar_t* yp = y.defined() ? y.data_ptr<scalar_t>() : nullptr;
+    for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
+      const int64_t c = i % C, t0 = (i / C) * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
+      float sum = 0.f, sumc = 0.f;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / P, j = b * C + c, e = t * C + c;
+        float base = gyp ? static_cast<float>(gyp[e]) : 0.f;
+        if (gap) base += gap[j] * inv_p;
+        if (yp && static_cast<float>(yp[e]) == ymp[j]) base += gmp[j] / tp[j];
+        const float g = base * gelu_grad(cp[e] * scp[c] + shp[c]);
+        dz[e] = g;
+        sum += g;
+        sumc += g * cp[e];
+      }
+      psum[i] = sum;
+      psumc[i] = sumc;
     });
   });
-  const Tensor dsum = sum_terms(C, N, [=] HDKD_HD(int64_t c, int64_t t) {
-    return dz[t * C + c];
+  const Tensor dsum = sum_terms(C, chunks, [=] HDKD_HD(int64_t c, int64_t ch) {
+    return psum[ch * C + c];
   }, x);
-  const Tensor dsumc = sum_terms(C, N, [=] HDKD_HD(int64_t c, int64_t t) {
-    return dz[t * C + c] * cp[t * C + c];
+  const Tensor dsumc = sum_terms(C, chunks, [=] HDKD_HD(int64_t c, int64_t ch) {
+    return psumc[ch * C + c];
   }, x);
   Tensor dscale;
   if (train) {
