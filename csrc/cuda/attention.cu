@@ -13,24 +13,6 @@
 namespace hdkd::cuda {
 namespace {
 
-struct Sum {
-  float value = 0.f;
-};
-
-// sum of g * h * ca over the channels c = first, first + step, ... < C at pixel i = b * P + p.
-template <typename scalar_t>
-HDKD_HD float gated_product_sum(const scalar_t* gp, const scalar_t* hp, const float* cap,
-                                const Layout& lg, const Layout& lh, int64_t i, int64_t first,
-                                int64_t step) {
-  const int64_t C = lh.C, b = i / lh.P(), p = i % lh.P();
-  const int64_t gbase = lg.pixel(b, p), hbase = lh.pixel(b, p);
-  float acc = 0.f;
-  for (int64_t c = first; c < C; c += step)
-    acc += static_cast<float>(gp[gbase + c * lg.sc]) * static_cast<float>(hp[hbase + c * lh.sc]) *
-           cap[b * C + c];
-  return acc;
-}
-
 void check_attention(const char* op, const Tensor& h, const Tensor& fc1, const Tensor& fc2,
                      const Tensor& sa) {
   check_4d(op, "h", h, h);
@@ -80,31 +62,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
 
   const ChannelStats stats = channel_stats(h);
   const Tensor avg = stats.sum.div(double(P));
-  Tensor pties_t = at::empty({B, P}, ca.options());
+  // One pass over h and g per pixel: the pooled map of u = h * ca with its ties, and
+  // dpre = d(sum_c g * u * s)/d(conv output) = (sum_c g * u) * s * (1 - s).
+  Tensor pties_t = at::empty({B, P}, ca.options()), gu = at::empty({B, P}, ca.options());
   const float* pties = pties_t.data_ptr<float>();
-  const Tensor pooled = channel_pool(h, ca, pties_t.data_ptr<float>());
+  const Tensor pooled = channel_pool(h, ca, pties_t.data_ptr<float>(), grad, gu.data_ptr<float>());
   const float* pp = pooled.data_ptr<float>();
-
-  // dpre = d(sum_c g * u * s)/d(conv output) = (sum_c g * u) * s * (1 - s), per pixel.
-  Tensor dpre_t = at::empty({B, P}, ca.options());
-  float* dpre = dpre_t.data_ptr<float>();
-  HDKD_DISPATCH(h.scalar_type(), "hdkd_csa_backward_dpre", [&] {
-    const scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad.data_ptr<scalar_t>();
-    if (lh.channels_last) {  // a warp per pixel: its lanes read neighbouring channels
-      for_each_warp(B * P, [=] HDKD_HD(int64_t i, int lane) {
-        return Sum{gated_product_sum(gp, hp, cap, lg, lh, i, lane, kWarp)};
-      }, [] HDKD_HD(Sum a, const Sum& b) {
-        a.value += b.value;
-        return a;
-      }, [=] HDKD_HD(int64_t i, const Sum& total) {
-        dpre[i] = total.value * sap[i] * (1.f - sap[i]);
-      });
-    } else {  // a thread per pixel: neighbouring threads read neighbouring pixels
-      for_each_index(B * P, [=] HDKD_HD(int64_t i) {
-        dpre[i] = gated_product_sum(gp, hp, cap, lg, lh, i, 0, 1) * sap[i] * (1.f - sap[i]);
-      });
-    }
-  });
+  const Tensor dpre_t = gu.mul_(sa.view({B, P})).mul_(sa.view({B, P}).neg().add_(1.0));
+  const float* dpre = dpre_t.data_ptr<float>();
 
   // The k x k 2 -> 1 conv's backward: dpooled is the flipped-kernel conv of dpre (a gather per
   // pixel), dsa_weight one chunked sum per tap.

@@ -65,40 +65,61 @@ ChannelStats channel_stats(const Tensor& t) {
 
 namespace {
 
-HDKD_HD inline void write_pool(float* out, float* ties, int64_t C, int64_t P, int64_t i,
-                               const SumMaxTies& s) {
+// The per-pixel sums of channel_pool: of u = h * ca (sum, max, ties) and of g * u.
+struct PoolSums {
+  SumMaxTies u;
+  float gu = 0.f;
+  HDKD_HD static PoolSums merge(PoolSums a, const PoolSums& b) {
+    a.u = SumMaxTies::merge(a.u, b.u);
+    a.gu += b.gu;
+    return a;
+  }
+};
+
+// Channels c = first, first + step, ... < C of pixel i = b * P + p.
+template <typename scalar_t>
+HDKD_HD PoolSums pool_sums(const scalar_t* h, const Layout& lh, const scalar_t* g,
+                           const Layout& lg, const float* ca, int64_t i, int64_t first,
+                           int64_t step) {
+  const int64_t C = lh.C, b = i / lh.P(), p = i % lh.P();
+  const int64_t hbase = lh.pixel(b, p), gbase = g ? lg.pixel(b, p) : 0;
+  PoolSums s;
+  for (int64_t c = first; c < C; c += step) {
+    const float u = static_cast<float>(h[hbase + c * lh.sc]) * ca[b * C + c];
+    s.u.add(u);
+    if (g) s.gu += static_cast<float>(g[gbase + c * lg.sc]) * u;
+  }
+  return s;
+}
+
+HDKD_HD inline void write_pool(float* out, float* ties, float* gu, int64_t C, int64_t P,
+                               int64_t i, const PoolSums& s) {
   const int64_t b = i / P, p = i % P;
-  out[b * 2 * P + p] = s.sum / float(C);
-  out[(b * 2 + 1) * P + p] = s.max;
-  if (ties) ties[i] = s.ties;
+  out[b * 2 * P + p] = s.u.sum / float(C);
+  out[(b * 2 + 1) * P + p] = s.u.max;
+  if (ties) ties[i] = s.u.ties;
+  if (gu) gu[i] = s.gu;
 }
 
 }  // namespace
 
-Tensor channel_pool(const Tensor& h, const Tensor& ca, float* ties) {
-  const Layout l = layout_of(h);
-  const int64_t P = l.P(), C = l.C;
-  Tensor pooled = at::empty({l.B, 2, l.H, l.W}, h.options().dtype(at::kFloat));
+Tensor channel_pool(const Tensor& h, const Tensor& ca, float* ties, const Tensor& g, float* gu) {
+  const Layout lh = layout_of(h), lg = g.defined() ? layout_of(g) : lh;
+  const int64_t P = lh.P(), C = lh.C;
+  Tensor pooled = at::empty({lh.B, 2, lh.H, lh.W}, h.options().dtype(at::kFloat));
   float* out = pooled.data_ptr<float>();
   const float* gate = ca.data_ptr<float>();
   HDKD_DISPATCH(h.scalar_type(), "hdkd_channel_pool", [&] {
-    const scalar_t* src = h.data_ptr<scalar_t>();
-    if (l.channels_last) {  // a warp per pixel: its lanes read neighbouring channels
-      for_each_warp(l.B * P, [=] HDKD_HD(int64_t i, int lane) {
-        const int64_t b = i / P, base = l.pixel(b, i % P);
-        SumMaxTies s;
-        for (int64_t c = lane; c < C; c += kWarp)
-          s.add(static_cast<float>(src[base + c * l.sc]) * gate[b * C + c]);
-        return s;
-      }, [] HDKD_HD(const SumMaxTies& a, const SumMaxTies& b) { return SumMaxTies::merge(a, b); },
-      [=] HDKD_HD(int64_t i, const SumMaxTies& s) { write_pool(out, ties, C, P, i, s); });
+    const scalar_t* hp = h.data_ptr<scalar_t>();
+    const scalar_t* gp = g.defined() ? g.data_ptr<scalar_t>() : nullptr;
+    if (lh.channels_last) {  // a warp per pixel: its lanes read neighbouring channels
+      for_each_warp(lh.B * P, [=] HDKD_HD(int64_t i, int lane) {
+        return pool_sums(hp, lh, gp, lg, gate, i, lane, kWarp);
+      }, [] HDKD_HD(const PoolSums& a, const PoolSums& b) { return PoolSums::merge(a, b); },
+      [=] HDKD_HD(int64_t i, const PoolSums& s) { write_pool(out, ties, gu, C, P, i, s); });
     } else {  // a thread per pixel: neighbouring threads read neighbouring pixels
-      for_each_index(l.B * P, [=] HDKD_HD(int64_t i) {
-        const int64_t b = i / P, base = l.pixel(b, i % P);
-        SumMaxTies s;
-        for (int64_t c = 0; c < C; ++c)
-          s.add(static_cast<float>(src[base + c * l.sc]) * gate[b * C + c]);
-        write_pool(out, ties, C, P, i, s);
+      for_each_index(lh.B * P, [=] HDKD_HD(int64_t i) {
+        write_pool(out, ties, gu, C, P, i, pool_sums(hp, lh, gp, lg, gate, i, 0, 1));
       });
     }
   });
