@@ -4,11 +4,7 @@
 
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define HDKD_HOST_DEVICE __host__ __device__
-#else
-#define HDKD_HOST_DEVICE
-#endif
+#include "host_device.h"
 
 namespace hdkd {
 
@@ -49,5 +45,3 @@ HDKD_HOST_DEVICE inline float spatial_gate_input_grad(const float* dpre, const f
 }
 
 }  // namespace hdkd
-
-#undef HDKD_HOST_DEVICE

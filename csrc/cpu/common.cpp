@@ -7,6 +7,7 @@
 
 #include <limits>
 
+#include "max_with_ties.h"
 #include "spatial_gate_math.h"
 
 namespace hdkd::cpu {
@@ -47,11 +48,29 @@ at::Tensor like_input(const at::Tensor& r, const at::Tensor& x) {
   return r.to(x.scalar_type(), false, false, fmt).contiguous(fmt);
 }
 
+namespace {
+
+// v[0, n) through T and back to float, 2 * kVec values per step (round to nearest even, as
+// c10's conversions and Tensor.to do).
+template <typename T, class Narrow, class Widen>
+void round_through(float* v, int64_t n, const Narrow& narrow, const Widen& widen) {
+  int64_t i = 0;
+  for (; i + 2 * kVec <= n; i += 2 * kVec) {
+    const auto [lo, hi] = widen(narrow(Vec::loadu(v + i), Vec::loadu(v + i + kVec)));
+    lo.store(v + i);
+    hi.store(v + i + kVec);
+  }
+  for (; i < n; ++i) v[i] = static_cast<float>(T(v[i]));
+}
+
+}  // namespace
+
 void round_to(at::ScalarType dtype, float* v, int64_t n) {
   if (dtype == at::kBFloat16)
-    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(c10::BFloat16(v[i]));
+    round_through<c10::BFloat16>(v, n, at::vec::convert_float_bfloat16,
+                                 at::vec::convert_bfloat16_float);
   else if (dtype == at::kHalf)
-    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(c10::Half(v[i]));
+    round_through<c10::Half>(v, n, at::vec::convert_float_half, at::vec::convert_half_float);
 }
 
 namespace {
@@ -82,12 +101,7 @@ void ChannelAcc::add(const float* v) const {
   }
   for (; c < C; ++c) {
     sum[c] += v[c];
-    if (v[c] > max[c] || std::isnan(v[c])) {
-      max[c] = v[c];
-      ties[c] = 1.f;
-    } else if (v[c] == max[c]) {
-      ties[c] += 1.f;
-    }
+    max_with_ties(v[c], 1.f, max[c], ties[c]);
   }
 }
 
@@ -107,12 +121,7 @@ void ChannelPartials::combine(int64_t B, int64_t per, float* sum, float* max,
       for (int64_t t = b * per; t < (b + 1) * per; ++t) {
         const ChannelAcc r = row(t);
         s += r.sum[c];
-        if (r.max[c] > m || std::isnan(r.max[c])) {
-          m = r.max[c];
-          n = r.ties[c];
-        } else if (r.max[c] == m) {
-          n += r.ties[c];
-        }
+        max_with_ties(r.max[c], r.ties[c], m, n);
       }
       if (sum) sum[b * C + c] = s;
       if (max) max[b * C + c] = m;

@@ -19,6 +19,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "max_with_ties.h"
+
 #ifdef HDKD_CUDA_EMULATION
 #define HDKD_HD
 #define HDKD_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(hdkd_cuda_emu, CPU, m)
@@ -235,16 +237,6 @@ Tensor sum_terms(int64_t m, int64_t n, const Term& term, const Tensor& like) {
     op[j] = acc;
   });
   return out;
-}
-
-// Folds (v_max, v_ties) into the running (mx, ties). A NaN max sticks, as in torch.amax.
-HDKD_HD inline void max_with_ties(float v_max, float v_ties, float& mx, float& ties) {
-  if (v_max > mx || v_max != v_max) {
-    mx = v_max;
-    ties = v_ties;
-  } else if (v_max == mx) {
-    ties += v_ties;
-  }
 }
 
 // A running sum, and max with the number of values tied at it (a NaN value makes the max NaN).
