@@ -264,29 +264,21 @@ ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t P, const Value& valu
   for_each_index(chunks * m, [=] HDKD_HD(int64_t i) {
     const int64_t j = i % m, b = j / C, c = j % C, p0 = (i / m) * kChunk;
     const int64_t p1 = p0 + kChunk < P ? p0 + kChunk : P;
-    float sum = 0.f, mx = -INFINITY, ties = 0.f;
-    for (int64_t p = p0; p < p1; ++p) {
-      const float v = value(b, c, p);
-      sum += v;
-      max_with_ties(v, 1.f, mx, ties);
-    }
-    ps[i] = sum;
-    pm[i] = mx;
-    pt[i] = ties;
+    SumMaxTies s;
+    for (int64_t p = p0; p < p1; ++p) s.add(value(b, c, p));
+    ps[i] = s.sum;
+    pm[i] = s.max;
+    pt[i] = s.ties;
   });
   ChannelStats out{at::empty({B, C}, f32), at::empty({B, C}, f32), at::empty({B, C}, f32)};
   float *os = out.sum.data_ptr<float>(), *om = out.max.data_ptr<float>();
   float* ot = out.ties.data_ptr<float>();
   for_each_index(m, [=] HDKD_HD(int64_t j) {
-    float sum = 0.f, mx = -INFINITY, ties = 0.f;
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const int64_t i = ch * m + j;
-      sum += ps[i];
-      max_with_ties(pm[i], pt[i], mx, ties);
-    }
-    os[j] = sum;
-    om[j] = mx;
-    ot[j] = ties;
+    SumMaxTies s;
+    for (int64_t i = j; i < chunks * m; i += m) s = SumMaxTies::merge(s, {ps[i], pm[i], pt[i]});
+    os[j] = s.sum;
+    om[j] = s.max;
+    ot[j] = s.ties;
   });
   return out;
 }
