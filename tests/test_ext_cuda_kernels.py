@@ -230,6 +230,31 @@ def test_mbcsa_eval(target, cin, cout, down, hw, kind, dtype):
     assert rel_err(out.cpu(), ref) < tol
 
 
+def test_index_division_is_exact():
+    """The kernels' division by a launch constant (csrc/cuda/divisor.cuh: a multiply-high instead
+    of the GPU's slow integer division) against exact integer division, over the whole range of
+    non-negative int64 dividends and divisors from 1 to 2^63 - 1. The emulation runs the same
+    arithmetic as the GPU (the multiply-high in 128-bit integers instead of __umul64hi)."""
+    if EXT is None:
+        pytest.skip(f"no hdkd._C, so no C++ toolchain assumed for the emulation: {EXT_REASON}")
+    ops = cuda_emulation.load()
+    g = torch.Generator().manual_seed(0)
+    top = 2**63 - 1
+    big = [2**31 - 1, 2**31, 2**31 + 1, 2**32 - 1, 2**32, 2**32 + 1, 3**20, 2**62 - 1, 2**62,
+           2**62 + 1, top - 1, top]
+    sizes = [384, 3136, 12544, 50176, 64 * 384 * 3136]  # channels, pixels, elements
+    divisors = list(range(1, 300)) + sizes + big
+    divisors += torch.randint(1, top, (200,), generator=g).tolist()
+    divisors += [1 << torch.randint(1, 62, (), generator=g).item() for _ in range(20)]
+    for d in divisors:
+        k = torch.randint(0, max(top // d, 1), (64,), generator=g)
+        n = torch.cat([torch.tensor([0, 1, top, top - 1, d - 1, d, min(d + 1, top)] + big),
+                       torch.randint(0, top, (256,), generator=g),
+                       k * d, (k * d - 1).clamp(min=0), k * d + 1])
+        q, r = ops.divmod(n, d)
+        assert torch.equal(q, n // d) and torch.equal(r, n % d), f"divisor {d}"
+
+
 def test_ops_pass_opcheck(target):
     """Schema, fake kernel, autograd registration and device handling agree (torch.library)."""
     ops, device = target

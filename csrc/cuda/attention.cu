@@ -78,13 +78,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
   const float* wp = saw.data_ptr<float>();
   Tensor dpooled_t = at::empty({B, 2, P}, ca.options());
   float* dpooled = dpooled_t.data_ptr<float>();
+  const Divisor by_p = lh.by_p, by_w = lh.by_w, by_k(k), by_kk(k * k);
   for_each_index(B * 2 * P, [=] HDKD_HD(int64_t i) {
-    dpooled[i] = spatial_gate_input_grad(dpre, wp, k, H, W, i / (2 * P), (i / P) % 2,
-                                         (i % P) / W, i % W);
+    int64_t q, p, y, x;
+    by_p.divmod(i, q, p);  // q = b * 2 + channel
+    by_w.divmod(p, y, x);
+    dpooled[i] = spatial_gate_input_grad(dpre, wp, k, H, W, q / 2, q % 2, y, x);
   });
   const Tensor dsaw = sum_terms(2 * k * k, B * P, [=] HDKD_HD(int64_t tap, int64_t t) {
-    const int64_t ch = tap / (k * k), ky = (tap / k) % k, kx = tap % k;
-    const int64_t b = t / P, y = (t % P) / W + ky - r, x = t % W + kx - r;
+    int64_t ch, ktap, ky, kx, b, p, y, x;
+    by_kk.divmod(tap, ch, ktap);
+    by_k.divmod(ktap, ky, kx);
+    by_p.divmod(t, b, p);
+    by_w.divmod(p, y, x);
+    y += ky - r;
+    x += kx - r;
     if (y < 0 || y >= H || x < 0 || x >= W) return 0.f;
     return dpre[t] * pp[(b * 2 + ch) * P + y * W + x];
   }, h);
@@ -95,7 +103,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
   HDKD_DISPATCH(h.scalar_type(), "hdkd_csa_backward_dca", [&] {
     const scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad.data_ptr<scalar_t>();
     dca = sum_terms(B * C, P, [=] HDKD_HD(int64_t j, int64_t p) {
-      const int64_t b = j / C, c = j % C, q = b * P + p;
+      int64_t b, c;
+      lh.by_c.divmod(j, b, c);
+      const int64_t q = b * P + p;
       const float hv = static_cast<float>(hp[lh.at(b, c, p)]);
       float du = static_cast<float>(gp[lg.at(b, c, p)]) * sap[q] + dpooled[b * 2 * P + p] * inv_c;
       if (hv * cap[j] == pp[(b * 2 + 1) * P + p]) du += dpooled[(b * 2 + 1) * P + p] / pties[q];
@@ -117,13 +127,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
       int64_t b, c, p;
       ld.unravel(i, b, c, p);
       const int64_t q = b * P + p, j = b * C + c;
-      const float g = static_cast<float>(gp[lg.at(b, c, p)]);
-      const float hv = static_cast<float>(hp[lh.at(b, c, p)]);
+      const float g = static_cast<float>(gp[lg.offset(ld, i, b, c, p)]);
+      const float hv = static_cast<float>(hp[lh.offset(ld, i, b, c, p)]);
       float du = g * sap[q] + dpooled[b * 2 * P + p] * inv_c;
       if (hv * cap[j] == pp[(b * 2 + 1) * P + p]) du += dpooled[(b * 2 + 1) * P + p] / pties[q];
       float v = g + du * cap[j] + davp[j];
       if (hv == mxp[j]) v += dmxp[j] / tiesp[j];
-      out[ld.at(b, c, p)] = static_cast<scalar_t>(v);
+      out[ld.offset(ld, i, b, c, p)] = static_cast<scalar_t>(v);
     });
   });
   return {dh, gate.fc1.view(fc1.sizes()).to(fc1.scalar_type()),

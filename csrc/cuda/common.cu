@@ -5,9 +5,13 @@
 namespace hdkd::cuda {
 
 Layout layout_of(const Tensor& t) {
-  return {t.size(0),   t.size(1),   t.size(2),   t.size(3),
+  const bool channels_last = t.stride(1) < t.stride(3);
+  const bool dense = channels_last ? t.is_contiguous(at::MemoryFormat::ChannelsLast)
+                                   : t.is_contiguous();
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  return {t.size(0),   C,           H,           W,
           t.stride(0), t.stride(1), t.stride(2), t.stride(3),
-          t.stride(1) < t.stride(3)};
+          channels_last, dense, Divisor(C), Divisor(H * W), Divisor(W)};
 }
 
 bool wants_channels_last(const Tensor& x) {
@@ -81,7 +85,9 @@ template <typename scalar_t>
 HDKD_HD PoolSums pool_sums(const scalar_t* h, const Layout& lh, const scalar_t* g,
                            const Layout& lg, const float* ca, int64_t i, int64_t first,
                            int64_t step) {
-  const int64_t C = lh.C, b = i / lh.P(), p = i % lh.P();
+  int64_t b, p;
+  lh.by_p.divmod(i, b, p);
+  const int64_t C = lh.C;
   const int64_t hbase = lh.pixel(b, p), gbase = g ? lg.pixel(b, p) : 0;
   PoolSums s;
   for (int64_t c = first; c < C; c += step) {
@@ -92,11 +98,12 @@ HDKD_HD PoolSums pool_sums(const scalar_t* h, const Layout& lh, const scalar_t* 
   return s;
 }
 
-HDKD_HD inline void write_pool(float* out, float* ties, float* gu, int64_t C, int64_t P,
+HDKD_HD inline void write_pool(float* out, float* ties, float* gu, int64_t C, const Divisor& P,
                                int64_t i, const PoolSums& s) {
-  const int64_t b = i / P, p = i % P;
-  out[b * 2 * P + p] = s.u.sum / float(C);
-  out[(b * 2 + 1) * P + p] = s.u.max;
+  int64_t b, p;
+  P.divmod(i, b, p);
+  out[(b * 2) * P.value() + p] = s.u.sum / float(C);
+  out[(b * 2 + 1) * P.value() + p] = s.u.max;
   if (ties) ties[i] = s.u.ties;
   if (gu) gu[i] = s.gu;
 }
@@ -116,10 +123,10 @@ Tensor channel_pool(const Tensor& h, const Tensor& ca, float* ties, const Tensor
       for_each_warp(lh.B * P, [=] HDKD_HD(int64_t i, int lane) {
         return pool_sums(hp, lh, gp, lg, gate, i, lane, kWarp);
       }, [] HDKD_HD(const PoolSums& a, const PoolSums& b) { return PoolSums::merge(a, b); },
-      [=] HDKD_HD(int64_t i, const PoolSums& s) { write_pool(out, ties, gu, C, P, i, s); });
+      [=] HDKD_HD(int64_t i, const PoolSums& s) { write_pool(out, ties, gu, C, lh.by_p, i, s); });
     } else {  // a thread per pixel: neighbouring threads read neighbouring pixels
       for_each_index(lh.B * P, [=] HDKD_HD(int64_t i) {
-        write_pool(out, ties, gu, C, P, i, pool_sums(hp, lh, gp, lg, gate, i, 0, 1));
+        write_pool(out, ties, gu, C, lh.by_p, i, pool_sums(hp, lh, gp, lg, gate, i, 0, 1));
       });
     }
   });
@@ -133,8 +140,12 @@ Tensor spatial_gate(const Tensor& pooled, const Tensor& sa_weight) {
   Tensor sa = at::empty({B, H, W}, pooled.options());
   const float *src = pooled.data_ptr<float>(), *wp = w.data_ptr<float>();
   float* out = sa.data_ptr<float>();
+  const Divisor by_p(P), by_w(W);
   for_each_index(B * P, [=] HDKD_HD(int64_t i) {
-    out[i] = sigmoid(spatial_gate_logit(src, wp, k, H, W, i / P, (i % P) / W, i % W));
+    int64_t b, p, y, x;
+    by_p.divmod(i, b, p);
+    by_w.divmod(p, y, x);
+    out[i] = sigmoid(spatial_gate_logit(src, wp, k, H, W, b, y, x));
   });
   return sa;
 }
@@ -149,9 +160,9 @@ void apply_gates(const Tensor& h, const Tensor& ca, const Tensor& sa, const Tens
     for_each_index(lh.B * lh.C * P, [=] HDKD_HD(int64_t i) {
       int64_t b, c, p;
       lo.unravel(i, b, c, p);
-      const float v = static_cast<float>(src[lh.at(b, c, p)]);
+      const float v = static_cast<float>(src[lh.offset(lo, i, b, c, p)]);
       const float scale = gate[b * lh.C + c] * spatial[b * P + p] + 1.f;
-      dst[lo.at(b, c, p)] = static_cast<scalar_t>(v * scale);
+      dst[lo.offset(lo, i, b, c, p)] = static_cast<scalar_t>(v * scale);
     });
   });
 }

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cuda/divisor.cuh"
 #include "max_with_ties.h"
 
 #ifdef HDKD_CUDA_EMULATION
@@ -48,6 +49,9 @@ constexpr int kThreads = 256;
 template <class F>
 __global__ void for_each_kernel(int64_t n, F fn) {
   const int64_t step = int64_t(blockDim.x) * gridDim.x;
+  // Not unrolled: up to 2^28 indices (the block cap) a thread takes one index, and unrolling
+  // would cost a 64-bit software division (the trip count) per thread.
+#pragma unroll 1
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += step) fn(i);
 }
 #endif
@@ -88,6 +92,7 @@ template <class Partial, class Combine, class Finish>
 __global__ void for_each_warp_kernel(int64_t n, Partial partial, Combine combine, Finish finish) {
   const int lane = threadIdx.x % kWarp;
   const int64_t step = int64_t(blockDim.x) * gridDim.x / kWarp;
+#pragma unroll 1
   for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp; i < n; i += step) {
     auto v = partial(i, lane);
 #pragma unroll
@@ -141,28 +146,34 @@ struct Layout {
   int64_t B, C, H, W;
   int64_t sb, sc, sh, sw;
   bool channels_last;  // the order in which elementwise kernels visit it (writes coalesce)
+  bool dense;          // its elements fill memory in that order: offset == visiting index
+  Divisor by_c, by_p, by_w;  // C, H * W, W
 
   HDKD_HD int64_t P() const { return H * W; }
-  HDKD_HD int64_t at(int64_t b, int64_t c, int64_t p) const {
-    return b * sb + c * sc + (p / W) * sh + (p % W) * sw;
-  }
+  HDKD_HD int64_t at(int64_t b, int64_t c, int64_t p) const { return pixel(b, p) + c * sc; }
   HDKD_HD int64_t at(int64_t b, int64_t c, int64_t y, int64_t x) const {
     return b * sb + c * sc + y * sh + x * sw;
   }
   HDKD_HD int64_t pixel(int64_t b, int64_t p) const {  // offset of (b, channel 0, p)
-    return b * sb + (p / W) * sh + (p % W) * sw;
+    int64_t y, x;
+    by_w.divmod(p, y, x);
+    return b * sb + y * sh + x * sw;
   }
   // Element i of the visiting order as (b, c, p).
   HDKD_HD void unravel(int64_t i, int64_t& b, int64_t& c, int64_t& p) const {
+    int64_t q;
     if (channels_last) {
-      c = i % C;
-      p = (i / C) % (H * W);
-      b = i / (C * H * W);
+      by_c.divmod(i, q, c);
+      by_p.divmod(q, b, p);
     } else {
-      p = i % (H * W);
-      c = (i / (H * W)) % C;
-      b = i / (C * H * W);
+      by_p.divmod(i, q, p);
+      by_c.divmod(q, b, c);
     }
+  }
+  // The offset of element (b, c, p), which is element i of `order`'s visiting order: i itself
+  // when this tensor is dense in that order (no index math).
+  HDKD_HD int64_t offset(const Layout& order, int64_t i, int64_t b, int64_t c, int64_t p) const {
+    return dense && channels_last == order.channels_last ? i : at(b, c, p);
   }
 };
 
@@ -224,8 +235,11 @@ Tensor sum_terms(int64_t m, int64_t n, const Term& term, const Tensor& like) {
   const auto opts = like.options().dtype(at::kFloat);
   Tensor partial = at::empty({chunks * m}, opts), out = at::empty({m}, opts);
   float* pp = partial.data_ptr<float>();
+  const Divisor by_m(m);
   for_each_index(chunks * m, [=] HDKD_HD(int64_t i) {
-    const int64_t j = i % m, t0 = (i / m) * kChunk, t1 = t0 + kChunk < n ? t0 + kChunk : n;
+    int64_t chunk, j;
+    by_m.divmod(i, chunk, j);
+    const int64_t t0 = chunk * kChunk, t1 = t0 + kChunk < n ? t0 + kChunk : n;
     float acc = 0.f;
     for (int64_t t = t0; t < t1; ++t) acc += term(j, t);
     pp[i] = acc;
@@ -261,8 +275,12 @@ ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t P, const Value& valu
   Tensor partial = at::empty({3, chunks * m}, f32);
   float* ps = partial.data_ptr<float>();
   float *pm = ps + chunks * m, *pt = pm + chunks * m;
+  const Divisor by_m(m), by_c(C);
   for_each_index(chunks * m, [=] HDKD_HD(int64_t i) {
-    const int64_t j = i % m, b = j / C, c = j % C, p0 = (i / m) * kChunk;
+    int64_t chunk, j, b, c;
+    by_m.divmod(i, chunk, j);
+    by_c.divmod(j, b, c);
+    const int64_t p0 = chunk * kChunk;
     const int64_t p1 = p0 + kChunk < P ? p0 + kChunk : P;
     SumMaxTies s;
     for (int64_t p = p0; p < p1; ++p) s.add(value(b, c, p));

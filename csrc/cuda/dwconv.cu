@@ -37,7 +37,7 @@ void launch_dwconv(const DwconvValue<in_t>& value, const Tensor& y) {
   for_each_index(ly.B * ly.C * ly.P(), [=] HDKD_HD(int64_t i) {
     int64_t b, c, p;
     ly.unravel(i, b, c, p);
-    dst[ly.at(b, c, p)] = static_cast<out_t>(value(b, c, p));
+    dst[ly.offset(ly, i, b, c, p)] = static_cast<out_t>(value(b, c, p));
   });
 }
 
@@ -94,13 +94,18 @@ std::tuple<Tensor, Tensor> conv_and_moments(const Tensor& x, const Tensor& w, fl
   float* pmean = moments.data_ptr<float>();
   float* pm2 = pmean + chunks * C;
   const Tensor wt = taps_of(w);
+  const Divisor by_c(C), by_p(P);
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_moments", [&] {
     const auto value = dwconv_value<scalar_t>(x, wt, w.size(-1), Tensor(), Tensor(), false);
     for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
-      const int64_t c = i % C, t0 = (i / C) * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
+      int64_t chunk, c;
+      by_c.divmod(i, chunk, c);
+      const int64_t t0 = chunk * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
       float sum = 0.f;
       for (int64_t t = t0; t < t1; ++t) {
-        const float v = value(t / P, c, t % P);
+        int64_t b, p;
+        by_p.divmod(t, b, p);
+        const float v = value(b, c, p);
         cp[t * C + c] = v;
         sum += v;
       }
@@ -162,13 +167,16 @@ void dw_grad_partials(const scalar_t* xp, const float* dz, float* partial, int64
                       int64_t B, int64_t C, int64_t H, int64_t W) {
   constexpr int R = K / 2;
   const int64_t P = H * W, N = B * P;
+  const Divisor by_c(C), by_p(P), by_w(W);
   for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
-    const int64_t c = i % C, ch = i / C, t0 = ch * kChunk;
-    const int64_t t1 = t0 + kChunk < N ? t0 + kChunk : N;
+    int64_t ch, c, b, p, y, x;
+    by_c.divmod(i, ch, c);
+    const int64_t t0 = ch * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
     float acc[K * K];
 #pragma unroll
     for (int q = 0; q < K * K; ++q) acc[q] = 0.f;
-    int64_t b = t0 / P, y = (t0 % P) / W, x = t0 % W;
+    by_p.divmod(t0, b, p);
+    by_w.divmod(p, y, x);
     for (int64_t t = t0; t < t1; ++t) {
       const float g = dz[t * C + c];
 #pragma unroll
@@ -281,6 +289,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   const Tensor gy = given(grad_y) ? nhwc(*grad_y) : Tensor();
   const Tensor y = gmp ? nhwc(y_in) : Tensor();  // where the max's gradient goes
   const int64_t chunks = (N + kChunk - 1) / kChunk;
+  const Divisor by_c(C), by_p(P), by_w(W);
   Tensor partial = at::empty({2, chunks * C}, x.options().dtype(at::kFloat));
   float* psum = partial.data_ptr<float>();
   float* psumc = psum + chunks * C;
@@ -288,10 +297,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
     const scalar_t* gyp = gy.defined() ? gy.data_ptr<scalar_t>() : nullptr;
     const scalar_t* yp = y.defined() ? y.data_ptr<scalar_t>() : nullptr;
     for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
-      const int64_t c = i % C, t0 = (i / C) * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
+      int64_t chunk, c;
+      by_c.divmod(i, chunk, c);
+      const int64_t t0 = chunk * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
       float sum = 0.f, sumc = 0.f;
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t b = t / P, j = b * C + c, e = t * C + c;
+        const int64_t j = by_p.div(t) * C + c, e = t * C + c;
         float base = gyp ? static_cast<float>(gyp[e]) : 0.f;
         if (gap) base += gap[j] * inv_p;
         if (yp && static_cast<float>(yp[e]) == ymp[j]) base += gmp[j] / tp[j];
@@ -319,12 +330,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
     const float *k1p = k1.data_ptr<float>(), *c0p = c0.data_ptr<float>();
     const float* mp = mean.data_ptr<float>();
     for_each_index(N * C, [=] HDKD_HD(int64_t i) {
-      const int64_t c = i % C;
+      const int64_t c = by_c.mod(i);
       dz[i] = dz[i] * scp[c] - c0p[c] - k1p[c] * (cp[i] - mp[c]);
     });
   } else {
     dscale = dsumc;
-    for_each_index(N * C, [=] HDKD_HD(int64_t i) { dz[i] *= scp[i % C]; });
+    for_each_index(N * C, [=] HDKD_HD(int64_t i) { dz[i] *= scp[by_c.mod(i)]; });
   }
 
   // dx: the conv of dconv with the spatially flipped kernel (a gather per pixel).
@@ -335,7 +346,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_backward_dx", [&] {
     scalar_t* out = dx.data_ptr<scalar_t>();
     for_each_index(N * C, [=] HDKD_HD(int64_t i) {
-      const int64_t c = i % C, b = i / (P * C), p = (i / C) % P, yy = p / W, xx = p % W;
+      int64_t q, c, b, p, yy, xx;
+      by_c.divmod(i, q, c);
+      by_p.divmod(q, b, p);
+      by_w.divmod(p, yy, xx);
       float acc = 0.f;
       for (int64_t ky = 0; ky < k; ++ky) {
         const int64_t oy = yy - ky + r;

@@ -20,7 +20,9 @@ struct DwconvValue {
   bool apply_gelu;
 
   HDKD_HD float operator()(int64_t b, int64_t c, int64_t p) const {
-    const int64_t r = k / 2, y = p / lx.W, xx = p % lx.W;
+    const int64_t r = k / 2;
+    int64_t y, xx;
+    lx.by_w.divmod(p, y, xx);
     float acc = 0.f;
     for (int64_t ky = 0; ky < k; ++ky) {
       const int64_t iy = y + ky - r;

@@ -103,8 +103,11 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
     const scalar_t *yp = halves.data_ptr<scalar_t>(), *sp = shortcut.data_ptr<scalar_t>();
     const float *bp = bias.data_ptr<float>(), *sap = sa.data_ptr<float>();
     scalar_t* op = out.data_ptr<scalar_t>();
+    const Divisor by_cout(cout);
     for_each_index(B * P * cout, [=] HDKD_HD(int64_t i) {
-      const int64_t q = i / cout, o = i % cout, row = q * 2 * cout;
+      int64_t q, o;
+      by_cout.divmod(i, q, o);
+      const int64_t row = q * 2 * cout;
       const float v = static_cast<float>(sp[i]) + bp[o] +
                       sap[q] * static_cast<float>(yp[row + o]) +
                       static_cast<float>(yp[row + cout + o]);
