@@ -113,7 +113,10 @@ def _dw_train_reference(x, w, gamma, beta, eps=1e-5):
     return (*_dw_reference(x, w, scale, beta - mean * scale), z, mean, var)
 
 
-DW_CASES = [((1, 19, 7, 5), 3), ((2, 37, 9, 11), 3), ((2, 10, 6, 4), 5), ((1, 6, 23, 17), 7)]
+# Each kernel size (the kernels are specialised per size) with pixels on the border and, except
+# (2, 10, 6, 4), inside it (every tap in the image: the unchecked path).
+DW_CASES = [((1, 19, 7, 5), 3), ((2, 37, 9, 11), 3), ((2, 10, 6, 4), 5), ((1, 11, 13, 9), 5),
+            ((1, 6, 23, 17), 7), ((2, 9, 5, 3), 1)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

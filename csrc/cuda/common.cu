@@ -55,13 +55,27 @@ void check_sizes(const char* op, const char* name, const Tensor& t, at::IntArray
               " of shape ", sizes, " on ", x.device(), ", got ", t.sizes(), " on ", t.device());
 }
 
+namespace {
+
+// The values of one (b, c) plane of a tensor, as channel_stats_of reads them.
+template <typename scalar_t>
+struct PlaneValues {
+  const scalar_t* plane;
+  int64_t sh, sw;
+  HDKD_HD float operator()(int64_t, int64_t y, int64_t x) const {
+    return static_cast<float>(plane[y * sh + x * sw]);
+  }
+};
+
+}  // namespace
+
 ChannelStats channel_stats(const Tensor& t) {
   const Layout l = layout_of(t);
   ChannelStats out;
   HDKD_DISPATCH(t.scalar_type(), "hdkd_channel_stats", [&] {
     const scalar_t* src = t.data_ptr<scalar_t>();
-    out = channel_stats_of(l.B, l.C, l.P(), [=] HDKD_HD(int64_t b, int64_t c, int64_t p) {
-      return static_cast<float>(src[l.at(b, c, p)]);
+    out = channel_stats_of(l.B, l.C, l.H, l.W, [=] HDKD_HD(int64_t b, int64_t c) {
+      return PlaneValues<scalar_t>{src + b * l.sb + c * l.sc, l.sh, l.sw};
     }, t);
   });
   return out;

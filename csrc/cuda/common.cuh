@@ -198,6 +198,15 @@ HDKD_HD inline float gelu_grad(float z) {
 }
 HDKD_HD inline float sigmoid(float z) { return 1.f / (1.f + expf(-z)); }
 
+// v, which the compiler must then keep rather than recompute: NVVM rematerialises some values a
+// loop uses from the loop's invariants, divisions included, once per iteration.
+HDKD_HD inline int64_t computed_once(int64_t v) {
+#ifdef __CUDA_ARCH__
+  asm("" : "+l"(v));
+#endif
+  return v;
+}
+
 // Terms per partial sum of the chunked reductions.
 constexpr int64_t kChunk = 256;
 
@@ -208,15 +217,36 @@ template <class Term>
 Tensor sum_terms(int64_t m, int64_t n, const Term& term, const Tensor& like);
 
 // Per-(b, c) sum, max and the number of pixels equal to the max (torch.amax splits its gradient
-// evenly among them), over the H*W pixels, float32 B x C: of t's values, or of value(b, c, p).
-// A NaN value makes the max NaN, as in torch.amax.
+// evenly among them), over the H*W pixels, float32 B x C: of t's values, or of row(p, y, x)
+// for the pixels p = y * W + x of each plane, where row = row_of(b, c) is made once per thread
+// and walks a chunk of pixels in order. A NaN value makes the max NaN, as in torch.amax.
 struct ChannelStats {
   Tensor sum, max, ties;
 };
 ChannelStats channel_stats(const Tensor& t);
-template <class Value>
-ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t P, const Value& value,
+template <class RowOf>
+ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t H, int64_t W, const RowOf& row_of,
                               const Tensor& like);
+
+// (b, y, x) of the pixel rows t = b * H * W + y * W + x, t = t0, t0 + 1, ...: one division
+// for the first, none after.
+struct PixelWalk {
+  int64_t b, y, x;
+  HDKD_HD PixelWalk(int64_t t0, const Layout& l) {
+    int64_t p;
+    l.by_p.divmod(t0, b, p);
+    l.by_w.divmod(p, y, x);
+  }
+  HDKD_HD void next(const Layout& l) {
+    if (++x == l.W) {
+      x = 0;
+      if (++y == l.H) {
+        y = 0;
+        ++b;
+      }
+    }
+  }
+};
 
 // The CBAM gates on h (B x C x H x W, any layout and dtype), ca B x C float32:
 //   pooled[b, 0|1, p] = mean|max over c of u = h * ca (ties, when not null: B x H*W, the number of
@@ -267,23 +297,31 @@ struct SumMaxTies {
   }
 };
 
-template <class Value>
-ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t P, const Value& value,
+template <class RowOf>
+ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t H, int64_t W, const RowOf& row_of,
                               const Tensor& like) {
-  const int64_t m = B * C, chunks = std::max<int64_t>((P + kChunk - 1) / kChunk, 1);
+  const int64_t P = H * W, m = B * C, chunks = std::max<int64_t>((P + kChunk - 1) / kChunk, 1);
   const auto f32 = like.options().dtype(at::kFloat);
   Tensor partial = at::empty({3, chunks * m}, f32);
   float* ps = partial.data_ptr<float>();
   float *pm = ps + chunks * m, *pt = pm + chunks * m;
-  const Divisor by_m(m), by_c(C);
+  const Divisor by_m(m), by_c(C), by_w(W);
   for_each_index(chunks * m, [=] HDKD_HD(int64_t i) {
-    int64_t chunk, j, b, c;
+    int64_t chunk, j, b, c, y, x;
     by_m.divmod(i, chunk, j);
     by_c.divmod(j, b, c);
     const int64_t p0 = chunk * kChunk;
     const int64_t p1 = p0 + kChunk < P ? p0 + kChunk : P;
+    by_w.divmod(p0, y, x);
+    const auto row = row_of(computed_once(b), computed_once(c));
     SumMaxTies s;
-    for (int64_t p = p0; p < p1; ++p) s.add(value(b, c, p));
+    for (int64_t p = p0; p < p1; ++p) {
+      s.add(row(p, y, x));
+      if (++x == W) {
+        x = 0;
+        ++y;
+      }
+    }
     ps[i] = s.sum;
     pm[i] = s.max;
     pt[i] = s.ties;

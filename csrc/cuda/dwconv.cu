@@ -7,6 +7,7 @@
 // are returned channels_last when the input was, else contiguous.
 #include "cuda/dwconv.cuh"
 
+#include <ATen/ops/flip.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/rsqrt.h>
 
@@ -15,30 +16,84 @@
 namespace hdkd::cuda {
 namespace {
 
-constexpr int64_t kMaxKernel = 7;  // the weight gradient keeps one pixel's k*k taps in registers
+constexpr int64_t kMaxKernel = 7;  // the kernels are specialised per size (with_kernel_size)
 
 // w (C x 1 x k x k, any dtype) as float32 k*k x C (tap-major: a tap's weights are contiguous).
 Tensor taps_of(const Tensor& w) {
   return w.to(at::kFloat).reshape({w.size(0), w.size(2) * w.size(3)}).t().contiguous();
 }
 
-template <typename in_t>
-DwconvValue<in_t> dwconv_value(const Tensor& x, const Tensor& wt, int64_t k, const Tensor& scale,
-                               const Tensor& shift, bool apply_gelu) {
-  return {x.data_ptr<in_t>(), layout_of(x), wt.data_ptr<float>(), k,
-          scale.defined() ? scale.data_ptr<float>() : nullptr,
-          shift.defined() ? shift.data_ptr<float>() : nullptr, apply_gelu};
+// conv = conv_kxk(x, w) (no bias) into a dense B x H x W x C buffer: thread (chunk of
+// kChunk pixel rows t = b * H * W + p, channel c) walks its chunk in order. With pmean and pm2
+// (chunks x C; float32 conv only) it also takes the chunk's mean and sum of squared deviations,
+// re-reading its own values (two-pass within the chunk, no cancellation).
+template <int K, typename in_t, typename out_t>
+void conv_chunks(const in_t* xp, const Layout& lx, const float* wt, out_t* conv, float* pmean,
+                 float* pm2) {
+  const int64_t C = lx.C, N = lx.B * lx.P(), chunks = (N + kChunk - 1) / kChunk;
+  const Divisor by_c(C);
+  for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
+    int64_t chunk, c;
+    by_c.divmod(i, chunk, c);
+    const int64_t t0 = chunk * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
+    const DwconvTaps<K, in_t> taps(wt, c, lx);
+    PixelWalk at(t0, lx);
+    float sum = 0.f;
+    for (int64_t t = t0; t < t1; ++t, at.next(lx)) {
+      const float v = taps(xp + at.b * lx.sb + c * lx.sc, at.y, at.x);
+      conv[t * C + c] = static_cast<out_t>(v);
+      sum += v;
+    }
+    if (!pmean) return;
+    const float m = sum / float(t1 - t0);
+    float m2 = 0.f;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float d = static_cast<float>(conv[t * C + c]) - m;
+      m2 += d * d;
+    }
+    pmean[i] = m;
+    pm2[i] = m2;
+  });
 }
 
+// conv_chunks of x (in_t data) for w's kernel size.
 template <typename in_t, typename out_t>
-void launch_dwconv(const DwconvValue<in_t>& value, const Tensor& y) {
-  const Layout ly = layout_of(y);
-  out_t* dst = y.data_ptr<out_t>();
-  for_each_index(ly.B * ly.C * ly.P(), [=] HDKD_HD(int64_t i) {
-    int64_t b, c, p;
-    ly.unravel(i, b, c, p);
-    dst[ly.offset(ly, i, b, c, p)] = static_cast<out_t>(value(b, c, p));
+void conv_nhwc(const Tensor& x, const Tensor& w, out_t* conv, float* pmean = nullptr,
+               float* pm2 = nullptr) {
+  const Tensor wt = taps_of(w);
+  const Layout lx = layout_of(x);
+  const in_t* xp = x.data_ptr<in_t>();
+  with_kernel_size(w.size(-1), [&](auto K) {
+    conv_chunks<decltype(K)::value>(xp, lx, wt.data_ptr<float>(), conv, pmean, pm2);
   });
+}
+
+// GELU(conv * scale + shift) of one (b, c) plane, written to y (as stored) and returned, for
+// channel_stats_of.
+template <int K, typename scalar_t>
+struct DwconvGeluRow {
+  DwconvTaps<K, scalar_t> taps;
+  const scalar_t* x;  // the planes of x and y
+  scalar_t* y;
+  int64_t ysh, ysw;
+  float scale, shift;
+  HDKD_HD float operator()(int64_t, int64_t py, int64_t px) const {
+    const scalar_t v = static_cast<scalar_t>(gelu(taps(x, py, px) * scale + shift));
+    y[py * ysh + px * ysw] = v;
+    return static_cast<float>(v);
+  }
+};
+
+template <int K, typename scalar_t>
+ChannelStats gelu_stats_of(const scalar_t* xp, const Layout& lx, const float* wt,
+                           const float* scale, const float* shift, scalar_t* yp, const Layout& ly,
+                           const Tensor& like) {
+  // y written by the statistics pass: each (b, c, p) has exactly one owner
+  return channel_stats_of(lx.B, lx.C, lx.H, lx.W, [=] HDKD_HD(int64_t b, int64_t c) {
+    return DwconvGeluRow<K, scalar_t>{DwconvTaps<K, scalar_t>(wt, c, lx),
+                                      xp + b * lx.sb + c * lx.sc, yp + b * ly.sb + c * ly.sc,
+                                      ly.sh, ly.sw, scale ? scale[c] : 1.f, shift[c]};
+  }, like);
 }
 
 void check_dw(const char* op, const Tensor& x, const Tensor& w) {
@@ -76,16 +131,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_i
   const OpScope scope(x_in);
   const Tensor x = nhwc(x_in);
   Tensor y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
-  const ChannelStats stats = dwconv_and_stats(x, w, as_float(scale), as_float(shift), true, y);
+  const ChannelStats stats = dwconv_gelu_and_stats(x, w, as_float(scale), as_float(shift), y);
   auto [avg, mx, ties] = stats_outputs(stats, x);
   return {in_format_of(y, x_in), avg, mx, ties};
 }
 
 // conv = conv_kxk(x, w) into cp (dense float32 B x H x W x C), and its per-channel batch mean
-// and biased variance, in one pass over x: thread (chunk of kChunk pixels, channel c) writes its
-// chunk's conv values and their mean and sum of squared deviations (re-reading its own values:
-// two-pass within the chunk, no cancellation); the chunks are then combined with Chan's formula,
-// var = (sum M2_i + sum n_i (mean_i - mean)^2) / N.
+// and biased variance, in one pass over x (conv_chunks' per-chunk moments, combined with Chan's
+// formula, var = (sum M2_i + sum n_i (mean_i - mean)^2) / N).
 std::tuple<Tensor, Tensor> conv_and_moments(const Tensor& x, const Tensor& w, float* cp) {
   const int64_t C = x.size(1), P = x.size(2) * x.size(3), N = x.size(0) * P;
   const int64_t chunks = (N + kChunk - 1) / kChunk;
@@ -93,32 +146,8 @@ std::tuple<Tensor, Tensor> conv_and_moments(const Tensor& x, const Tensor& w, fl
   Tensor moments = at::empty({2, chunks, C}, f32);
   float* pmean = moments.data_ptr<float>();
   float* pm2 = pmean + chunks * C;
-  const Tensor wt = taps_of(w);
-  const Divisor by_c(C), by_p(P);
-  HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_moments", [&] {
-    const auto value = dwconv_value<scalar_t>(x, wt, w.size(-1), Tensor(), Tensor(), false);
-    for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
-      int64_t chunk, c;
-      by_c.divmod(i, chunk, c);
-      const int64_t t0 = chunk * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
-      float sum = 0.f;
-      for (int64_t t = t0; t < t1; ++t) {
-        int64_t b, p;
-        by_p.divmod(t, b, p);
-        const float v = value(b, c, p);
-        cp[t * C + c] = v;
-        sum += v;
-      }
-      const float m = sum / float(t1 - t0);
-      float m2 = 0.f;
-      for (int64_t t = t0; t < t1; ++t) {
-        const float d = cp[t * C + c] - m;
-        m2 += d * d;
-      }
-      pmean[i] = m;
-      pm2[i] = m2;
-    });
-  });
+  HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_moments",
+                [&] { conv_nhwc<scalar_t>(x, w, cp, pmean, pm2); });
   Tensor n = at::full({chunks, 1}, double(kChunk), f32);
   n.select(0, chunks - 1).fill_(double(N - (chunks - 1) * kChunk));
   const Tensor chunk_mean = moments.select(0, 0), mean = chunk_mean.mul(n).sum(0).div_(double(N));
@@ -127,6 +156,21 @@ std::tuple<Tensor, Tensor> conv_and_moments(const Tensor& x, const Tensor& w, fl
                          .div_(double(N));
   return {mean, var};
 }
+
+// GELU(conv * scale + shift) of one (b, c) plane of the dense float32 conv, written to y (dense
+// like conv) as stored, for channel_stats_of.
+template <typename scalar_t>
+struct TrainGeluRow {
+  const float* conv;  // both at (b, c, pixel 0); pixels C apart
+  scalar_t* y;
+  int64_t C;
+  float scale, shift;
+  HDKD_HD float operator()(int64_t p, int64_t, int64_t) const {
+    const scalar_t v = static_cast<scalar_t>(gelu(conv[p * C] * scale + shift));
+    y[p * C] = v;
+    return static_cast<float>(v);
+  }
+};
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_train(
     const Tensor& x_in, const Tensor& w, const Tensor& gamma, const Tensor& beta, double eps) {
@@ -148,11 +192,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_train_y", [&] {
     scalar_t* yp = y.data_ptr<scalar_t>();
     // y written by the statistics pass: each (b, c, p) has exactly one owner
-    stats = channel_stats_of(B, C, P, [=] HDKD_HD(int64_t b, int64_t c, int64_t p) {
-      const int64_t off = (b * P + p) * C + c;
-      const scalar_t v = static_cast<scalar_t>(gelu(cp[off] * scp[c] + shp[c]));
-      yp[off] = v;
-      return static_cast<float>(v);
+    stats = channel_stats_of(B, C, H, W, [=] HDKD_HD(int64_t b, int64_t c) {
+      const int64_t plane = b * P * C + c;
+      return TrainGeluRow<scalar_t>{cp + plane, yp + plane, C, scp[c], shp[c]};
     }, x);
   });
   auto [avg, mx, ties] = stats_outputs(stats, x);
@@ -163,21 +205,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
 // taps in registers, walks its pixels in order and reads dz once per pixel;
 // partial[(chunk * K*K + tap) * C + c]. x, dz: dense B x H x W x C.
 template <int K, typename scalar_t>
-void dw_grad_partials(const scalar_t* xp, const float* dz, float* partial, int64_t chunks,
-                      int64_t B, int64_t C, int64_t H, int64_t W) {
+void dw_grad_partials(const scalar_t* xp, const Layout& lx, const float* dz, float* partial,
+                      int64_t chunks) {
   constexpr int R = K / 2;
-  const int64_t P = H * W, N = B * P;
-  const Divisor by_c(C), by_p(P), by_w(W);
+  const int64_t C = lx.C, H = lx.H, W = lx.W, N = lx.B * lx.P();
+  const Divisor by_c(C);
   for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
-    int64_t ch, c, b, p, y, x;
+    int64_t ch, c;
     by_c.divmod(i, ch, c);
     const int64_t t0 = ch * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
     float acc[K * K];
 #pragma unroll
     for (int q = 0; q < K * K; ++q) acc[q] = 0.f;
-    by_p.divmod(t0, b, p);
-    by_w.divmod(p, y, x);
-    for (int64_t t = t0; t < t1; ++t) {
+    PixelWalk at(t0, lx);
+    for (int64_t t = t0; t < t1; ++t, at.next(lx)) {
+      const int64_t b = at.b, y = at.y, x = at.x;
       const float g = dz[t * C + c];
 #pragma unroll
       for (int ky = 0; ky < K; ++ky) {
@@ -189,13 +231,6 @@ void dw_grad_partials(const scalar_t* xp, const float* dz, float* partial, int64
             acc[ky * K + kx] += g * static_cast<float>(xp[((b * H + iy) * W + ix) * C + c]);
         }
       }
-      if (++x == W) {
-        x = 0;
-        if (++y == H) {
-          y = 0;
-          ++b;
-        }
-      }
     }
 #pragma unroll
     for (int q = 0; q < K * K; ++q) partial[(ch * K * K + q) * C + c] = acc[q];
@@ -204,19 +239,15 @@ void dw_grad_partials(const scalar_t* xp, const float* dz, float* partial, int64
 
 // dw as float32 k*k x C.
 Tensor dw_grad(const Tensor& x, const float* dz, int64_t k) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), taps = k * k;
-  const int64_t chunks = (B * H * W + kChunk - 1) / kChunk;
+  const Layout lx = layout_of(x);
+  const int64_t C = lx.C, taps = k * k, chunks = (lx.B * lx.P() + kChunk - 1) / kChunk;
   Tensor partial_t = at::empty({chunks * taps * C}, x.options().dtype(at::kFloat));
   float* partial = partial_t.data_ptr<float>();
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_weight_grad", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    switch (k) {
-      case 1: dw_grad_partials<1>(xp, dz, partial, chunks, B, C, H, W); break;
-      case 3: dw_grad_partials<3>(xp, dz, partial, chunks, B, C, H, W); break;
-      case 5: dw_grad_partials<5>(xp, dz, partial, chunks, B, C, H, W); break;
-      case 7: dw_grad_partials<7>(xp, dz, partial, chunks, B, C, H, W); break;
-      default: TORCH_CHECK(false, "hdkd::dwconv_bn_gelu_backward: unsupported kernel size ", k);
-    }
+    with_kernel_size(k, [&](auto K) {
+      dw_grad_partials<decltype(K)::value>(xp, lx, dz, partial, chunks);
+    });
   });
   return sum_terms(taps * C, chunks, [=] HDKD_HD(int64_t j, int64_t ch) {
     return partial[ch * taps * C + j];
@@ -268,7 +299,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
     conv = nhwc(conv_in->to(at::kFloat));
   } else {
     conv = empty_nhwc_float(x, B, C, H, W);
-    dwconv(x, w, Tensor(), Tensor(), false, conv);
+    HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_conv",
+                  [&] { conv_nhwc<scalar_t>(x, w, conv.data_ptr<float>()); });
   }
   const float* cp = conv.data_ptr<float>();
   const Tensor scale = as_float(scale_in), shift = as_float(shift_in);
@@ -289,7 +321,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   const Tensor gy = given(grad_y) ? nhwc(*grad_y) : Tensor();
   const Tensor y = gmp ? nhwc(y_in) : Tensor();  // where the max's gradient goes
   const int64_t chunks = (N + kChunk - 1) / kChunk;
-  const Divisor by_c(C), by_p(P), by_w(W);
+  const Divisor by_c(C), by_p(P);
   Tensor partial = at::empty({2, chunks * C}, x.options().dtype(at::kFloat));
   float* psum = partial.data_ptr<float>();
   float* psumc = psum + chunks * C;
@@ -338,32 +370,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
     for_each_index(N * C, [=] HDKD_HD(int64_t i) { dz[i] *= scp[by_c.mod(i)]; });
   }
 
-  // dx: the conv of dconv with the spatially flipped kernel (a gather per pixel).
+  // dx: the conv of dconv with the spatially flipped kernel.
   Tensor dx = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
-  const int64_t k = w.size(-1), r = k / 2;
-  const Tensor wt = taps_of(w);
-  const float* wp = wt.data_ptr<float>();
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_backward_dx", [&] {
-    scalar_t* out = dx.data_ptr<scalar_t>();
-    for_each_index(N * C, [=] HDKD_HD(int64_t i) {
-      int64_t q, c, b, p, yy, xx;
-      by_c.divmod(i, q, c);
-      by_p.divmod(q, b, p);
-      by_w.divmod(p, yy, xx);
-      float acc = 0.f;
-      for (int64_t ky = 0; ky < k; ++ky) {
-        const int64_t oy = yy - ky + r;
-        if (oy < 0 || oy >= H) continue;
-        for (int64_t kx = 0; kx < k; ++kx) {
-          const int64_t ox = xx - kx + r;
-          if (ox >= 0 && ox < W)
-            acc += dz[((b * H + oy) * W + ox) * C + c] * wp[(ky * k + kx) * C + c];
-        }
-      }
-      out[i] = static_cast<scalar_t>(acc);
-    });
+    conv_nhwc<float>(dz_t, w.flip({2, 3}), dx.data_ptr<scalar_t>());
   });
-
+  const int64_t k = w.size(-1);
   const Tensor dw = dw_grad(x, dz, k).t().reshape({C, 1, k, k});
   return {in_format_of(dx, x_in), dw.to(w.scalar_type()), dscale.to(scale_in.scalar_type()),
           dsum.to(shift_in.scalar_type())};
@@ -371,34 +383,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
 
 }  // namespace
 
-void dwconv(const Tensor& x, const Tensor& w, const Tensor& scale, const Tensor& shift,
-            bool apply_gelu, const Tensor& y) {
-  TORCH_INTERNAL_ASSERT(y.scalar_type() == at::kFloat || y.scalar_type() == x.scalar_type());
-  const Tensor wt = taps_of(w);
-  HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv", [&] {
-    const auto value = dwconv_value<scalar_t>(x, wt, w.size(-1), scale, shift, apply_gelu);
-    if (y.scalar_type() == at::kFloat)
-      launch_dwconv<scalar_t, float>(value, y);
-    else
-      launch_dwconv<scalar_t, scalar_t>(value, y);
-  });
-}
-
-ChannelStats dwconv_and_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
-                              const Tensor& shift, bool apply_gelu, const Tensor& y) {
+ChannelStats dwconv_gelu_and_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
+                                   const Tensor& shift, const Tensor& y) {
   TORCH_INTERNAL_ASSERT(y.scalar_type() == x.scalar_type());
   const Tensor wt = taps_of(w);
+  const Layout lx = layout_of(x), ly = layout_of(y);
+  const float* sp = scale.defined() ? scale.data_ptr<float>() : nullptr;
   ChannelStats out;
-  HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_and_stats", [&] {
-    const auto value = dwconv_value<scalar_t>(x, wt, w.size(-1), scale, shift, apply_gelu);
-    const Layout ly = layout_of(y);
-    scalar_t* dst = y.data_ptr<scalar_t>();
-    // y written by the statistics pass: each (b, c, p) has exactly one owner
-    out = channel_stats_of(ly.B, ly.C, ly.P(), [=] HDKD_HD(int64_t b, int64_t c, int64_t p) {
-      const scalar_t v = static_cast<scalar_t>(value(b, c, p));
-      dst[ly.at(b, c, p)] = v;
-      return static_cast<float>(v);
-    }, x);
+  HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_gelu_and_stats", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    with_kernel_size(w.size(-1), [&](auto K) {
+      out = gelu_stats_of<decltype(K)::value>(xp, lx, wt.data_ptr<float>(), sp,
+                                              shift.data_ptr<float>(), yp, ly, x);
+    });
   });
   return out;
 }

@@ -1,51 +1,70 @@
 // The depthwise conv shared by dwconv.cu and mbcsa.cu.
 #pragma once
 
+#include <type_traits>
+
 #include "cuda/common.cuh"
 
 namespace hdkd::cuda {
 
-// act(conv_kxk(x, w)[b, c, p] * scale[c] + shift[c]) in float32: depthwise, stride 1, zero
-// padding k / 2; scale null means 1 (shift is then the conv bias), shift null means 0; act is
-// GELU when apply_gelu, else the identity. w: float32 k*k x C (tap-major, so that neighbouring
-// channels read neighbouring weights).
-template <typename in_t>
-struct DwconvValue {
-  const in_t* x;
-  Layout lx;
-  const float* w;
-  int64_t k;
-  const float* scale;
-  const float* shift;
-  bool apply_gelu;
+// f(std::integral_constant<int, K>()) for K = k (1, 3, 5 or 7): the kernels that take K as a
+// template parameter unroll their K*K taps and keep the weights in registers.
+template <class F>
+void with_kernel_size(int64_t k, const F& f) {
+  switch (k) {
+    case 1: return f(std::integral_constant<int, 1>());
+    case 3: return f(std::integral_constant<int, 3>());
+    case 5: return f(std::integral_constant<int, 5>());
+    case 7: return f(std::integral_constant<int, 7>());
+    default: TORCH_CHECK(false, "hdkd: depthwise kernel size ", k, " is not 1, 3, 5 or 7");
+  }
+}
 
-  HDKD_HD float operator()(int64_t b, int64_t c, int64_t p) const {
-    const int64_t r = k / 2;
-    int64_t y, xx;
-    lx.by_w.divmod(p, y, xx);
+// One channel's K x K depthwise conv (stride 1, zero padding K / 2): its weights, read once per
+// thread from wt (float32 K*K x C, tap-major), and the conv at any pixel of one of its planes.
+template <int K, typename in_t>
+struct DwconvTaps {
+  float w[K * K];
+  int64_t H, W, sh, sw;
+
+  HDKD_HD DwconvTaps(const float* wt, int64_t c, const Layout& lx)
+      : H(lx.H), W(lx.W), sh(lx.sh), sw(lx.sw) {
+#pragma unroll
+    for (int q = 0; q < K * K; ++q) w[q] = wt[q * lx.C + c];
+  }
+
+  // The conv at (y, x) of a plane (x's data at one (b, c)), in float32.
+  HDKD_HD float operator()(const in_t* plane, int64_t y, int64_t x) const {
+    constexpr int R = K / 2;
+    const in_t* centre = plane + y * sh + x * sw;
     float acc = 0.f;
-    for (int64_t ky = 0; ky < k; ++ky) {
-      const int64_t iy = y + ky - r;
-      if (iy < 0 || iy >= lx.H) continue;
-      for (int64_t kx = 0; kx < k; ++kx) {
-        const int64_t ix = xx + kx - r;
-        if (ix >= 0 && ix < lx.W)
-          acc += static_cast<float>(x[lx.at(b, c, iy, ix)]) * w[(ky * k + kx) * lx.C + c];
+    if (y >= R && y + R < H && x >= R && x + R < W) {  // every tap inside: no bounds checks
+#pragma unroll
+      for (int ky = 0; ky < K; ++ky)
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx)
+          acc += static_cast<float>(centre[(ky - R) * sh + (kx - R) * sw]) * w[ky * K + kx];
+      return acc;
+    }
+#pragma unroll
+    for (int ky = 0; ky < K; ++ky) {
+      const int64_t iy = y + ky - R;
+#pragma unroll
+      for (int kx = 0; kx < K; ++kx) {
+        const int64_t ix = x + kx - R;
+        if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+          acc += static_cast<float>(centre[(ky - R) * sh + (kx - R) * sw]) * w[ky * K + kx];
       }
     }
-    if (scale) acc *= scale[c];
-    if (shift) acc += shift[c];
-    return apply_gelu ? gelu(acc) : acc;
+    return acc;
   }
 };
 
-// y = the values above for every element; x any layout and float dtype; y the same dtype as x or
-// float32, any layout; scale / shift float32 contiguous or undefined.
-void dwconv(const Tensor& x, const Tensor& w, const Tensor& scale, const Tensor& shift,
-            bool apply_gelu, const Tensor& y);
-// The same into y (x's dtype), written by the pass that takes the channel statistics of y as
-// stored (rounded to its dtype, as torch.amax and mean would see it).
-ChannelStats dwconv_and_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
-                              const Tensor& shift, bool apply_gelu, const Tensor& y);
+// y = GELU(conv_kxk(x, w) * scale + shift) (scale undefined: 1; shift: float32 C), written by the
+// pass that takes the channel statistics of y as stored (rounded to its dtype, as torch.amax and
+// mean would see it). x any layout and float dtype, w C x 1 x k x k with k in {1, 3, 5, 7}; y of
+// x's dtype, any layout.
+ChannelStats dwconv_gelu_and_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
+                                   const Tensor& shift, const Tensor& y);
 
 }  // namespace hdkd::cuda

@@ -46,8 +46,8 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
   const bool down = shortcut_in.has_value() && shortcut_in->defined();
   check_shape(expand_w, {hid, cin, 1, 1}, "expand_weight", x_in);
   check_shape(expand_b, {hid}, "expand_bias", x_in);
-  TORCH_CHECK(k % 2 == 1, op, ": expected dw_weight of shape (", hid, ", 1, k, k) with k odd, got ",
-              dw_w.sizes());
+  TORCH_CHECK(k % 2 == 1 && k <= 7, op, ": expected dw_weight of shape (", hid,
+              ", 1, k, k) with k odd and <= 7, got ", dw_w.sizes());
   check_shape(dw_w, {hid, 1, k, k}, "dw_weight", x_in);
   check_shape(dw_b, {hid}, "dw_bias", x_in);
   check_shape(fc1, {R, hid, 1, 1}, "fc1_weight", x_in);
@@ -83,7 +83,7 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
   const Tensor e4 = e.view({B, He, We, hid}).permute({0, 3, 1, 2});
   Tensor d = at::empty({B, hid, He, We}, x.options(), at::MemoryFormat::ChannelsLast);
   const ChannelStats stats =
-      dwconv_and_stats(e4, dw_w, Tensor(), dw_b.to(at::kFloat).contiguous(), true, d);
+      dwconv_gelu_and_stats(e4, dw_w, Tensor(), dw_b.to(at::kFloat).contiguous(), d);
   const Tensor ca = channel_gate(stats.sum.div(double(He * We)), stats.max, fc1, fc2);
   const Tensor sa = spatial_gate(channel_pool(d, ca, nullptr), sa_w);
 
