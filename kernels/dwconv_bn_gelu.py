@@ -34,10 +34,11 @@ _WARPS = configs(gpu=[{}], interpret={}, warps=(8, 4))
 
 
 @triton.jit
-def _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, H, W, Wo, sb, sc, sh, sw,
+def _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, C, H, W, Wo, sb, sc, sh, sw,
                STRIDE: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
                BLOCK_C: tl.constexpr):
-    """The depthwise conv at output pixels offs_p, channels offs_c (float32, zero padding)."""
+    """The depthwise conv at output pixels offs_p, channels offs_c (float32, zero padding);
+    w_ptr: the weights tap-major (K*K x C, see _taps)."""
     oh = offs_p // Wo
     ow = offs_p % Wo
     base = x_ptr + b * sb + offs_c[None, :] * sc
@@ -49,7 +50,7 @@ def _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, H, W, Wo, sb, sc, 
             ok = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             xv = tl.load(base + (ih * sh + iw * sw)[:, None], mask=ok[:, None] & cmask[None, :],
                          other=0.0)
-            wv = tl.load(w_ptr + offs_c * (K * K) + ky * K + kx, mask=cmask, other=0.0)
+            wv = tl.load(w_ptr + (ky * K + kx) * C + offs_c, mask=cmask, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
     return acc
 
@@ -71,7 +72,7 @@ def _batch_stats_kernel(x_ptr, w_ptr, psum_ptr, pm2_ptr, C, H, W, Wo, HWo, sb, s
                         BLOCK_C: tl.constexpr):
     """Per-tile sum and sum of squared deviations from the tile mean of the conv output."""
     b, offs_p, offs_c, pmask, cmask, row = _tile_index(HWo, BLOCK_P, BLOCK_C, C)
-    acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, H, W, Wo, sb, sc, sh, sw,
+    acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, C, H, W, Wo, sb, sc, sh, sw,
                      STRIDE, K, BLOCK_P, BLOCK_C)
     m = pmask[:, None] & cmask[None, :]
     n = tl.sum(pmask.to(tl.float32), 0)
@@ -89,7 +90,7 @@ def _output_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, psum_ptr, pmax_ptr
                    BLOCK_C: tl.constexpr):
     """y = GELU(conv * scale + shift), and per-tile sum / max / ties-at-max of y as stored."""
     b, offs_p, offs_c, pmask, cmask, row = _tile_index(HWo, BLOCK_P, BLOCK_C, C)
-    acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, H, W, Wo, sb, sc, sh, sw,
+    acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, C, H, W, Wo, sb, sc, sh, sw,
                      STRIDE, K, BLOCK_P, BLOCK_C)
     scale = tl.load(scale_ptr + offs_c, mask=cmask, other=0.0)
     shift = tl.load(shift_ptr + offs_c, mask=cmask, other=0.0)
@@ -112,7 +113,7 @@ def _grad_pre_activation(x_ptr, w_ptr, y_ptr, gy_ptr, gavg_ptr, gmax_ptr, ymax_p
                          gb, gc, gh, gw, STRIDE: tl.constexpr, K: tl.constexpr,
                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """(da, xhat) at a tile: the conv recomputed, the normalised value and dL/d(BN output)."""
-    acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, H, W, Wo, sb, sc, sh, sw,
+    acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, C, H, W, Wo, sb, sc, sh, sw,
                      STRIDE, K, BLOCK_P, BLOCK_C)
     m = pmask[:, None] & cmask[None, :]
     pix_y = ((offs_p // Wo) * yh + (offs_p % Wo) * yw)[:, None]
@@ -227,7 +228,7 @@ def _grad_input_kernel(dv_ptr, w_ptr, dx_ptr, C, H, W, HW, Ho, Wo, db, dc, dh, d
             ok = qmask & okh & (nw >= 0) & (nw % STRIDE == 0) & (ow < Wo)
             dv = tl.load(dv_ptr + ((b * Ho + oh) * Wo + ow)[:, None] * C + offs_c[None, :],
                          mask=ok[:, None] & cmask[None, :], other=0.0)
-            wv = tl.load(w_ptr + offs_c * (K * K) + ky * K + kx, mask=cmask, other=0.0)
+            wv = tl.load(w_ptr + (ky * K + kx) * C + offs_c, mask=cmask, other=0.0)
             acc += dv.to(tl.float32) * wv.to(tl.float32)[None, :]
     tl.store(dx_ptr + b * db + (ih * dh + iw * dw)[:, None] + offs_c[None, :] * dc,
              acc.to(dx_ptr.dtype.element_ty), mask=qmask[:, None] & cmask[None, :])
@@ -237,6 +238,12 @@ def _grad_input_kernel(dv_ptr, w_ptr, dx_ptr, C, H, W, HW, Ho, Wo, db, dc, dh, d
 
 def _out_size(n: int, k: int, stride: int) -> int:
     return (n + 2 * (k // 2) - k) // stride + 1
+
+
+def _taps(weight):
+    """C x 1 x k x k weights as k*k x C (tap-major): a tap's weights for a channel tile are one
+    contiguous vector load, where the C x k*k layout took one scalar load per channel."""
+    return weight.reshape(weight.shape[0], -1).t().contiguous()
 
 
 def _grid(B, HWo, C):
@@ -255,8 +262,9 @@ def batch_stats(x, weight, stride: int):
     Ho, Wo = _out_size(H, k, stride), _out_size(W, k, stride)
     HWo = Ho * Wo
     psum, pm2 = _partials(B, HWo, C, x.device, 2)
-    _batch_stats_kernel[_grid(B, HWo, C)](x, weight, psum, pm2, C, H, W, Wo, HWo, *x.stride(),
-                                          STRIDE=stride, K=k, BLOCK_P=TILE_P, BLOCK_C=TILE_C)
+    _batch_stats_kernel[_grid(B, HWo, C)](x, _taps(weight), psum, pm2, C, H, W, Wo, HWo,
+                                          *x.stride(), STRIDE=stride, K=k, BLOCK_P=TILE_P,
+                                          BLOCK_C=TILE_C)
     n_tile = torch.full((triton.cdiv(HWo, TILE_P),), float(TILE_P), device=x.device)
     n_tile[-1] = HWo - TILE_P * (n_tile.numel() - 1)
     n_tile = n_tile.repeat(B)[:, None]
@@ -274,8 +282,8 @@ def forward(x, weight, scale, shift, stride: int):
     HWo = Ho * Wo
     y = empty_like_format(x, (B, C, Ho, Wo))
     psum, pmax, pcnt = _partials(B, HWo, C, x.device, 3)
-    _output_kernel[_grid(B, HWo, C)](x, weight, scale, shift, y, psum, pmax, pcnt, C, H, W, Wo,
-                                     HWo, *x.stride(), *y.stride(), STRIDE=stride, K=k,
+    _output_kernel[_grid(B, HWo, C)](x, _taps(weight), scale, shift, y, psum, pmax, pcnt, C, H,
+                                     W, Wo, HWo, *x.stride(), *y.stride(), STRIDE=stride, K=k,
                                      BLOCK_P=TILE_P, BLOCK_C=TILE_C)
     psum, pmax, pcnt = (t.view(B, -1, C) for t in (psum, pmax, pcnt))
     mx = pmax.amax(1)
@@ -294,7 +302,8 @@ def backward(gy, gavg, gmax, x, weight, y, ymax, ycnt, scale, shift, mean, rstd,
     strides = (*x.stride(), *y.stride(), *gy.stride())
     meta = dict(STRIDE=stride, K=k, BLOCK_P=TILE_P, BLOCK_C=TILE_C)
     grid = _grid(B, HWo, C)
-    pre = (x, weight, y, gy, gavg.float().contiguous(), gmax.float().contiguous(), ymax, ycnt,
+    taps = _taps(weight)
+    pre = (x, taps, y, gy, gavg.float().contiguous(), gmax.float().contiguous(), ymax, ycnt,
            scale, shift, mean, rstd)
     pda, pdax = _partials(B, HWo, C, x.device, 2)
     _grad_reduce_kernel[grid](*pre, pda, pdax, *common, *strides, **meta)
@@ -310,6 +319,6 @@ def backward(gy, gavg, gmax, x, weight, y, ymax, ycnt, scale, shift, mean, rstd,
 
     dx = torch.empty_like(x)
     _grad_input_kernel[(B, triton.cdiv(H * W, TILE_P), triton.cdiv(C, TILE_C))](
-        dv, weight, dx, C, H, W, H * W, Ho, Wo, *dx.stride(), STRIDE=stride, K=k,
+        dv, taps, dx, C, H, W, H * W, Ho, Wo, *dx.stride(), STRIDE=stride, K=k,
         BLOCK_P=TILE_P, BLOCK_C=TILE_C)
     return dx, dweight, dgamma, dbeta

@@ -1,7 +1,11 @@
 """Compile every Triton kernel of hdkd.kernels for Hopper (sm_90) on a machine without a GPU:
 Triton's own ptxas builds the cubin, so front-end or back-end errors that the interpreter cannot
 see (types, layouts, tl.dot shapes) show up here, and the SASS says whether the GEMMs use wgmma
-(HGMMA) and whether anything spills to local memory (LDL/STL).
+(HGMMA), whether anything spills to local memory (LDL/STL), and how wide the global loads and
+stores are (bits per access per thread: 128 is a vectorised access, 16 a single bf16).
+
+Kernels are specialised as the JIT specialises them for a call at the GPU target shape (see
+TARGET_ARGS), so the widths are those the GPU runs get.
 
     python tests/triton_compile_check.py [--all-configs] [--only NAME]
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,6 +27,17 @@ from triton.compiler import ASTSource
 
 HOPPER = GPUTarget("cuda", 90, 32)
 ACT = "*bf16"  # the activation type the GPU runs use; float32 is one extra GEMM variant
+
+# Integer arguments at PERFORMANCE.md's target (bf16, channels_last, batch 64, the 96->96@56
+# block: 384 hidden channels of 56 x 56). At a call the JIT marks pointers (torch allocations are
+# 16-byte aligned) and integers divisible by 16 with tt.divisibility = 16 and turns integers equal
+# to 1 into constants; _specialise does the same. Integers not named here stay unspecialised.
+HIDDEN, CIN, SIDE, BATCH = 384, 96, 56, 64
+TARGET_ARGS = dict(C=HIDDEN, N=HIDDEN, K=CIN, CX=CIN, B=BATCH, H=SIDE, W=SIDE, Ho=SIDE, Wo=SIDE,
+                   Hx=SIDE, Wx=SIDE, HW=SIDE * SIDE, HWo=SIDE * SIDE, dh_=SIDE * HIDDEN)
+for _prefix in ("a", "d", "g", "o", "s", "x", "y"):  # a channels_last tensor's b, c, h, w strides
+    TARGET_ARGS.update({_prefix + "b": HIDDEN * SIDE * SIDE, _prefix + "c": 1,
+                        _prefix + "h": SIDE * HIDDEN, _prefix + "w": HIDDEN})
 
 
 def cases():
@@ -66,16 +82,37 @@ def cases():
     return out
 
 
-def _signature(fn, ptrs, constexprs):
-    sig = {}
-    for name in fn.arg_names:
+def _specialise(fn, ptrs, constexprs):
+    """(signature, constexprs, attrs) as the JIT would build them for a call at TARGET_ARGS."""
+    sig, consts, attrs = {}, dict(constexprs), {}
+    aligned = [["tt.divisibility", 16]]
+    for i, name in enumerate(fn.arg_names):
+        value = TARGET_ARGS.get(name)
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = ptrs.get(name, "*fp32")
+            attrs[(i,)] = aligned
+        elif name.startswith("inv"):
+            sig[name] = "fp32"
+        elif value == 1:
+            sig[name], consts[name] = "constexpr", 1
         else:
-            sig[name] = "fp32" if name.startswith("inv") else "i32"
-    return sig
+            sig[name] = "i32"
+            if value is not None and value % 16 == 0:
+                attrs[(i,)] = aligned
+    return sig, consts, attrs
+
+
+def _access_widths(sass: str, prefixes) -> dict:
+    """{bits: count} of the global accesses whose opcode starts with one of prefixes."""
+    widths = {}
+    for op in re.findall(r"\b((?:%s)[\w.]*)" % "|".join(prefixes), sass):
+        bits = re.search(r"\.(128|64|U16|S16|U8|S8)\b", op)
+        key = {"U16": "16", "S16": "16", "U8": "8", "S8": "8"}.get(bits.group(1), bits.group(1)) \
+            if bits else "32"
+        widths[key] = widths.get(key, 0) + 1
+    return widths
 
 
 def _sass(cubin: bytes) -> str:
@@ -101,13 +138,14 @@ def run(all_configs: bool, only: str = ""):
                        config=config.kwargs, num_warps=config.num_warps,
                        num_stages=config.num_stages)
             try:
-                compiled = triton.compile(ASTSource(fn, _signature(fn, ptrs, consts), consts),
+                compiled = triton.compile(ASTSource(fn, *_specialise(fn, ptrs, consts)),
                                           target=HOPPER,
                                           options=dict(num_warps=config.num_warps,
                                                        num_stages=config.num_stages))
                 sass = _sass(compiled.asm["cubin"])
                 row.update(ok=True, hgmma=sass.count("HGMMA"), ldl=sass.count("LDL"),
-                           stl=sass.count("STL"))
+                           stl=sass.count("STL"), loads=_access_widths(sass, ("LDG", "LDGSTS")),
+                           stores=_access_widths(sass, ("STG",)))
             except Exception as e:  # reported, not raised: one broken kernel must not hide others
                 row.update(ok=False, error=f"{type(e).__name__}: {str(e)[:2000]}")
             print(json.dumps(row), flush=True)
