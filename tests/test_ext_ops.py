@@ -7,7 +7,8 @@ import torch
 
 import hdkd
 from hdkd.ops import reference as R
-from ext_env import TOL, layout, rel_err, requires_ext
+from ext_env import requires_ext
+from helpers import REL_TOL, layout, rel_err
 from max_ties import check_attention_ties, check_dwconv_nan, check_dwconv_ties, reference_max
 
 pytestmark = requires_ext
@@ -36,7 +37,7 @@ def _check_grads(ours, refs, dtype, what):
     for i, (a, b) in enumerate(zip(ours, refs)):
         assert a.grad is not None, f"{what}: no gradient for input {i}"
         err = rel_err(a.grad, b.grad)
-        assert err < TOL[dtype] * 2, f"{what}: input {i} gradient rel. error {err:.2e}"
+        assert err < REL_TOL[dtype] * 2, f"{what}: input {i} gradient rel. error {err:.2e}"
 
 
 def _attention_inputs(shape, seed):
@@ -60,7 +61,7 @@ def test_attention_matches_reference(shape, kind, dtype):
     assert out.dtype == dtype and out.shape == ref.shape
     if kind == "channels_last" and shape[2] * shape[3] > 1 and shape[1] > 1:
         assert out.is_contiguous(memory_format=torch.channels_last)
-    assert rel_err(out, ref) < TOL[dtype]
+    assert rel_err(out, ref) < REL_TOL[dtype]
     grad = torch.randn_like(ref).to(dtype).double()
     out.backward(grad.to(dtype))
     ref.backward(grad)
@@ -94,10 +95,10 @@ def test_dwconv_bn_gelu_matches_reference(shape, k, kind, dtype, training):
     mxr = reference_max(yr, y, mx)
     for a, b, name in ((y, yr, "y"), (avg, avgr, "avg"), (mx, mxr, "max")):
         assert a.dtype == dtype and a.shape == b.shape, name
-        assert rel_err(a, b) < TOL[dtype], f"{name}: rel. error {rel_err(a, b):.2e}"
+        assert rel_err(a, b) < REL_TOL[dtype], f"{name}: rel. error {rel_err(a, b):.2e}"
     for a, b in ((bn_ours.running_mean, bn_ref.running_mean),
                  (bn_ours.running_var, bn_ref.running_var)):
-        assert rel_err(a, b) < TOL[dtype]
+        assert rel_err(a, b) < REL_TOL[dtype]
     gy, ga, gm = _quantized([torch.randn_like(yr), torch.randn_like(avgr),
                              torch.randn_like(mxr)], dtype)
     ((y * gy.to(dtype)).sum() + (avg * ga.to(dtype)).sum() + (mx * gm.to(dtype)).sum()).backward()
@@ -244,7 +245,7 @@ def test_float16_inputs(op):
         out = hdkd.ops.dwconv_bn_gelu(x.half(), w.half(), R.BatchNormState(*[t.half() for t in bn]),
                                       False, backend="ext")[0]
         ref = R.dwconv_bn_gelu(x, w, R.BatchNormState(*bn), False)[0]
-    assert out.dtype == torch.float16 and rel_err(out, ref) < TOL[torch.float16]
+    assert out.dtype == torch.float16 and rel_err(out, ref) < REL_TOL[torch.float16]
 
 
 def test_large_depthwise_kernel_runs_the_reference():

@@ -4,8 +4,9 @@ import zlib
 import pytest
 import torch
 
-from triton_env import (DEVICE, INTERPRET, TOL, cuda_only, layout, leaf, no_tf32,  # noqa: F401
-                        rel_err, requires_triton)
+from triton_env import (DEVICE, INTERPRET, cuda_only, leaf, no_tf32,  # noqa: F401
+                        requires_triton)
+from helpers import REL_TOL, layout, rel_err
 
 import hdkd
 from hdkd.ops import reference
@@ -40,13 +41,13 @@ def _check(shape, dtype, kind, gen_h=None):
     out = hdkd.ops.channel_spatial_attention(*fast, backend="triton")
     expect = reference.channel_spatial_attention(*ref)
     assert out.dtype == dtype and out.shape == expect.shape
-    assert rel_err(out, expect) < TOL[dtype]
+    assert rel_err(out, expect) < REL_TOL[dtype]
     grad = torch.randn(expect.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     out.backward(layout(grad.to(dtype), kind))
     expect.backward(grad.to(dtype).double())
     for name, a, b in zip(("h", "fc1", "fc2", "sa"), fast, ref):
         assert a.grad.dtype == a.dtype, name
-        assert rel_err(a.grad, b.grad) < TOL[dtype], name
+        assert rel_err(a.grad, b.grad) < REL_TOL[dtype], name
 
 
 @pytest.mark.parametrize("shape,dtype,kind", SMALL)
@@ -74,11 +75,11 @@ def test_cbam_module_and_autocast():
     ref.load_state_dict(m.state_dict())
     h = torch.randn(2, 20, 7, 6, device=DEVICE)
     expect = ref(h.double())
-    assert rel_err(m(h), expect) < TOL[torch.float32]
+    assert rel_err(m(h), expect) < REL_TOL[torch.float32]
     with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         out = m(h)
     assert out.dtype == torch.bfloat16
-    assert rel_err(out, expect) < TOL[torch.bfloat16]
+    assert rel_err(out, expect) < REL_TOL[torch.bfloat16]
 
 
 def test_runs_through_the_interpreter_on_cpu_tensors():

@@ -5,8 +5,9 @@ import zlib
 import pytest
 import torch
 
-from triton_env import (DEVICE, TOL, batch_norm_leaves, cuda_only, layout, leaf,
-                        no_tf32, rel_err, requires_triton)  # noqa: F401
+from triton_env import (DEVICE, batch_norm_leaves, cuda_only, leaf, no_tf32,  # noqa: F401
+                        requires_triton)
+from helpers import REL_TOL, layout, rel_err
 
 import hdkd
 from hdkd.ops import reference, triton_backend
@@ -41,7 +42,7 @@ def _check(shape, dtype, kind, training, stride):
         y, avg, mx = triton_backend.dwconv_bn_gelu(x, w, bn, training, 0.1, 1e-5, stride=stride)
     ry, ravg, _ = reference.dwconv_bn_gelu(xr, wr, bn_ref, training, 0.1, 1e-5, stride=stride)
     rmx = reference_max(ry, y, mx)
-    tol = TOL[dtype]
+    tol = REL_TOL[dtype]
     for name, a, b in (("y", y, ry), ("avg", avg, ravg), ("max", mx, rmx)):
         assert a.dtype == dtype and a.shape == b.shape, name
         assert rel_err(a, b) < tol, name

@@ -3,8 +3,8 @@ implementation, autograd registration) and torch.compile(fullgraph=True) through
 import pytest
 import torch
 
-from triton_env import (DEVICE, INTERPRET, ON_CUDA, no_tf32,  # noqa: F401
-                        rel_err, requires_triton)
+from triton_env import DEVICE, INTERPRET, ON_CUDA, no_tf32, requires_triton  # noqa: F401
+from helpers import rel_err
 
 import hdkd
 from hdkd.ops import backends_registry, resolve, triton_backend

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from triton_env import (DEVICE, TOL, batch_norm_leaves, layout, leaf, no_tf32,  # noqa: F401
-                        rel_err, requires_triton)
+from triton_env import (DEVICE, batch_norm_leaves, leaf, no_tf32,  # noqa: F401
+                        requires_triton)
+from helpers import REL_TOL, layout, rel_err
 
 from hdkd.ops import reference, triton_backend
 
@@ -33,7 +34,7 @@ def test_expand_bn_gelu(shape, hidden, dtype, kind, training, stride):
 
     e = triton_backend.expand_bn_gelu(z, w, bn, training, 0.1, 1e-5, stride)
     er = F.gelu(reference.batch_norm(F.conv2d(zr, wr, stride=stride), bn_ref, training))
-    tol = TOL[dtype]
+    tol = REL_TOL[dtype]
     assert e.dtype == dtype and e.shape == er.shape
     assert rel_err(e, er) < tol
     assert rel_err(bn.running_mean, bn_ref.running_mean) < tol
@@ -71,9 +72,9 @@ def test_attention_project(shape, cout, dtype, kind):
     ties = (d.float() == mx[:, :, None, None]).sum((2, 3)).float()
     v = triton_backend.attention_project(d, d.float().mean((2, 3)), mx, ties, *fast[1:])
     vr = F.conv2d(reference.channel_spatial_attention(*ref[:4]), ref[4])
-    assert v.dtype == dtype and rel_err(v, vr) < TOL[dtype]
+    assert v.dtype == dtype and rel_err(v, vr) < REL_TOL[dtype]
     gv = torch.randn(vr.shape, generator=g).to(DEVICE, dtype)
     v.backward(layout(gv, kind))
     vr.backward(gv.double())
     for name, a, b in zip(("d", "fc1", "fc2", "sa", "project"), fast, ref):
-        assert rel_err(a.grad, b.grad) < TOL[dtype], name
+        assert rel_err(a.grad, b.grad) < REL_TOL[dtype], name

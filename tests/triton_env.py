@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from helpers import layout
+
 ON_CUDA = torch.cuda.is_available()
 _set_here = not ON_CUDA and "TRITON_INTERPRET" not in os.environ
 # triton's own tl.* helpers are decorated when triton is imported, so the interpreter works only
@@ -43,28 +45,7 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 cuda_only = pytest.mark.skipif(INTERPRET, reason="realistic shapes run on a CUDA GPU only")
 
-TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """||got - ref|| / ||ref|| in float64."""
-    got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
-    """contiguous, channels_last, or a non-contiguous view (every other column of a wider
-    tensor) holding the same values."""
-    if kind == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if kind == "strided":
-        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
-        wide[..., ::2] = t
-        view = wide[..., ::2]
-        assert not view.is_contiguous()
-        return view
-    return t.contiguous()
 
 
 def leaf(t: torch.Tensor, dtype, kind: str = "contiguous"):
