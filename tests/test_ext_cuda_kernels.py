@@ -234,6 +234,36 @@ def test_mbcsa_eval(target, cin, cout, down, hw, kind, dtype):
     assert rel_err(out.cpu(), ref) < tol
 
 
+def _misaligned(t):
+    """t's values in a tensor of the same sizes and strides whose data is not 16-byte aligned."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].as_strided(t.shape, t.stride())
+    return out.copy_(t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (1, 24, 3, 1)])
+def test_packed_attention_path_matches_the_element_path(target, shape, dtype):
+    """Dense channels_last tensors with C % 8 == 0 go through 16-byte packs of 8 channels; the same
+    values in misaligned memory take the one-element-per-thread path, with the same arithmetic:
+    the results must agree bit for bit."""
+    ops, device = target
+    b, c, h, w = shape
+    base = _random([shape, (c // 8, c, 1, 1), (c, c // 8, 1, 1), (1, 2, 7, 7), shape], seed=c,
+                   scales=[1, 0.3, 0.3, 0.3, 1])
+    h_, fc1, fc2, sa_w, g = [t.to(dtype).to(device) for t in base]
+    h_, g = (t.contiguous(memory_format=torch.channels_last) for t in (h_, g))
+    packed = ops.csa_forward(h_, fc1, fc2, sa_w)
+    elementwise = ops.csa_forward(_misaligned(h_), fc1, fc2, sa_w)
+    for a_, b_ in zip(packed, elementwise):
+        assert torch.equal(a_, b_)
+    _, ca, sa = packed
+    packed = ops.csa_backward(g, h_, fc1, fc2, sa_w, ca, sa)
+    elementwise = ops.csa_backward(_misaligned(g), _misaligned(h_), fc1, fc2, sa_w, ca, sa)
+    for a_, b_ in zip(packed, elementwise):
+        assert torch.equal(a_, b_)
+
+
 def test_index_division_is_exact():
     """The kernels' division by a launch constant (csrc/cuda/divisor.cuh: a multiply-high instead
     of the GPU's slow integer division) against exact integer division, over the whole range of

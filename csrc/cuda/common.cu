@@ -14,6 +14,16 @@ Layout layout_of(const Tensor& t) {
           channels_last, dense, Divisor(C), Divisor(H * W), Divisor(W)};
 }
 
+bool packs_of_8(std::initializer_list<Tensor> maps, std::initializer_list<Tensor> channel_vecs) {
+  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  for (const Tensor& t : maps)
+    if (!t.is_contiguous(at::MemoryFormat::ChannelsLast) || t.size(1) % kPack != 0 || !aligned(t))
+      return false;
+  for (const Tensor& t : channel_vecs)
+    if (!t.is_contiguous() || !aligned(t)) return false;
+  return true;
+}
+
 bool wants_channels_last(const Tensor& x) {
   return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
 }
@@ -168,9 +178,24 @@ void apply_gates(const Tensor& h, const Tensor& ca, const Tensor& sa, const Tens
   const Layout lh = layout_of(h), lo = layout_of(out);
   const int64_t P = lh.P();
   const float *gate = ca.data_ptr<float>(), *spatial = sa.data_ptr<float>();
+  const bool packed = packs_of_8({h, out}, {ca});
   HDKD_DISPATCH(h.scalar_type(), "hdkd_apply_gates", [&] {
     const scalar_t* src = h.data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
+    if (packed) {
+      for_each_index(lh.B * P * lh.C / kPack, [=] HDKD_HD(int64_t v) {
+        int64_t q, c;  // q = b * P + p
+        lh.by_c.divmod(v * kPack, q, c);
+        float x[kPack], g[kPack];
+        load_pack(src + v * kPack, x);
+        load_pack(gate + lh.by_p.div(q) * lh.C + c, g);
+        const float s = spatial[q];
+#pragma unroll
+        for (int k = 0; k < kPack; ++k) x[k] *= g[k] * s + 1.f;
+        store_pack(dst + v * kPack, x);
+      });
+      return;
+    }
     for_each_index(lh.B * lh.C * P, [=] HDKD_HD(int64_t i) {
       int64_t b, c, p;
       lo.unravel(i, b, c, p);

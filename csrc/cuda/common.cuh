@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <initializer_list>
 
 #include "cuda/divisor.cuh"
 #include "max_with_ties.h"
@@ -178,6 +180,44 @@ struct Layout {
 };
 
 Layout layout_of(const Tensor& t);
+
+// Eight neighbouring channels of one pixel, moved as 16-byte vectors (two for float32): the path
+// of the element-wise kernels when the tensors they stream are dense channels_last with
+// C % 8 == 0 and 16-byte aligned (packs_of_8), so that every pack is aligned. Index math then
+// runs once per 8 elements.
+constexpr int kPack = 8;
+template <typename T>
+struct alignas(16) Pack {
+  T v[kPack];
+};
+
+template <typename T>
+HDKD_HD inline void load_pack(const T* p, float (&out)[kPack]) {
+  Pack<T> pack;
+#ifdef HDKD_CUDA_EMULATION
+  std::memcpy(&pack, p, sizeof pack);
+#else
+  pack = *reinterpret_cast<const Pack<T>*>(p);
+#endif
+#pragma unroll
+  for (int k = 0; k < kPack; ++k) out[k] = static_cast<float>(pack.v[k]);
+}
+
+template <typename T>
+HDKD_HD inline void store_pack(T* p, const float (&in)[kPack]) {
+  Pack<T> pack;
+#pragma unroll
+  for (int k = 0; k < kPack; ++k) pack.v[k] = static_cast<T>(in[k]);
+#ifdef HDKD_CUDA_EMULATION
+  std::memcpy(p, &pack, sizeof pack);
+#else
+  *reinterpret_cast<Pack<T>*>(p) = pack;
+#endif
+}
+
+// Every 4-D tensor dense channels_last with C % 8 == 0, and every tensor 16-byte aligned (the
+// per-channel float32 vectors read beside them: B x C, contiguous).
+bool packs_of_8(std::initializer_list<Tensor> maps, std::initializer_list<Tensor> channel_vecs);
 
 // The ops return channels_last exactly when their input is channels_last and not also contiguous.
 bool wants_channels_last(const Tensor& x);
