@@ -264,6 +264,22 @@ def test_packed_attention_path_matches_the_element_path(target, shape, dtype):
         assert torch.equal(a_, b_)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,k", [((2, 16, 9, 7), 3), ((1, 24, 6, 11), 5), ((1, 8, 2, 3), 1)])
+def test_packed_depthwise_path_matches_the_element_path(target, shape, k, dtype):
+    """The eval depthwise pass takes 8 channels per thread on packable tensors (as the attention
+    passes do); the same values in misaligned memory take the element path."""
+    ops, device = target
+    c = shape[1]
+    base = _random([shape, (c, 1, k, k), (c,), (c,)], seed=c + k, scales=[1, 0.4, 0.5, 0.2])
+    x, w, scale, shift = [t.to(dtype).to(device) for t in base]
+    x = x.contiguous(memory_format=torch.channels_last)
+    packed = ops.dwconv_bn_gelu_eval(x, w, scale, shift)
+    elementwise = ops.dwconv_bn_gelu_eval(_misaligned(x), w, scale, shift)
+    for a_, b_ in zip(packed, elementwise):
+        assert torch.equal(a_, b_)
+
+
 def test_index_division_is_exact():
     """The kernels' division by a launch constant (csrc/cuda/divisor.cuh: a multiply-high instead
     of the GPU's slow integer division) against exact integer division, over the whole range of

@@ -15,12 +15,14 @@ Layout layout_of(const Tensor& t) {
 }
 
 bool packs_of_8(std::initializer_list<Tensor> maps, std::initializer_list<Tensor> channel_vecs) {
-  auto aligned = [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  auto aligned = [](const Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  };
   for (const Tensor& t : maps)
     if (!t.is_contiguous(at::MemoryFormat::ChannelsLast) || t.size(1) % kPack != 0 || !aligned(t))
       return false;
   for (const Tensor& t : channel_vecs)
-    if (!t.is_contiguous() || !aligned(t)) return false;
+    if (t.defined() && (!t.is_contiguous() || !aligned(t))) return false;
   return true;
 }
 
@@ -63,6 +65,24 @@ void check_sizes(const char* op, const char* name, const Tensor& t, at::IntArray
   TORCH_CHECK(t.defined(), op, ": expected ", name, " to be a tensor, got None");
   TORCH_CHECK(t.device() == x.device() && t.sizes() == sizes, op, ": expected ", name,
               " of shape ", sizes, " on ", x.device(), ", got ", t.sizes(), " on ", t.device());
+}
+
+ChannelStats combine_channel_stats(const Tensor& partial, int64_t chunks, int64_t B, int64_t C) {
+  const int64_t m = B * C;
+  const float* ps = partial.data_ptr<float>();
+  const float *pm = ps + chunks * m, *pt = pm + chunks * m;
+  const auto f32 = partial.options();
+  ChannelStats out{at::empty({B, C}, f32), at::empty({B, C}, f32), at::empty({B, C}, f32)};
+  float *os = out.sum.data_ptr<float>(), *om = out.max.data_ptr<float>();
+  float* ot = out.ties.data_ptr<float>();
+  for_each_index(m, [=] HDKD_HD(int64_t j) {
+    SumMaxTies s;
+    for (int64_t i = j; i < chunks * m; i += m) s = SumMaxTies::merge(s, {ps[i], pm[i], pt[i]});
+    os[j] = s.sum;
+    om[j] = s.max;
+    ot[j] = s.ties;
+  });
+  return out;
 }
 
 namespace {

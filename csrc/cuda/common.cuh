@@ -194,10 +194,10 @@ struct alignas(16) Pack {
 template <typename T>
 HDKD_HD inline void load_pack(const T* p, float (&out)[kPack]) {
   Pack<T> pack;
-#ifdef HDKD_CUDA_EMULATION
-  std::memcpy(&pack, p, sizeof pack);
-#else
+#ifdef __CUDA_ARCH__
   pack = *reinterpret_cast<const Pack<T>*>(p);
+#else
+  std::memcpy(&pack, p, sizeof pack);
 #endif
 #pragma unroll
   for (int k = 0; k < kPack; ++k) out[k] = static_cast<float>(pack.v[k]);
@@ -208,15 +208,26 @@ HDKD_HD inline void store_pack(T* p, const float (&in)[kPack]) {
   Pack<T> pack;
 #pragma unroll
   for (int k = 0; k < kPack; ++k) pack.v[k] = static_cast<T>(in[k]);
-#ifdef HDKD_CUDA_EMULATION
-  std::memcpy(p, &pack, sizeof pack);
+#ifdef __CUDA_ARCH__
+  // 16-byte stores spelled out: NVVM splits a struct or uint4 store of 16-bit values into 2- or
+  // 4-byte stores
+  constexpr int kWords = sizeof(Pack<T>) / sizeof(uint32_t);
+  uint32_t w[kWords];
+  memcpy(w, &pack, sizeof pack);
+#pragma unroll
+  for (int i = 0; i < kWords; i += 4) {
+    char* dst = reinterpret_cast<char*>(p) + i * sizeof(uint32_t);
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(dst), "r"(w[i]),
+                 "r"(w[i + 1]), "r"(w[i + 2]), "r"(w[i + 3])
+                 : "memory");
+  }
 #else
-  *reinterpret_cast<Pack<T>*>(p) = pack;
+  std::memcpy(p, &pack, sizeof pack);
 #endif
 }
 
 // Every 4-D tensor dense channels_last with C % 8 == 0, and every tensor 16-byte aligned (the
-// per-channel float32 vectors read beside them: B x C, contiguous).
+// per-channel float32 vectors read beside them, contiguous; undefined ones are skipped).
 bool packs_of_8(std::initializer_list<Tensor> maps, std::initializer_list<Tensor> channel_vecs);
 
 // The ops return channels_last exactly when their input is channels_last and not also contiguous.
@@ -264,6 +275,9 @@ struct ChannelStats {
   Tensor sum, max, ties;
 };
 ChannelStats channel_stats(const Tensor& t);
+// The totals, in chunk order, of per-chunk partials: partial 3 x chunks*B*C (sum, max, ties;
+// entry chunk * B*C + b * C + c) over chunks of kChunk pixels.
+ChannelStats combine_channel_stats(const Tensor& partial, int64_t chunks, int64_t B, int64_t C);
 template <class RowOf>
 ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t H, int64_t W, const RowOf& row_of,
                               const Tensor& like);
@@ -366,17 +380,7 @@ ChannelStats channel_stats_of(int64_t B, int64_t C, int64_t H, int64_t W, const 
     pm[i] = s.max;
     pt[i] = s.ties;
   });
-  ChannelStats out{at::empty({B, C}, f32), at::empty({B, C}, f32), at::empty({B, C}, f32)};
-  float *os = out.sum.data_ptr<float>(), *om = out.max.data_ptr<float>();
-  float* ot = out.ties.data_ptr<float>();
-  for_each_index(m, [=] HDKD_HD(int64_t j) {
-    SumMaxTies s;
-    for (int64_t i = j; i < chunks * m; i += m) s = SumMaxTies::merge(s, {ps[i], pm[i], pt[i]});
-    os[j] = s.sum;
-    om[j] = s.max;
-    ot[j] = s.ties;
-  });
-  return out;
+  return combine_channel_stats(partial, chunks, B, C);
 }
 
 }  // namespace hdkd::cuda

@@ -96,6 +96,93 @@ ChannelStats gelu_stats_of(const scalar_t* xp, const Layout& lx, const float* wt
   }, like);
 }
 
+// The K x K conv of 8 neighbouring channels at (y, x) of a dense channels_last plane (x's data at
+// (b, c0)) into acc, tap by tap in DwconvTaps' order: a 16-byte load of x and two of the weights
+// (wt at channel c0, float32 K*K x C) per tap.
+template <int K, typename scalar_t>
+HDKD_HD void conv_pack(const scalar_t* plane, const float* wt, const Layout& lx, int64_t y,
+                       int64_t x, float (&acc)[kPack]) {
+  constexpr int R = K / 2;
+#pragma unroll
+  for (int k = 0; k < kPack; ++k) acc[k] = 0.f;
+  auto tap = [&](int ky, int kx) {
+    float v[kPack], w[kPack];
+    load_pack(plane + (y + ky - R) * lx.sh + (x + kx - R) * lx.sw, v);
+    load_pack(wt + (ky * K + kx) * lx.C, w);
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) acc[k] += v[k] * w[k];
+  };
+  if (y >= R && y + R < lx.H && x >= R && x + R < lx.W) {  // every tap inside
+#pragma unroll
+    for (int ky = 0; ky < K; ++ky)
+#pragma unroll
+      for (int kx = 0; kx < K; ++kx) tap(ky, kx);
+    return;
+  }
+#pragma unroll
+  for (int ky = 0; ky < K; ++ky) {
+#pragma unroll
+    for (int kx = 0; kx < K; ++kx) {
+      const int64_t iy = y + ky - R, ix = x + kx - R;
+      if (iy >= 0 && iy < lx.H && ix >= 0 && ix < lx.W) tap(ky, kx);
+    }
+  }
+}
+
+// gelu_stats_of with 8 channels per thread, for tensors that pass packs_of_8: thread (chunk of
+// kChunk pixels, b, 8 channels); per channel the same arithmetic in the same order.
+template <int K, typename scalar_t>
+ChannelStats gelu_stats_packed(const scalar_t* xp, const Layout& lx, const float* wt,
+                               const float* scale, const float* shift, scalar_t* yp,
+                               const Layout& ly, const Tensor& like) {
+  const int64_t B = lx.B, C = lx.C, P = lx.P(), m = B * C;
+  const int64_t chunks = std::max<int64_t>((P + kChunk - 1) / kChunk, 1);
+  Tensor partial = at::empty({3, chunks * m}, like.options().dtype(at::kFloat));
+  float* ps = partial.data_ptr<float>();
+  float *pm = ps + chunks * m, *pt = pm + chunks * m;
+  const Divisor by_packs(m / kPack), by_channel_packs(C / kPack);
+  for_each_index(chunks * m / kPack, [=] HDKD_HD(int64_t v) {
+    int64_t chunk, jp, b, cp, y, x;
+    by_packs.divmod(v, chunk, jp);
+    by_channel_packs.divmod(jp, b, cp);
+    const int64_t c0 = cp * kPack, p0 = chunk * kChunk, p1 = p0 + kChunk < P ? p0 + kChunk : P;
+    lx.by_w.divmod(p0, y, x);
+    float sc[kPack], sh[kPack];
+    load_pack(shift + c0, sh);
+    if (scale) {
+      load_pack(scale + c0, sc);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kPack; ++k) sc[k] = 1.f;
+    }
+    const scalar_t* xplane = xp + computed_once(b) * lx.sb + c0;
+    scalar_t* yplane = yp + b * ly.sb + c0;
+    SumMaxTies s[kPack];
+    for (int64_t p = p0; p < p1; ++p) {
+      float out[kPack];
+      conv_pack<K>(xplane, wt + c0, lx, y, x, out);
+#pragma unroll
+      for (int k = 0; k < kPack; ++k)
+        out[k] = static_cast<float>(static_cast<scalar_t>(gelu(out[k] * sc[k] + sh[k])));
+      store_pack(yplane + y * ly.sh + x * ly.sw, out);
+#pragma unroll
+      for (int k = 0; k < kPack; ++k) s[k].add(out[k]);
+      if (++x == lx.W) {
+        x = 0;
+        ++y;
+      }
+    }
+    const int64_t i0 = chunk * m + jp * kPack;
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      ps[i0 + k] = s[k].sum;
+      pm[i0 + k] = s[k].max;
+      pt[i0 + k] = s[k].ties;
+    }
+  });
+  return combine_channel_stats(partial, chunks, B, C);
+}
+
 void check_dw(const char* op, const Tensor& x, const Tensor& w) {
   check_4d(op, "x", x, x);
   check_4d(op, "weight", w, x);
@@ -389,13 +476,16 @@ ChannelStats dwconv_gelu_and_stats(const Tensor& x, const Tensor& w, const Tenso
   const Tensor wt = taps_of(w);
   const Layout lx = layout_of(x), ly = layout_of(y);
   const float* sp = scale.defined() ? scale.data_ptr<float>() : nullptr;
+  const bool packed = packs_of_8({x, y}, {wt, scale, shift});
   ChannelStats out;
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_gelu_and_stats", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
+    const float *wp = wt.data_ptr<float>(), *hp = shift.data_ptr<float>();
     with_kernel_size(w.size(-1), [&](auto K) {
-      out = gelu_stats_of<decltype(K)::value>(xp, lx, wt.data_ptr<float>(), sp,
-                                              shift.data_ptr<float>(), yp, ly, x);
+      constexpr int k = decltype(K)::value;
+      out = packed ? gelu_stats_packed<k>(xp, lx, wp, sp, hp, yp, ly, x)
+                   : gelu_stats_of<k>(xp, lx, wp, sp, hp, yp, ly, x);
     });
   });
   return out;
