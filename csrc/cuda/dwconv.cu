@@ -97,36 +97,21 @@ ChannelStats gelu_stats_of(const scalar_t* xp, const Layout& lx, const float* wt
 }
 
 // The K x K conv of 8 neighbouring channels at (y, x) of a dense channels_last plane (x's data at
-// (b, c0)) into acc, tap by tap in DwconvTaps' order: a 16-byte load of x and two of the weights
-// (wt at channel c0, float32 K*K x C) per tap.
+// (b, c0)) into acc, in for_each_tap's order (as DwconvTaps): a 16-byte load of x and two of the
+// weights (wt at channel c0, float32 K*K x C) per tap.
 template <int K, typename scalar_t>
 HDKD_HD void conv_pack(const scalar_t* plane, const float* wt, const Layout& lx, int64_t y,
                        int64_t x, float (&acc)[kPack]) {
   constexpr int R = K / 2;
 #pragma unroll
   for (int k = 0; k < kPack; ++k) acc[k] = 0.f;
-  auto tap = [&](int ky, int kx) {
+  for_each_tap<K>(y, x, lx.H, lx.W, [&](int ky, int kx) {
     float v[kPack], w[kPack];
     load_pack(plane + (y + ky - R) * lx.sh + (x + kx - R) * lx.sw, v);
     load_pack(wt + (ky * K + kx) * lx.C, w);
 #pragma unroll
     for (int k = 0; k < kPack; ++k) acc[k] += v[k] * w[k];
-  };
-  if (y >= R && y + R < lx.H && x >= R && x + R < lx.W) {  // every tap inside
-#pragma unroll
-    for (int ky = 0; ky < K; ++ky)
-#pragma unroll
-      for (int kx = 0; kx < K; ++kx) tap(ky, kx);
-    return;
-  }
-#pragma unroll
-  for (int ky = 0; ky < K; ++ky) {
-#pragma unroll
-    for (int kx = 0; kx < K; ++kx) {
-      const int64_t iy = y + ky - R, ix = x + kx - R;
-      if (iy >= 0 && iy < lx.H && ix >= 0 && ix < lx.W) tap(ky, kx);
-    }
-  }
+  });
 }
 
 // gelu_stats_of with 8 channels per thread, for tensors that pass packs_of_8: thread (chunk of
@@ -308,16 +293,10 @@ void dw_grad_partials(const scalar_t* xp, const Layout& lx, const float* dz, flo
     for (int64_t t = t0; t < t1; ++t, at.next(lx)) {
       const int64_t b = at.b, y = at.y, x = at.x;
       const float g = dz[t * C + c];
-#pragma unroll
-      for (int ky = 0; ky < K; ++ky) {
-        const int64_t iy = y + ky - R;
-#pragma unroll
-        for (int kx = 0; kx < K; ++kx) {
-          const int64_t ix = x + kx - R;
-          if (iy >= 0 && iy < H && ix >= 0 && ix < W)
-            acc[ky * K + kx] += g * static_cast<float>(xp[((b * H + iy) * W + ix) * C + c]);
-        }
-      }
+      for_each_tap<K>(y, x, H, W, [&](int ky, int kx) {
+        const int64_t iy = y + ky - R, ix = x + kx - R;
+        acc[ky * K + kx] += g * static_cast<float>(xp[((b * H + iy) * W + ix) * C + c]);
+      });
     }
 #pragma unroll
     for (int q = 0; q < K * K; ++q) partial[(ch * K * K + q) * C + c] = acc[q];

@@ -20,6 +20,29 @@ void with_kernel_size(int64_t k, const F& f) {
   }
 }
 
+// f(ky, kx) for the taps of a K x K kernel centred on (y, x) that fall inside the H x W image, in
+// row-major order; when all of them do (most pixels), the taps unroll without bounds checks.
+template <int K, class F>
+HDKD_HD inline void for_each_tap(int64_t y, int64_t x, int64_t H, int64_t W, const F& f) {
+  constexpr int R = K / 2;
+  if (y >= R && y + R < H && x >= R && x + R < W) {
+#pragma unroll
+    for (int ky = 0; ky < K; ++ky)
+#pragma unroll
+      for (int kx = 0; kx < K; ++kx) f(ky, kx);
+    return;
+  }
+#pragma unroll
+  for (int ky = 0; ky < K; ++ky) {
+    const int64_t iy = y + ky - R;
+#pragma unroll
+    for (int kx = 0; kx < K; ++kx) {
+      const int64_t ix = x + kx - R;
+      if (iy >= 0 && iy < H && ix >= 0 && ix < W) f(ky, kx);
+    }
+  }
+}
+
 // One channel's K x K depthwise conv (stride 1, zero padding K / 2): its weights, read once per
 // thread from wt (float32 K*K x C, tap-major), and the conv at any pixel of one of its planes.
 template <int K, typename in_t>
@@ -38,24 +61,9 @@ struct DwconvTaps {
     constexpr int R = K / 2;
     const in_t* centre = plane + y * sh + x * sw;
     float acc = 0.f;
-    if (y >= R && y + R < H && x >= R && x + R < W) {  // every tap inside: no bounds checks
-#pragma unroll
-      for (int ky = 0; ky < K; ++ky)
-#pragma unroll
-        for (int kx = 0; kx < K; ++kx)
-          acc += static_cast<float>(centre[(ky - R) * sh + (kx - R) * sw]) * w[ky * K + kx];
-      return acc;
-    }
-#pragma unroll
-    for (int ky = 0; ky < K; ++ky) {
-      const int64_t iy = y + ky - R;
-#pragma unroll
-      for (int kx = 0; kx < K; ++kx) {
-        const int64_t ix = x + kx - R;
-        if (iy >= 0 && iy < H && ix >= 0 && ix < W)
-          acc += static_cast<float>(centre[(ky - R) * sh + (kx - R) * sw]) * w[ky * K + kx];
-      }
-    }
+    for_each_tap<K>(y, x, H, W, [&](int ky, int kx) {
+      acc += static_cast<float>(centre[(ky - R) * sh + (kx - R) * sw]) * w[ky * K + kx];
+    });
     return acc;
   }
 };
