@@ -24,6 +24,28 @@ def sigmoid(x):
 
 
 @triton.jit
+def add_max_ties(run_max, run_cnt, values):
+    """Element-wise running max and the number of values equal to it, for loops that reduce
+    across threads only once at the end (reduce_max_ties) instead of per tile. `values` holds
+    -inf where masked; a NaN makes its slot's max NaN with no ties."""
+    new_max = tl.maximum(run_max, values, propagate_nan=tl.PropagateNan.ALL)
+    hits = (values == new_max).to(tl.float32)
+    return new_max, tl.where(run_max == new_max, run_cnt, 0.0) + hits
+
+
+@triton.jit
+def reduce_max_ties(run_max, run_cnt, axis: tl.constexpr):
+    """The max along `axis` of add_max_ties' slots and the ties at it (NaN anywhere: NaN)."""
+    has_nan = tl.max((run_max != run_max).to(tl.int32), axis) > 0
+    total_max = tl.where(has_nan, float("nan"), tl.max(run_max, axis))
+    if axis == 0:
+        hits = tl.sum(tl.where(run_max == total_max[None, :], run_cnt, 0.0), 0)
+    else:
+        hits = tl.sum(tl.where(run_max == total_max[:, None], run_cnt, 0.0), 1)
+    return total_max, hits
+
+
+@triton.jit
 def max_with_ties(run_max, run_cnt, tile, axis: tl.constexpr):
     """Running max and the number of elements equal to it (torch.amax splits its gradient evenly
     among ties). `tile` holds -inf where masked. A NaN makes the max NaN, as in torch.amax (the

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._config import INTERPRET, configs, next_pow2
-from ._math import gelu, max_with_ties, sigmoid
+from ._math import add_max_ties, gelu, reduce_max_ties, sigmoid
 
 _NEG_INF = tl.constexpr(float("-inf"))
 _CONV_GRAD_BLOCK_P = 64 if INTERPRET else 256
@@ -51,21 +51,23 @@ def _channel_stats_kernel(h_ptr, sum_ptr, max_ptr, cnt_ptr, C, HW, W, sb, sc, sh
     b = tl.program_id(0)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = offs_c < C
-    acc_sum = tl.zeros([BLOCK_C], tl.float32)
-    acc_max = tl.full([BLOCK_C], _NEG_INF, tl.float32)
-    acc_cnt = tl.zeros([BLOCK_C], tl.float32)
+    # element-wise accumulators, reduced across threads once after the loop
+    acc_sum = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    acc_max = tl.full([BLOCK_P, BLOCK_C], _NEG_INF, tl.float32)
+    acc_cnt = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
     base = h_ptr + b * sb + offs_c[None, :] * sc
     for p0 in range(0, HW, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         m = (offs_p < HW)[:, None] & cmask[None, :]
         v = tl.load(base + _pixel_offsets(offs_p, W, sh, sw)[:, None], mask=m, other=0.0)
         v = v.to(tl.float32)
-        acc_sum += tl.sum(v, 0)
-        acc_max, acc_cnt = max_with_ties(acc_max, acc_cnt, tl.where(m, v, _NEG_INF), 0)
+        acc_sum += v
+        acc_max, acc_cnt = add_max_ties(acc_max, acc_cnt, tl.where(m, v, _NEG_INF))
+    ch_max, ch_cnt = reduce_max_ties(acc_max, acc_cnt, 0)
     out = b * C + offs_c
-    tl.store(sum_ptr + out, acc_sum, mask=cmask)
-    tl.store(max_ptr + out, acc_max, mask=cmask)
-    tl.store(cnt_ptr + out, acc_cnt, mask=cmask)
+    tl.store(sum_ptr + out, tl.sum(acc_sum, 0), mask=cmask)
+    tl.store(max_ptr + out, ch_max, mask=cmask)
+    tl.store(cnt_ptr + out, ch_cnt, mask=cmask)
 
 
 @triton.jit
@@ -107,20 +109,22 @@ def _pixel_pool_kernel(h_ptr, ca_ptr, pooled_ptr, cnt_ptr, C, HW, W, sb, sc, sh,
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = offs_p < HW
     base = h_ptr + b * sb + _pixel_offsets(offs_p, W, sh, sw)[:, None]
-    acc_sum = tl.zeros([BLOCK_P], tl.float32)
-    acc_max = tl.full([BLOCK_P], _NEG_INF, tl.float32)
-    acc_cnt = tl.zeros([BLOCK_P], tl.float32)
+    # element-wise accumulators, reduced across threads once after the loop
+    acc_sum = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    acc_max = tl.full([BLOCK_P, BLOCK_C], _NEG_INF, tl.float32)
+    acc_cnt = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         cmask = offs_c < C
         m = pmask[:, None] & cmask[None, :]
         ca = tl.load(ca_ptr + b * C + offs_c, mask=cmask, other=0.0)
         u = tl.load(base + offs_c[None, :] * sc, mask=m, other=0.0).to(tl.float32) * ca[None, :]
-        acc_sum += tl.sum(u, 1)
-        acc_max, acc_cnt = max_with_ties(acc_max, acc_cnt, tl.where(m, u, _NEG_INF), 1)
-    tl.store(pooled_ptr + b * 2 * HW + offs_p, acc_sum * inv_c, mask=pmask)
-    tl.store(pooled_ptr + (b * 2 + 1) * HW + offs_p, acc_max, mask=pmask)
-    tl.store(cnt_ptr + b * HW + offs_p, acc_cnt, mask=pmask)
+        acc_sum += u
+        acc_max, acc_cnt = add_max_ties(acc_max, acc_cnt, tl.where(m, u, _NEG_INF))
+    px_max, px_cnt = reduce_max_ties(acc_max, acc_cnt, 1)
+    tl.store(pooled_ptr + b * 2 * HW + offs_p, tl.sum(acc_sum, 1) * inv_c, mask=pmask)
+    tl.store(pooled_ptr + (b * 2 + 1) * HW + offs_p, px_max, mask=pmask)
+    tl.store(cnt_ptr + b * HW + offs_p, px_cnt, mask=pmask)
 
 
 @triton.autotune(configs(gpu=[dict(BLOCK_P=128), dict(BLOCK_P=256)], interpret=dict(BLOCK_P=64),

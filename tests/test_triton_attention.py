@@ -10,6 +10,7 @@ from helpers import REL_TOL, layout, rel_err
 
 import hdkd
 from hdkd.ops import reference
+from max_ties import check_attention_ties
 
 pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
 
@@ -61,11 +62,19 @@ def test_forward_backward_realistic(shape, dtype, kind):
     _check(shape, dtype, kind)
 
 
-def test_max_ties_split_the_gradient_like_amax():
+@pytest.mark.parametrize("shape", [(2, 6, 5, 4), (1, 20, 9, 7)])
+def test_max_ties_split_the_gradient_like_amax(shape):
     """Integer-valued inputs put several pixels at each channel's max and several channels at
-    each pixel's max; torch.amax splits the gradient evenly among them."""
-    _check((2, 6, 5, 4), torch.float32, "contiguous",
-           gen_h=lambda g: torch.randint(-2, 3, (2, 6, 5, 4), generator=g).float())
+    each pixel's max; torch.amax splits the gradient evenly among them. (1, 20, 9, 7) spans more
+    than one pixel tile and one channel tile, so ties are counted across loop iterations."""
+    _check(shape, torch.float32, "contiguous",
+           gen_h=lambda g: torch.randint(-2, 3, shape, generator=g).float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_tie_case(dtype):
+    check_attention_ties(lambda *a: hdkd.ops.channel_spatial_attention(*a, backend="triton"),
+                         dtype, DEVICE, lambda t: layout(t, "channels_last"))
 
 
 def test_cbam_module_and_autocast():
