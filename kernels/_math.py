@@ -43,18 +43,3 @@ def reduce_max_ties(run_max, run_cnt, axis: tl.constexpr):
     else:
         hits = tl.sum(tl.where(run_max == total_max[:, None], run_cnt, 0.0), 1)
     return total_max, hits
-
-
-@triton.jit
-def max_with_ties(run_max, run_cnt, tile, axis: tl.constexpr):
-    """Running max and the number of elements equal to it (torch.amax splits its gradient evenly
-    among ties). `tile` holds -inf where masked. A NaN makes the max NaN, as in torch.amax (the
-    reduction alone would skip it)."""
-    has_nan = tl.max((tile != tile).to(tl.int32), axis) > 0
-    tile_max = tl.where(has_nan, float("nan"), tl.max(tile, axis))
-    new_max = tl.maximum(run_max, tile_max, propagate_nan=tl.PropagateNan.ALL)
-    if axis == 0:
-        hits = tl.sum((tile == new_max[None, :]).to(tl.float32), 0)
-    else:
-        hits = tl.sum((tile == new_max[:, None]).to(tl.float32), 1)
-    return new_max, tl.where(run_max == new_max, run_cnt, 0.0) + hits

@@ -23,13 +23,16 @@ import triton
 import triton.language as tl
 
 from ._config import INTERPRET, configs, empty_like_format
-from ._math import gelu, gelu_grad, max_with_ties
+from ._math import add_max_ties, gelu, gelu_grad, reduce_max_ties
 
 _NEG_INF = tl.constexpr(float("-inf"))
 # [pixels, channels] tile: 64 x 64 bf16 channels_last rows are 128-byte lines on the GPU
 TILE_P, TILE_C = (32, 16) if INTERPRET else (64, 64)
 # d(weight) pass: 32-pixel tiles (64 spill at 8 warps on sm_90), DW_TILES of them per program
 DW_TILE_P, DW_TILES = (32, 2) if INTERPRET else (32, 8)
+# forward pass: OUT_TILES pixel tiles per program, so the tile statistics' cross-thread reduction
+# (more instructions than the conv in the SASS) runs once per OUT_TILES tiles
+OUT_TILES = 2 if INTERPRET else 4
 _WARPS = configs(gpu=[{}], interpret={}, warps=(8, 4))
 
 
@@ -87,21 +90,32 @@ def _batch_stats_kernel(x_ptr, w_ptr, psum_ptr, pm2_ptr, C, H, W, Wo, HWo, sb, s
 def _output_kernel(x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, psum_ptr, pmax_ptr, pcnt_ptr,
                    C, H, W, Wo, HWo, sb, sc, sh, sw, yb, yc, yh, yw,
                    STRIDE: tl.constexpr, K: tl.constexpr, BLOCK_P: tl.constexpr,
-                   BLOCK_C: tl.constexpr):
-    """y = GELU(conv * scale + shift), and per-tile sum / max / ties-at-max of y as stored."""
-    b, offs_p, offs_c, pmask, cmask, row = _tile_index(HWo, BLOCK_P, BLOCK_C, C)
-    acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, C, H, W, Wo, sb, sc, sh, sw,
-                     STRIDE, K, BLOCK_P, BLOCK_C)
+                   BLOCK_C: tl.constexpr, TILES: tl.constexpr):
+    """y = GELU(conv * scale + shift) over TILES pixel tiles, and this program's sum / max /
+    ties-at-max of y as stored (element-wise over the tiles, reduced across threads once)."""
+    b = tl.program_id(0)
+    row = b * tl.num_programs(1) + tl.program_id(1)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = offs_c < C
     scale = tl.load(scale_ptr + offs_c, mask=cmask, other=0.0)
     shift = tl.load(shift_ptr + offs_c, mask=cmask, other=0.0)
-    y = gelu(acc * scale[None, :] + shift[None, :]).to(y_ptr.dtype.element_ty)
-    m = pmask[:, None] & cmask[None, :]
-    tl.store(y_ptr + b * yb + ((offs_p // Wo) * yh + (offs_p % Wo) * yw)[:, None]
-             + offs_c[None, :] * yc, y, mask=m)
-    yf = y.to(tl.float32)
-    tmax, tcnt = max_with_ties(tl.full([BLOCK_C], _NEG_INF, tl.float32),
-                               tl.zeros([BLOCK_C], tl.float32), tl.where(m, yf, _NEG_INF), 0)
-    tl.store(psum_ptr + row * C + offs_c, tl.sum(tl.where(m, yf, 0.0), 0), mask=cmask)
+    acc_sum = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    acc_max = tl.full([BLOCK_P, BLOCK_C], _NEG_INF, tl.float32)
+    acc_cnt = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    for t in range(TILES):
+        offs_p = (tl.program_id(1) * TILES + t) * BLOCK_P + tl.arange(0, BLOCK_P)
+        pmask = offs_p < HWo
+        acc = _conv_tile(x_ptr, w_ptr, b, offs_p, offs_c, pmask, cmask, C, H, W, Wo, sb, sc, sh,
+                         sw, STRIDE, K, BLOCK_P, BLOCK_C)
+        y = gelu(acc * scale[None, :] + shift[None, :]).to(y_ptr.dtype.element_ty)
+        m = pmask[:, None] & cmask[None, :]
+        tl.store(y_ptr + b * yb + ((offs_p // Wo) * yh + (offs_p % Wo) * yw)[:, None]
+                 + offs_c[None, :] * yc, y, mask=m)
+        yf = y.to(tl.float32)
+        acc_sum += tl.where(m, yf, 0.0)
+        acc_max, acc_cnt = add_max_ties(acc_max, acc_cnt, tl.where(m, yf, _NEG_INF))
+    tmax, tcnt = reduce_max_ties(acc_max, acc_cnt, 0)
+    tl.store(psum_ptr + row * C + offs_c, tl.sum(acc_sum, 0), mask=cmask)
     tl.store(pmax_ptr + row * C + offs_c, tmax, mask=cmask)
     tl.store(pcnt_ptr + row * C + offs_c, tcnt, mask=cmask)
 
@@ -281,10 +295,12 @@ def forward(x, weight, scale, shift, stride: int):
     Ho, Wo = _out_size(H, k, stride), _out_size(W, k, stride)
     HWo = Ho * Wo
     y = empty_like_format(x, (B, C, Ho, Wo))
-    psum, pmax, pcnt = _partials(B, HWo, C, x.device, 3)
-    _output_kernel[_grid(B, HWo, C)](x, _taps(weight), scale, shift, y, psum, pmax, pcnt, C, H,
-                                     W, Wo, HWo, *x.stride(), *y.stride(), STRIDE=stride, K=k,
-                                     BLOCK_P=TILE_P, BLOCK_C=TILE_C)
+    groups = triton.cdiv(triton.cdiv(HWo, TILE_P), OUT_TILES)
+    psum, pmax, pcnt = (torch.empty(B * groups, C, device=x.device, dtype=torch.float32)
+                        for _ in range(3))
+    _output_kernel[(B, groups, triton.cdiv(C, TILE_C))](
+        x, _taps(weight), scale, shift, y, psum, pmax, pcnt, C, H, W, Wo, HWo, *x.stride(),
+        *y.stride(), STRIDE=stride, K=k, BLOCK_P=TILE_P, BLOCK_C=TILE_C, TILES=OUT_TILES)
     psum, pmax, pcnt = (t.view(B, -1, C) for t in (psum, pmax, pcnt))
     mx = pmax.amax(1)
     cnt = (pcnt * (pmax == mx[:, None]).float()).sum(1)
