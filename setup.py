@@ -38,6 +38,43 @@ class SkipExtension(Exception):
     """The extension cannot be built here; the message says why."""
 
 
+CMAKE_MIN = (3, 18)
+CMAKE_MIN_CUDA = (3, 25, 2)  # the first CMake that passes nvcc -std=c++20 (CMAKE_CUDA_STANDARD 20)
+
+
+def _tool_candidates(name):
+    """`name` on PATH, then beside the running interpreter: `pip install cmake ninja` puts them in
+    the environment's bin/, which is on PATH only while the environment is activated."""
+    found = []
+    for path in (shutil.which(name), shutil.which(name, path=os.path.dirname(sys.executable))):
+        if path and os.path.realpath(path) not in [os.path.realpath(p) for p in found]:
+            found.append(path)
+    return found
+
+
+def _cmake_version(cmake):
+    try:
+        out = subprocess.run([cmake, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"cmake version (\d+)\.(\d+)(?:\.(\d+))?", out.stdout)
+    return tuple(int(g or 0) for g in m.groups()) if m else None
+
+
+def _find_cmake(minimum):
+    """The first CMake of _tool_candidates at least `minimum` (a version tuple)."""
+    seen = []
+    for path in _tool_candidates("cmake"):
+        version = _cmake_version(path)
+        if version is not None and version >= minimum:
+            return path
+        seen.append(f"{path} ({'.'.join(map(str, version)) if version else 'no version'})")
+    want = ".".join(map(str, minimum))
+    why = " to compile the CUDA sources (C++20)" if minimum >= CMAKE_MIN_CUDA else ""
+    raise SkipExtension(f"CMake >= {want} is needed{why}; found {', '.join(seen) or 'none'} "
+                        f"(pip install -U cmake)")
+
+
 def _import_torch():
     """torch of the target environment. pip's isolated build hides its site-packages, so when
     torch is not importable, the interpreter's own site-packages are searched as a last resort."""
@@ -138,7 +175,7 @@ class CMakeBuild(build_ext):
             log(f"installing WITHOUT the compiled extension hdkd._C: {e}")
 
     def _check_tools(self):
-        missing = [tool for tool in ("cmake", "ninja") if shutil.which(tool) is None]
+        missing = [tool for tool in ("cmake", "ninja") if not _tool_candidates(tool)]
         if missing:
             raise SkipExtension(f"{' and '.join(missing)} not found on PATH "
                                 f"(pip install cmake ninja)")
@@ -154,9 +191,11 @@ class CMakeBuild(build_ext):
             raise SkipExtension("pybind11 is not importable (pip install pybind11)") from None
         extdir = os.path.abspath(os.path.dirname(self.get_ext_fullpath(ext.name)))
         cuda_home, cuda = _want_cuda(torch)
+        cmake = _find_cmake(CMAKE_MIN_CUDA if cuda_home else CMAKE_MIN)
         torch_dir = os.path.dirname(torch.__file__)
         args = [
             f"-DCMAKE_BUILD_TYPE=Release",
+            f"-DCMAKE_MAKE_PROGRAM={_tool_candidates('ninja')[0]}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
@@ -177,9 +216,9 @@ class CMakeBuild(build_ext):
         os.makedirs(build_temp, exist_ok=True)
         jobs = os.environ.get("MAX_JOBS", "").strip() or str(os.cpu_count() or 1)
         try:
-            subprocess.run(["cmake", "-S", ROOT, "-B", build_temp, "-G", "Ninja", *args],
+            subprocess.run([cmake, "-S", ROOT, "-B", build_temp, "-G", "Ninja", *args],
                            check=True)
-            subprocess.run(["cmake", "--build", build_temp, "--parallel", jobs], check=True)
+            subprocess.run([cmake, "--build", build_temp, "--parallel", jobs], check=True)
         except (OSError, subprocess.CalledProcessError) as e:
             raise SkipExtension(f"the CMake build failed ({e}); the compiler output is above")
         info = {"torch_version": torch.__version__, "cuda": bool(cuda_home),

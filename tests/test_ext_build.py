@@ -50,3 +50,29 @@ def test_cuda_decision(setup_py, monkeypatch):
         setup_py._want_cuda(cpu_torch)
     monkeypatch.setenv("HDKD_SKIP_CUDA", "1")
     assert setup_py._want_cuda(cpu_torch) == (None, "HDKD_SKIP_CUDA=1")
+
+
+def _fake_cmake(folder, version):
+    folder.mkdir()
+    tool = folder / "cmake"
+    tool.write_text(f"#!/bin/sh\necho 'cmake version {version}'\n")
+    tool.chmod(0o755)
+    return str(tool)
+
+
+def test_cmake_is_found_beside_the_interpreter_when_path_has_an_old_one(setup_py, monkeypatch,
+                                                                          tmp_path):
+    """An environment used without activating it: PATH gives the system's CMake, too old for
+    the CUDA sources; the environment's own (pip install cmake) is beside its python."""
+    old = _fake_cmake(tmp_path / "system", "3.25.1")
+    new = _fake_cmake(tmp_path / "venv", "4.1.0")
+    monkeypatch.setenv("PATH", str(tmp_path / "system"))
+    monkeypatch.setattr(setup_py.sys, "executable", str(tmp_path / "venv" / "python3"))
+    assert setup_py._tool_candidates("cmake") == [old, new]
+    assert setup_py._find_cmake(setup_py.CMAKE_MIN) == old
+    assert setup_py._find_cmake(setup_py.CMAKE_MIN_CUDA) == new
+    monkeypatch.setattr(setup_py.sys, "executable", str(tmp_path / "elsewhere" / "python3"))
+    with pytest.raises(setup_py.SkipExtension,
+                       match=r"CMake >= 3\.25\.2 is needed to compile the CUDA sources.*"
+                             r"system/cmake \(3\.25\.1\)"):
+        setup_py._find_cmake(setup_py.CMAKE_MIN_CUDA)
