@@ -24,6 +24,9 @@ from .backends import Backend, register_backend
 from .reference import BatchNormState, MBCSAWeights
 
 _NS = "hdkd_triton"
+# Read once: backend selection runs inside torch.compile graphs, and dynamo (torch 2.11) refuses
+# to trace importlib.util.find_spec.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def _interpret() -> bool:
@@ -31,7 +34,7 @@ def _interpret() -> bool:
 
 
 def _unavailable_reason() -> Optional[str]:
-    if importlib.util.find_spec("triton") is None:
+    if not _TRITON_INSTALLED:
         return "triton is not installed (pip install triton)"
     if not torch.cuda.is_available() and not _interpret():
         return ("no CUDA GPU, and TRITON_INTERPRET is not set (set TRITON_INTERPRET=1 before "
