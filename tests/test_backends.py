@@ -91,3 +91,24 @@ def test_info_command(cmd):
 def test_cli_requires_a_command():
     r = _run([sys.executable, "-m", "hdkd"])
     assert r.returncode != 0 and "COMMAND" in r.stderr
+
+
+@pytest.mark.parametrize("triton_version,numpy_version,broken", [
+    ("3.6.0", "2.4.6", True), ("3.6.0", "2.3.5", False), ("3.7.0", "2.4.6", False),
+    ("3.8.0", "2.5.2", False), ("3.5.1", "2.10.0", True)])
+def test_interpreter_problem_of_old_triton_with_new_numpy(monkeypatch, triton_version,
+                                                          numpy_version, broken):
+    """Triton < 3.7's interpreter fails on numpy >= 2.4 (seen with 3.6.0 and 2.4.6): the backend
+    then names the versions and the fix instead of failing inside a kernel."""
+    from hdkd.ops import triton_backend
+
+    versions = {"triton": triton_version, "numpy": numpy_version}
+    monkeypatch.setattr(triton_backend, "_TRITON_INSTALLED", True)
+    monkeypatch.setattr(triton_backend.importlib.metadata, "version", versions.__getitem__)
+    problem = triton_backend._find_interpreter_problem()
+    assert (problem is not None) == broken
+    if broken:
+        assert f"triton {triton_version}" in problem and f"numpy {numpy_version}" in problem
+        monkeypatch.setattr(triton_backend, "INTERPRETER_PROBLEM", problem)
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert problem in triton_backend._unavailable_reason()

@@ -11,8 +11,10 @@ float32 and return their gradients in their own dtype).
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
+import re
 from typing import Optional
 
 import torch
@@ -29,6 +31,26 @@ _NS = "hdkd_triton"
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
+def _major_minor(package: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", importlib.metadata.version(package)).groups()
+    return int(major), int(minor)
+
+
+def _find_interpreter_problem() -> Optional[str]:
+    """Why the Triton interpreter cannot run the kernels with the installed packages, or None."""
+    if not _TRITON_INSTALLED:
+        return None
+    if _major_minor("triton") < (3, 7) and _major_minor("numpy") >= (2, 4):
+        # it converts 1-element arrays to Python ints, which numpy 2.4 made an error
+        return (f"the interpreter of triton {importlib.metadata.version('triton')} fails with "
+                f"numpy {importlib.metadata.version('numpy')}: install numpy < 2.4 or "
+                f"triton >= 3.7")
+    return None
+
+
+INTERPRETER_PROBLEM = _find_interpreter_problem()  # read once, as _TRITON_INSTALLED
+
+
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -39,6 +61,8 @@ def _unavailable_reason() -> Optional[str]:
     if not torch.cuda.is_available() and not _interpret():
         return ("no CUDA GPU, and TRITON_INTERPRET is not set (set TRITON_INTERPRET=1 before "
                 "triton is imported to run the kernels on the CPU through the interpreter)")
+    if _interpret() and INTERPRETER_PROBLEM:
+        return f"TRITON_INTERPRET=1, but {INTERPRETER_PROBLEM}"
     return None
 
 
