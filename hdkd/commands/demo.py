@@ -87,9 +87,15 @@ def _run(args: argparse.Namespace) -> int:
     student_recipe = dict(optimizer="adamw", lr=args.student_lr, weight_decay=0.05,
                           schedule="cosine", warmup_epochs=1, warmup_lr=args.student_lr / 10,
                           min_lr=args.student_lr / 100, epochs=args.epochs)
+    # a teacher weaker than the student from scratch would only pull HDKD down: the original
+    # constant lr leaves a few-epoch teacher at a noisy point, so by default its lr decays too
+    teacher_decay = (dict(warmup_epochs=1, warmup_lr=args.teacher_lr / 10,
+                          min_lr=args.teacher_lr / 100)
+                     if args.teacher_schedule == "cosine" else {})
     runs = [
         ("hdkd_teacher", TrainConfig(model="hdkd_teacher", out=str(out / "teacher"),
-                                     epochs=args.teacher_epochs, lr=args.teacher_lr, **common)),
+                                     epochs=args.teacher_epochs, lr=args.teacher_lr,
+                                     schedule=args.teacher_schedule, **teacher_decay, **common)),
         ("hdkd_student", TrainConfig(model="hdkd_student", out=str(out / "student"),
                                      **student_recipe, **common)),
         ("hdkd", TrainConfig(model="hdkd", out=str(out / "hdkd"),
@@ -133,7 +139,9 @@ def _run(args: argparse.Namespace) -> int:
              f"checkpoint chosen on the validation split; img/s: eval-mode inference, batch 64, "
              f"on {device} ({torch.get_num_threads()} threads).")
     notes = [verdict,
-             f"teacher: Adam lr {args.teacher_lr:g}, {args.teacher_epochs} epochs; students: AdamW "
+             f"teacher: Adam lr {args.teacher_lr:g}, {args.teacher_schedule}"
+             f"{' with 1 warm-up epoch' if teacher_decay else ''}, {args.teacher_epochs} epochs; "
+             f"students: AdamW "
              f"lr {args.student_lr:g}, weight decay 0.05, cosine with 1 warm-up epoch, "
              f"{args.epochs} epochs; batch {args.batch_size}; augmentation "
              f"{'on' if args.augment else 'off'}",
@@ -163,6 +171,9 @@ def register(sub) -> None:
                    help="epochs of the two students (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     p.add_argument("--teacher-lr", type=float, default=1e-3, help="(default: %(default)s)")
+    p.add_argument("--teacher-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="the teacher's lr schedule; constant is the original recipe's "
+                        "(default: %(default)s)")
     p.add_argument("--student-lr", type=float, default=1e-3, help="(default: %(default)s)")
     p.add_argument("--augment", action="store_true",
                    help="use the original train-time augmentation (default: off; its 180-degree "
