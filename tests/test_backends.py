@@ -112,3 +112,17 @@ def test_interpreter_problem_of_old_triton_with_new_numpy(monkeypatch, triton_ve
         monkeypatch.setattr(triton_backend, "INTERPRETER_PROBLEM", problem)
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         assert problem in triton_backend._unavailable_reason()
+
+
+def test_interpreter_check_without_package_metadata(monkeypatch):
+    """A triton without installed metadata (a source tree on PYTHONPATH) must not break import."""
+    import importlib.metadata
+
+    from hdkd.ops import triton_backend
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(triton_backend, "_TRITON_INSTALLED", True)
+    monkeypatch.setattr(triton_backend.importlib.metadata, "version", missing)
+    assert triton_backend._find_interpreter_problem() is None

@@ -40,7 +40,11 @@ def _find_interpreter_problem() -> Optional[str]:
     """Why the Triton interpreter cannot run the kernels with the installed packages, or None."""
     if not _TRITON_INSTALLED:
         return None
-    if _major_minor("triton") < (3, 7) and _major_minor("numpy") >= (2, 4):
+    try:
+        old_triton_new_numpy = _major_minor("triton") < (3, 7) and _major_minor("numpy") >= (2, 4)
+    except (importlib.metadata.PackageNotFoundError, AttributeError):  # no metadata, odd version
+        return None
+    if old_triton_new_numpy:
         # it converts 1-element arrays to Python ints, which numpy 2.4 made an error
         return (f"the interpreter of triton {importlib.metadata.version('triton')} fails with "
                 f"numpy {importlib.metadata.version('numpy')}: install numpy < 2.4 or "
