@@ -31,8 +31,8 @@ _NS = "hdkd_triton"
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
-def _major_minor(package: str) -> tuple[int, int]:
-    major, minor = re.match(r"(\d+)\.(\d+)", importlib.metadata.version(package)).groups()
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
     return int(major), int(minor)
 
 
@@ -41,14 +41,14 @@ def _find_interpreter_problem() -> Optional[str]:
     if not _TRITON_INSTALLED:
         return None
     try:
-        old_triton_new_numpy = _major_minor("triton") < (3, 7) and _major_minor("numpy") >= (2, 4)
+        triton_version, numpy_version = map(importlib.metadata.version, ("triton", "numpy"))
+        broken = _major_minor(triton_version) < (3, 7) and _major_minor(numpy_version) >= (2, 4)
     except (importlib.metadata.PackageNotFoundError, AttributeError):  # no metadata, odd version
         return None
-    if old_triton_new_numpy:
+    if broken:
         # it converts 1-element arrays to Python ints, which numpy 2.4 made an error
-        return (f"the interpreter of triton {importlib.metadata.version('triton')} fails with "
-                f"numpy {importlib.metadata.version('numpy')}: install numpy < 2.4 or "
-                f"triton >= 3.7")
+        return (f"the interpreter of triton {triton_version} fails with numpy {numpy_version}: "
+                f"install numpy < 2.4 or triton >= 3.7")
     return None
 
 
