@@ -3,6 +3,7 @@
 //   d = GELU(dwconv(e, Wd) + bd)               one pass, with per-channel sum / max of d
 //   h = d * (ca * sa + 1)                      CBAM gates and residual, per row block, then
 //   out = shortcut(x) + bp + h Wp^T            the project GEMM accumulating into out
+#include <ATen/ThreadLocalState.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/max_pool2d.h>
@@ -30,9 +31,14 @@ void check_shape(const Tensor& t, at::IntArrayRef want, const char* name) {
               ", got ", t.sizes());
 }
 
+// fn calls ATen ops (addmm) on the pool's threads: they run under the caller's thread-local
+// state (InferenceMode, grad mode, autocast exclusion), which at::parallel_for does not pass on;
+// without it an in-place op on an inference tensor fails on every thread but the caller's.
 template <class F>
 void for_row_blocks(int64_t rows, const F& fn) {
+  const at::ThreadLocalState caller;
   at::parallel_for(0, (rows + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+    const at::ThreadLocalStateGuard guard(caller);
     for (int64_t i = b0; i < b1; ++i) fn(i * kRows, std::min(rows, (i + 1) * kRows));
   });
 }

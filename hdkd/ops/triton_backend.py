@@ -11,6 +11,7 @@ float32 and return their gradients in their own dtype).
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -90,9 +91,28 @@ def _stats_like(x: Tensor, *shape) -> Tensor:
     return x.new_empty(shape, dtype=torch.float32)
 
 
+def _grad_like(w: Tensor) -> Tensor:
+    """A parameter's gradient as the kernels return it: contiguous, in the parameter's dtype,
+    whatever the parameter's layout (a channels_last model's weights)."""
+    return torch.empty(w.shape, dtype=w.dtype, device=w.device)
+
+
+def _op_body(fn):
+    """The body of a custom op: computes in the dtypes its fake promises. An enclosing autocast
+    stays enabled inside a custom op's Python body, so without this the float32 statistics'
+    matmuls would run (and be returned) in bfloat16."""
+    @functools.wraps(fn)
+    def body(*args):
+        device = next(a.device.type for a in args if isinstance(a, Tensor))
+        with torch.autocast(device, enabled=False):
+            return fn(*args)
+    return body
+
+
 # ------------------------------------------------------------------ channel-spatial attention
 
 @torch.library.custom_op(f"{_NS}::csa_forward", mutates_args=())
+@_op_body
 def _csa_forward(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(out, ch_sum, ch_max, ch_ties, ca, pooled, pixel_ties, sa_map)."""
@@ -107,16 +127,18 @@ def _(h, fc1, fc2, sa):
 
 
 @torch.library.custom_op(f"{_NS}::csa_backward", mutates_args=())
+@_op_body
 def _csa_backward(grad: Tensor, h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor, ch_sum: Tensor,
                   ch_max: Tensor, ch_cnt: Tensor, ca: Tensor, pooled: Tensor, pcnt: Tensor,
                   s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_kernels()[0].backward(grad, h, fc1, fc2, sa, ch_sum, ch_max, ch_cnt, ca, pooled,
-                                        pcnt, s))
+    dh, *dweights = _kernels()[0].backward(grad, h, fc1, fc2, sa, ch_sum, ch_max, ch_cnt, ca,
+                                           pooled, pcnt, s)
+    return dh, *(d.contiguous() for d in dweights)
 
 
 @_csa_backward.register_fake
 def _(grad, h, fc1, fc2, sa, *saved):
-    return torch.empty_like(h), torch.empty_like(fc1), torch.empty_like(fc2), torch.empty_like(sa)
+    return torch.empty_like(h), _grad_like(fc1), _grad_like(fc2), _grad_like(sa)
 
 
 def _csa_setup(ctx, inputs, output):
@@ -152,6 +174,7 @@ def _affine(gamma, beta, mean, rstd):
 
 
 @torch.library.custom_op(f"{_NS}::dwconv_forward", mutates_args=())
+@_op_body
 def _dwconv_forward(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, running_mean: Tensor,
                     running_var: Tensor, training: bool, eps: float, stride: int
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -177,6 +200,7 @@ def _(x, weight, gamma, beta, running_mean, running_var, training, eps, stride):
 
 
 @torch.library.custom_op(f"{_NS}::dwconv_backward", mutates_args=())
+@_op_body
 def _dwconv_backward(gy: Tensor, gavg: Tensor, gmax: Tensor, x: Tensor, weight: Tensor,
                      gamma: Tensor, beta: Tensor, y: Tensor, ymax: Tensor, ycnt: Tensor,
                      mean: Tensor, rstd: Tensor, training: bool, stride: int
@@ -184,12 +208,13 @@ def _dwconv_backward(gy: Tensor, gavg: Tensor, gmax: Tensor, x: Tensor, weight: 
     dx, dweight, dgamma, dbeta = _kernels()[1].backward(
         gy, gavg, gmax, x, weight.contiguous(), y, ymax, ycnt, *_affine(gamma, beta, mean, rstd),
         mean, rstd, training, stride)
-    return dx, dweight.to(weight.dtype), dgamma.to(gamma.dtype), dbeta.to(beta.dtype)
+    return (dx, dweight.to(weight.dtype).contiguous(), dgamma.to(gamma.dtype),
+            dbeta.to(beta.dtype))
 
 
 @_dwconv_backward.register_fake
 def _(gy, gavg, gmax, x, weight, gamma, beta, *rest):
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(gamma), torch.empty_like(beta)
+    return torch.empty_like(x), _grad_like(weight), _grad_like(gamma), _grad_like(beta)
 
 
 def _dwconv_setup(ctx, inputs, output):
@@ -246,6 +271,7 @@ def _update_running_stats(bn: BatchNormState, mean: Tensor, var_unbiased: Tensor
 # ------------------------------------------------------------------ expand: 1x1 conv + BN + GELU
 
 @torch.library.custom_op(f"{_NS}::expand_forward", mutates_args=())
+@_op_body
 def _expand_forward(z: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, running_mean: Tensor,
                     running_var: Tensor, training: bool, eps: float, stride: int
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -269,16 +295,19 @@ def _(z, weight, gamma, beta, running_mean, running_var, training, eps, stride):
 
 
 @torch.library.custom_op(f"{_NS}::expand_backward", mutates_args=())
+@_op_body
 def _expand_backward(ge: Tensor, z: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
                      mean: Tensor, rstd: Tensor, training: bool, stride: int
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from hdkd.kernels import expand_bn_gelu
-    return expand_bn_gelu.backward(ge, z, weight, gamma, beta, mean, rstd, training, stride)
+    dz, dweight, dgamma, dbeta = expand_bn_gelu.backward(ge, z, weight, gamma, beta, mean, rstd,
+                                                         training, stride)
+    return dz, dweight.contiguous(), dgamma, dbeta
 
 
 @_expand_backward.register_fake
 def _(ge, z, weight, gamma, beta, *rest):
-    return tuple(torch.empty_like(t) for t in (z, weight, gamma, beta))
+    return torch.empty_like(z), _grad_like(weight), _grad_like(gamma), _grad_like(beta)
 
 
 def _expand_setup(ctx, inputs, output):
@@ -313,6 +342,7 @@ def expand_bn_gelu(z: Tensor, weight: Tensor, bn: BatchNormState, training: bool
 # ------------------------------------------------------------------ attention + project conv
 
 @torch.library.custom_op(f"{_NS}::csa_project_forward", mutates_args=())
+@_op_body
 def _csa_project_forward(d: Tensor, avg: Tensor, mx: Tensor, ties: Tensor, fc1: Tensor,
                          fc2: Tensor, sa: Tensor, project: Tensor
                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -334,20 +364,22 @@ def _(d, avg, mx, ties, fc1, fc2, sa, project):
 
 
 @torch.library.custom_op(f"{_NS}::csa_project_backward", mutates_args=())
+@_op_body
 def _csa_project_backward(grad: Tensor, d: Tensor, mx: Tensor, ties: Tensor, fc1: Tensor,
                           fc2: Tensor, sa: Tensor, project: Tensor, ch_sum: Tensor, ca: Tensor,
                           pooled: Tensor, pcnt: Tensor, s: Tensor
                           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dd, d avg, d max, d fc1, d fc2, d sa, d project)."""
     from hdkd.kernels import attention_project
-    return tuple(attention_project.backward(grad, d, fc1, fc2, sa, project, ch_sum, mx, ties, ca,
-                                            pooled, pcnt, s))
+    dd, davg, dmax, *dweights = attention_project.backward(grad, d, fc1, fc2, sa, project,
+                                                           ch_sum, mx, ties, ca, pooled, pcnt, s)
+    return dd, davg, dmax, *(d.contiguous() for d in dweights)
 
 
 @_csa_project_backward.register_fake
 def _(grad, d, mx, ties, fc1, fc2, sa, project, *saved):
     return (torch.empty_like(d), torch.empty_like(mx), torch.empty_like(mx),
-            *(torch.empty_like(t) for t in (fc1, fc2, sa, project)))
+            *(_grad_like(t) for t in (fc1, fc2, sa, project)))
 
 
 def _csa_project_setup(ctx, inputs, output):
@@ -374,6 +406,7 @@ def attention_project(d: Tensor, avg: Tensor, mx: Tensor, ties: Tensor, fc1_weig
 # ------------------------------------------------------------------ MBCSA
 
 @torch.library.custom_op(f"{_NS}::mbcsa_eval_fused", mutates_args=())
+@_op_body
 def _mbcsa_eval_fused(x: Tensor, expand_weight: Tensor, expand_bias: Tensor, dw_weight: Tensor,
                       dw_bias: Tensor, ca_fc1: Tensor, ca_fc2: Tensor, sa_weight: Tensor,
                       project_weight: Tensor, project_bias: Tensor,

@@ -1,0 +1,110 @@
+"""The custom ops of both backends with valid arguments, one builder per backend, shared by the
+contract tests (test_op_contracts.py) and the inference-mode tests (test_inference_mode.py).
+Backward ops get the saved tensors their forward returns."""
+from __future__ import annotations
+
+import torch
+
+import hdkd
+from triton_env import DEVICE
+
+
+def to_layout(t, layout):
+    if t is None or t.dim() != 4 or layout != "channels_last":
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _randn(g, *shape, scale=1.0):
+    return (torch.randn(*shape, generator=g) * scale).to(DEVICE)
+
+
+def triton_cases(layout):
+    """(name, op, args) for every hdkd_triton op; backward ops get the saved tensors their
+    forward returns."""
+    from hdkd.ops import triton_backend as tb
+
+    g = torch.Generator().manual_seed(0)
+    f = lambda t: to_layout(t, layout)  # noqa: E731
+    h = f(_randn(g, 2, 12, 5, 4))
+    fc1, fc2 = f(_randn(g, 1, 12, 1, 1, scale=0.5)), f(_randn(g, 12, 1, 1, 1, scale=0.5))
+    sa = f(_randn(g, 1, 2, 7, 7, scale=0.3))
+    dw = f(_randn(g, 12, 1, 3, 3, scale=0.4))
+    gamma, beta = _randn(g, 12).abs() + 0.5, _randn(g, 12, scale=0.1)
+    rm, rv = _randn(g, 12, scale=0.1), _randn(g, 12).abs() + 0.5
+    z, ew = f(_randn(g, 2, 4, 5, 6)), f(_randn(g, 12, 4, 1, 1, scale=0.5))
+    pw = f(_randn(g, 5, 12, 1, 1, scale=0.3))
+    cases = []
+
+    out = tb._csa_forward(h, fc1, fc2, sa)
+    cases.append(("csa_forward", tb._csa_forward, (h, fc1, fc2, sa)))
+    cases.append(("csa_backward", tb._csa_backward,
+                  (torch.randn_like(out[0]), h, fc1, fc2, sa, *out[1:])))
+    for training in (True, False):
+        args = (h, dw, gamma, beta, rm, rv, training, 1e-5, 1)
+        y, avg, mx, ties, mean, rstd, _ = tb._dwconv_forward(*args)
+        cases.append((f"dwconv_forward[train={training}]", tb._dwconv_forward, args))
+        cases.append((f"dwconv_backward[train={training}]", tb._dwconv_backward,
+                      (torch.randn_like(y), torch.randn_like(avg), torch.randn_like(mx), h, dw,
+                       gamma, beta, y, mx, ties, mean, rstd, training, 1)))
+    for training, stride in ((True, 1), (False, 2)):
+        args = (z, ew, gamma, beta, rm, rv, training, 1e-5, stride)
+        e, mean, rstd, _ = tb._expand_forward(*args)
+        cases.append((f"expand_forward[train={training}]", tb._expand_forward, args))
+        cases.append((f"expand_backward[train={training}]", tb._expand_backward,
+                      (torch.randn_like(e), z, ew, gamma, beta, mean, rstd, training, stride)))
+    mx = h.amax((2, 3))
+    ties = (h == mx[:, :, None, None]).sum((2, 3)).float()
+    args = (h, h.mean((2, 3)), mx, ties, fc1, fc2, sa, pw)
+    v, *saved = tb._csa_project_forward(*args)
+    cases.append(("csa_project_forward", tb._csa_project_forward, args))
+    cases.append(("csa_project_backward", tb._csa_project_backward,
+                  (torch.randn_like(v), h, mx, ties, fc1, fc2, sa, pw, *saved)))
+    block = hdkd.nn.MBCSA(4, 6, downsample=True).to(DEVICE).eval()
+    if layout == "channels_last":
+        block = block.to(memory_format=torch.channels_last)
+    folded = [f(t) for t in tb._fold_float32(block.weights(), 1e-5)]
+    cases.append(("mbcsa_eval_fused", tb._mbcsa_eval_fused,
+                  (f(_randn(g, 2, 4, 7, 6)), *folded)))
+    return cases
+
+
+def ext_cases(layout, spatial: int = 1):
+    """(name, op, args) for every hdkd op; `spatial` scales the images' height and width (large
+    enough images split into several parallel tasks)."""
+    g = torch.Generator().manual_seed(1)
+    f = lambda t: to_layout(t, layout)  # noqa: E731
+    ops = torch.ops.hdkd
+    h = f(torch.randn(2, 20, 5 * spatial, 7 * spatial, generator=g))
+    fc1 = f(torch.randn(1, 20, 1, 1, generator=g) * 0.3)
+    fc2 = f(torch.randn(20, 1, 1, 1, generator=g) * 0.3)
+    sa = f(torch.randn(1, 2, 7, 7, generator=g) * 0.3)
+    x = f(torch.randn(2, 13, 6 * spatial, 5 * spatial, generator=g))
+    w = f(torch.randn(13, 1, 3, 3, generator=g) * 0.4)
+    gamma, beta = torch.rand(13, generator=g) + 0.5, torch.randn(13, generator=g) * 0.1
+    cases = []
+    out, ca, s = ops.csa_forward(h, fc1, fc2, sa)
+    cases.append(("csa_forward", ops.csa_forward.default, (h, fc1, fc2, sa)))
+    cases.append(("csa_backward", ops.csa_backward.default,
+                  (torch.randn_like(out), h, fc1, fc2, sa, ca, s)))
+    y, avg, mx, ties = ops.dwconv_bn_gelu_eval(x, w, gamma, beta)
+    cases.append(("dwconv_bn_gelu_eval", ops.dwconv_bn_gelu_eval.default, (x, w, gamma, beta)))
+    cases.append(("dwconv_bn_gelu_backward", ops.dwconv_bn_gelu_backward.default,
+                  (torch.randn_like(y), torch.randn_like(avg), torch.randn_like(mx), x, w, None,
+                   gamma, beta, y, mx, ties, None, None)))
+    cases.append(("dwconv_bn_gelu_train", ops.dwconv_bn_gelu_train.default,
+                  (x, w, gamma, beta, 1e-5)))
+    y, avg, mx, ties, conv, mean, var = ops.dwconv_bn_gelu_train(x, w, gamma, beta, 1e-5)
+    invstd = torch.rsqrt(var + 1e-5)
+    scale = gamma * invstd
+    cases.append(("dwconv_bn_gelu_backward[train]", ops.dwconv_bn_gelu_backward.default,
+                  (torch.randn_like(y), torch.randn_like(avg), torch.randn_like(mx), x, w, conv,
+                   scale, beta - mean * scale, y, mx, ties, mean, invstd)))
+    block = hdkd.nn.MBCSA(8, 12, downsample=True).eval()
+    if layout == "channels_last":
+        block = block.to(memory_format=torch.channels_last)
+    folded = [None if t is None else f(t.detach())
+              for t in hdkd.ops.reference.fold_mbcsa(block.weights())]
+    cases.append(("mbcsa_eval", ops.mbcsa_eval.default,
+                  (f(torch.randn(2, 8, 7 * spatial, 6 * spatial, generator=g)), *folded)))
+    return cases
