@@ -197,12 +197,12 @@ def cpu_name() -> str:
 
 
 def fill_speedups(benchmarks: list[dict]) -> None:
-    """Speed-ups over the eager and compile peers of the same workload, from the medians of one
-    run's JSON (so a peer measured after a benchmark still counts)."""
+    """Speed-ups over the eager, compile and ONNX Runtime peers of the same workload (those that
+    ran), from the medians of one run's JSON (so a peer measured after a benchmark still counts)."""
     medians: dict[str, dict[str, float]] = {}
     for b in benchmarks:
         medians.setdefault(b["group"], {})[b["extra_info"].get("impl")] = b["stats"]["median"]
     for b in benchmarks:
         peers, median = medians[b["group"]], b["stats"]["median"]
-        for peer in ("eager", "compile"):
+        for peer in ("eager", "compile", "onnxruntime"):
             b["extra_info"][f"speedup_vs_{peer}"] = peers[peer] / median if peer in peers else None

@@ -69,6 +69,7 @@ def _register_info(sub) -> None:
 
 from .commands import flops as _flops  # noqa: E402
 from .commands import convert as _convert, demo as _demo, eval as _eval, train as _train  # noqa: E402
+from .distill.run_folder import RunFolderError  # noqa: E402
 from .distill.trainer import NonFiniteLossError  # noqa: E402
 from .ops import BackendUnavailableError  # noqa: E402
 
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Errors a user can cause and fix (a bad argument, file, checkpoint or setting): printed as one
 # message without a traceback, unless HDKD_DEBUG=1. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, OSError, BackendUnavailableError,
-               NonFiniteLossError)
+               NonFiniteLossError, RunFolderError)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

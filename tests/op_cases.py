@@ -63,7 +63,8 @@ def triton_cases(layout):
     block = hdkd.nn.MBCSA(4, 6, downsample=True).to(DEVICE).eval()
     if layout == "channels_last":
         block = block.to(memory_format=torch.channels_last)
-    folded = [f(t) for t in tb._fold_float32(block.weights(), 1e-5)]
+    with torch.no_grad():
+        folded = [f(t) for t in hdkd.ops.reference.fold_mbcsa_float32(block.weights(), 1e-5)]
     cases.append(("mbcsa_eval_fused", tb._mbcsa_eval_fused,
                   (f(_randn(g, 2, 4, 7, 6)), *folded)))
     return cases

@@ -184,9 +184,9 @@ def ran(monkeypatch):
     registry = hdkd.ops.backends_registry()
     for name in ("torch", "ext"):
         for op, impl in list(registry[name].ops.items()):
-            def wrapped(*args, _impl=impl, _name=name, _op=op):
+            def wrapped(*args, _impl=impl, _name=name, _op=op, **kwargs):
                 calls.append((_name, _op))
-                return _impl(*args)
+                return _impl(*args, **kwargs)
             monkeypatch.setitem(registry[name].ops, op, wrapped)
     return calls
 

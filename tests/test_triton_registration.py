@@ -85,7 +85,8 @@ def test_opcheck_attention_project():
 
 def test_opcheck_mbcsa_eval_fused():
     m = hdkd.nn.MBCSA(4, 6, downsample=True).to(DEVICE).eval()
-    folded = triton_backend._fold_float32(m.weights(), 1e-5)
+    with torch.no_grad():
+        folded = hdkd.ops.reference.fold_mbcsa_float32(m.weights(), 1e-5)
     torch.library.opcheck(triton_backend._mbcsa_eval_fused,
                           (torch.randn(2, 4, 7, 6, device=DEVICE), *folded),
                           test_utils=("test_schema", "test_faketensor"))

@@ -79,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = Path(args.out)
+    _refuse_earlier_demo(out, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     splits = load_dataset("digits", args.img_size, seed=args.seed, augment=args.augment)
     common = dict(data="digits", img_size=args.img_size, batch_size=args.batch_size,
@@ -105,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     rows = []
     for name, cfg in runs:
-        summary = train(cfg, splits=splits)
+        summary = train(cfg, splits=splits, overwrite=args.overwrite)
         model, _ = ckpt.load_model(Path(cfg.out) / "best.pt", name, backend=args.backend)
         model.to(device)
         rows.append({
@@ -156,6 +157,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_earlier_demo(out: Path, overwrite: bool) -> None:
+    """Before anything is loaded: a folder holding an earlier demo needs --overwrite."""
+    from ..distill.run_folder import RUN_FILES, RunFolderError
+
+    found = [str(p.relative_to(out)) for p in
+             [out / "results.json", *(out / d / f for d in ("teacher", "student", "hdkd")
+                                      for f in RUN_FILES)] if p.exists()]
+    if found and not overwrite:
+        raise RunFolderError(f"hdkd demo: {str(out)!r} already holds a demo ({', '.join(found)}); "
+                             f"pass --overwrite to replace it or choose another --out")
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "demo", help="train teacher, student and HDKD on the embedded digits data; one table",
@@ -164,6 +177,8 @@ def register(sub) -> None:
                     "test accuracy, macro-F1 and inference img/s, and write OUT/results.json and "
                     "OUT/report.md with the plots. A few minutes on a 2-core CPU.")
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo in --out (default: such a folder is refused)")
     p.add_argument("--img-size", type=int, default=32,
                    help="image size, a multiple of 16 (default: %(default)s)")
     p.add_argument("--teacher-epochs", type=int, default=4, help="(default: %(default)s)")

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from pathlib import Path
 
 from ..distill.config import AMP_MODES, KD_KINDS, RECIPES, SELECT_METRICS, TrainConfig
 from ..models import list_models
@@ -38,6 +41,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder: last.pt, best.pt, log.jsonl, plots, metrics (default: %(default)s)")
     g.add_argument("--resume", default=None, metavar="PATH",
                    help="continue exactly from a last.pt (default: start fresh)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (default: such a folder is refused)")
     g = p.add_argument_group("data")
     g.add_argument("--img-size", type=int, default=_D.img_size,
                    help="images are resized to this square size; the student needs a multiple "
@@ -117,12 +122,36 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in keys})
 
 
+def resume_command(argv: list[str], last: Path) -> str:
+    """The command line that continues an interrupted `hdkd train` from last.pt."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not (a.startswith("--resume=") or a == "--overwrite"):
+            kept.append(a)
+    return shlex.join(["hdkd", *kept, "--resume", str(last)])
+
+
 def _run(args: argparse.Namespace) -> int:
-    from ..distill.trainer import train
+    from ..distill.trainer import LAST_NAME, TrainingInterrupted, train
 
     import torch.distributed as dist
 
-    summary = train(config_from_args(args), resume=args.resume)
+    try:
+        summary = train(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
+    except TrainingInterrupted as e:
+        print(f"hdkd train: {e}", file=sys.stderr)
+        if e.epochs_done:
+            print(f"continue with: {resume_command(sys.argv[1:], e.out / LAST_NAME)}",
+                  file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"hdkd train: interrupted at once; {Path(args.out) / 'last.pt'} (if any) is the "
+              f"last finished epoch, intact", file=sys.stderr)
+        return 130
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(f"best {summary['best']['metric']} {summary['best']['value']:.4f} at epoch "
               f"{summary['best']['epoch']}; outputs in {summary['out']}")

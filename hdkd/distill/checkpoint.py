@@ -2,8 +2,11 @@
 hdkd checkpoints, plain hdkd state_dicts or state_dicts saved by the original HDKD code."""
 from __future__ import annotations
 
+import errno
+import io
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -21,31 +24,48 @@ VERSION = 1
 _ORIGINAL_MARKERS = ("DFLT_module.", "fn1.", "head_cls.")
 
 
-def _replace_atomically(path: str | os.PathLike, mode: str, write: Callable[[Any], None]) -> None:
-    """write(file) into a temporary file in the same folder, fsync, then os.replace: a crash
-    leaves either the old file or the new one, never a truncated one."""
+# a full disk, a full quota, a file-size limit
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class NoSpaceError(OSError):
+    """A checkpoint or log did not fit on its disk; the previous file is intact."""
+
+
+def _replace_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """data into a temporary file in the same folder, fsync, then os.replace: a crash leaves
+    either the old file or the new one, never a truncated one; a full disk leaves the old one
+    and no temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            free = shutil.disk_usage(path.parent).free
+            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+            raise NoSpaceError(e.errno, f"not enough space to write {str(path)!r}: it needs "
+                                        f"{len(data) / 1e6:.1f} MB and {free / 1e6:.1f} MB are free "
+                                        f"({os.strerror(e.errno)}); {kept}") from None
         raise
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save, atomically."""
-    _replace_atomically(path, "wb", lambda f: torch.save(obj, f))
+    """torch.save, atomically (serialised in memory first, so its size is known)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _replace_atomically(path, buf.getvalue())
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    _replace_atomically(path, "w", lambda f: f.write(text))
+    _replace_atomically(path, text.encode("utf-8"))
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:

@@ -4,7 +4,9 @@ Each HDKD step runs the frozen teacher once (eval mode, no grad) and the student
 forward_with_features, and feeds HDKDLoss with the logits and the three stage features of each.
 After every epoch: validation, OUT/log.jsonl, OUT/last.pt (full state, written atomically) and
 OUT/best.pt when the validation metric improved. The test split is only used once, at the end,
-with the best weights.
+with the best weights. train() guards OUT for the run (hdkd.distill.run_folder): an earlier run is
+never replaced by accident, one process writes at a time, and Ctrl-C or SIGTERM stops cleanly with
+last.pt holding the last finished epoch.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import contextlib
 import copy
 import json
 import math
+import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -30,13 +34,34 @@ from .config import TrainConfig
 from .ddp import SYNC_BN_UNSUPPORTED, DistContext
 from .evaluate import eval_loader, predict
 from .features import forward_with_features
+from .run_folder import RunFolder, StopRequest
 from .schedule import EpochSchedule
 
 LOG_NAME, LAST_NAME, BEST_NAME = "log.jsonl", "last.pt", "best.pt"
+# what a run writes besides the run files; --overwrite removes these too
+OUTPUT_NAMES = ("test_metrics.json", "val_metrics.json", "curves.png", "confusion_matrix.png")
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run at a safe point: OUT/last.pt holds the last finished
+    epoch (the interrupted epoch's partial progress is not kept; --resume repeats it exactly)."""
+
+    def __init__(self, signal_name: str, out: Path, epochs_done: int):
+        self.signal_name, self.out, self.epochs_done = signal_name, out, epochs_done
+        self.exit_code = 128 + int(getattr(signal, signal_name))
+        if epochs_done:
+            saved = f"{out / LAST_NAME} holds epoch {epochs_done}"
+        else:
+            saved = "no epoch had finished, so there is nothing to resume"
+        super().__init__(f"{signal_name} received: training stopped; {saved}")
+
+
+class _StopNow(Exception):
+    """Raised inside an epoch when a stop was requested (caught by fit)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -92,6 +117,7 @@ class Trainer:
         if self.cfg.compile:
             self.model = torch.compile(self.model)
         self.start_epoch, self.history = 0, []
+        self.stop: Optional[StopRequest] = None  # set by train(); None: never stops early
         self.best = {"metric": self.cfg.select_metric, "value": None, "epoch": None}
         if resume:
             self._resume(resume)
@@ -208,6 +234,8 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.as_tensor(y).to(self.ctx.device, non_blocking=True)
             value, parts = self._step(x, y, epoch, step)
+            if not self.ctx.enabled and self._stop_requested():
+                raise _StopNow
             n = x.shape[0]
             count += n
             for k, v in {"loss": value, **{p: parts[p] for p in parts if p != "total"}}.items():
@@ -252,7 +280,10 @@ class Trainer:
         for epoch in range(self.start_epoch, c.epochs):
             t0 = time.perf_counter()
             lr = self.schedule.set_epoch(epoch)
-            train = self._train_epoch(epoch)
+            try:
+                train = self._train_epoch(epoch)
+            except _StopNow:
+                raise TrainingInterrupted(self.stop.requested, self.out, self.epochs_done) from None
             metrics, val_loss = self._evaluate(self.splits.val)
             record = {"epoch": epoch + 1, **train, "val_loss": val_loss,
                       **_scalar_metrics(metrics, "val_"), "lr": lr,
@@ -268,7 +299,14 @@ class Trainer:
                       f"{record.get('val_accuracy', float('nan')):.4f}  lr {lr:.2e}  "
                       f"{record['seconds']:.1f}s" + ("  *best*" if improved else ""))
             self.ctx.barrier()
+            # every process must agree to stop (torchrun signals each of them)
+            if epoch + 1 < c.epochs and self.ctx.sum(float(self._stop_requested()))[0] > 0:
+                raise TrainingInterrupted(self.stop.requested or "SIGTERM", self.out,
+                                          self.epochs_done)
         return self._finish()
+
+    def _stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.requested is not None
 
     # ------------------------------------------------------------------ files
     def _write_epoch(self, record: dict, improved: bool, metrics: dict, rngs: list) -> None:
@@ -372,6 +410,27 @@ def _json_default(o):
 
 
 def train(config: TrainConfig, resume: Optional[str] = None, splits=None,
-          log: Callable[[str], None] = print) -> dict:
-    """Train one model as configured; see Trainer."""
-    return Trainer(config, splits=splits, resume=resume, log=log).fit()
+          log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+    """Train one model as configured; see Trainer. Before anything is loaded, config.out is
+    checked and locked (hdkd.distill.run_folder.RunFolder): a folder holding a run is refused
+    unless resuming or overwrite=True. A SIGINT/SIGTERM raises TrainingInterrupted at the next
+    step."""
+    folder = RunFolder(config.out, resume=resume is not None, overwrite=overwrite)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if not main_process:  # torchrun: rank 0 holds the folder, the others only check it
+        folder.check_not_a_finished_run()
+    with folder if main_process else contextlib.nullcontext():
+        if main_process and overwrite and resume is None:
+            for name in (LAST_NAME, BEST_NAME, LOG_NAME, *OUTPUT_NAMES):
+                (folder.out / name).unlink(missing_ok=True)
+        for path in folder.removed:
+            log(f"removed {path.name}, left by an interrupted write")
+
+        def announce(name: str) -> None:
+            log(f"{name} received: stopping after the current step (last.pt keeps the last "
+                f"finished epoch); Ctrl-C again stops at once")
+
+        with StopRequest(announce) as stop:
+            trainer = Trainer(config, splits=splits, resume=resume, log=log)
+            trainer.stop = stop
+            return trainer.fit()

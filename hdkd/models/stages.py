@@ -9,8 +9,8 @@ from ..nn import MBCSA, ConvBNGELU
 def make_stages(in_chans: int, depths, widths, backend: str) -> tuple[nn.Sequential, ...]:
     """stage1: ConvBNGELU blocks, stages 2 and 3: MBCSA blocks; the first block of each stage
     halves the resolution."""
-    stem = [ConvBNGELU(in_chans if j == 0 else widths[0], widths[0], 3, downsample=j == 0)
-            for j in range(depths[0])]
+    stem = [ConvBNGELU(in_chans if j == 0 else widths[0], widths[0], 3, downsample=j == 0,
+                       backend=backend) for j in range(depths[0])]
     stages = [nn.Sequential(*stem)]
     for s in (1, 2):
         blocks = [MBCSA(widths[s - 1] if j == 0 else widths[s], widths[s], 3, downsample=j == 0,

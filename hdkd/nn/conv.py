@@ -1,25 +1,66 @@
 """ConvBNGELU: the stem block (conv k x k -> BN -> GELU)."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.backends import get_backend, validate_backend_name
 from ..ops.checks import check_activation
+from ..ops.reference import BatchNormState, fold_conv_batch_norm
 from ._validate import odd_kernel, positive_int
+from .eval_cache import EvalCache
 
 
 class ConvBNGELU(nn.Module):
-    """Conv k x k (stride 2 when downsample, padding k//2, no bias) -> BatchNorm2d -> GELU."""
+    """Conv k x k (stride 2 when downsample, padding k//2, no bias) -> BatchNorm2d -> GELU.
 
-    def __init__(self, inp: int, oup: int, kernel_size: int = 3, downsample: bool = False):
+    An eval forward without gradients runs one convolution with the BN folded into its weight
+    and bias (folded once, cached until a parameter or buffer changes) and the GELU fused into
+    it (oneDNN's post-op on the CPU), in channels_last. backend="torch" (module or process-wide)
+    keeps the three separate reference ops."""
+
+    def __init__(self, inp: int, oup: int, kernel_size: int = 3, downsample: bool = False,
+                 backend: str = "auto"):
         super().__init__()
         positive_int("ConvBNGELU", "inp", inp)
         positive_int("ConvBNGELU", "oup", oup)
         odd_kernel("ConvBNGELU", "kernel_size", kernel_size)
+        self.backend = validate_backend_name(backend)
         self.conv = nn.Conv2d(inp, oup, kernel_size, 2 if downsample else 1, kernel_size // 2,
                               bias=False)
         self.norm = nn.BatchNorm2d(oup)
+        self.folded_cache = EvalCache()
 
     def forward(self, x: Tensor) -> Tensor:
         check_activation("ConvBNGELU", "input", x, channels=self.conv.in_channels)
-        return F.gelu(self.norm(self.conv(x)))
+        if self._reference_path(x):
+            return F.gelu(self.norm(self.conv(x)))
+        n = self.norm
+        bn = BatchNormState(n.weight, n.bias, n.running_mean, n.running_var)
+        weight, bias = self.folded_cache.get(
+            [self.conv.weight, *bn],
+            lambda: fold_conv_batch_norm(self.conv.weight.float(),
+                                         BatchNormState(*(t.float() for t in bn)), n.eps),
+            extra=(n.eps,))
+        return conv_gelu(x, weight, bias, self.conv.stride, self.conv.padding)
+
+    def _reference_path(self, x: Tensor) -> bool:
+        name = self.backend if self.backend != "auto" else get_backend()
+        # torch.jit tracing is how fvcore counts FLOPs: it must see the reference's ops
+        if self.training or name == "torch" or x.dtype == torch.float64 or torch.jit.is_tracing():
+            return True
+        return torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+
+def conv_gelu(x: Tensor, weight: Tensor, bias: Tensor, stride, padding) -> Tensor:
+    """GELU(conv2d(x, weight, bias)) in channels_last; float32 weight and bias."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_exporting()):
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, list(padding), list(stride), [1, 1], 1, "gelu", [], "none")
+    if not torch.is_autocast_enabled(x.device.type):
+        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    return F.gelu(F.conv2d(x, weight, bias, stride, padding))

@@ -1,12 +1,14 @@
 """MBCSA: the inverted-residual block with channel-spatial attention (MODEL.md), drop-in."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.reference import BatchNormState, MBCSAWeights
+from ..ops.reference import BatchNormState, MBCSAWeights, fold_mbcsa_float32
 from ._validate import odd_kernel, positive_int
 from .attention import CBAM
+from .eval_cache import EvalCache, caching_allowed
 
 
 def _bn_state(bn: nn.BatchNorm2d) -> BatchNormState:
@@ -23,7 +25,9 @@ class MBCSA(nn.Module):
 
     The forward runs the fused MBCSA op of the selected backend; parameters and buffers are those
     of ordinary nn.Conv2d / nn.BatchNorm2d submodules, and BN running statistics are updated in
-    training exactly as nn.BatchNorm2d does (all BNs share pre_norm's momentum and eps).
+    training exactly as nn.BatchNorm2d does (all BNs share pre_norm's momentum and eps). An eval
+    forward without gradients folds the BNs into the convs once and reuses the folded weights
+    until a parameter or buffer changes (hdkd.nn.eval_cache).
     """
 
     def __init__(self, inp: int, oup: int, kernel_size: int = 3, downsample: bool = False,
@@ -60,6 +64,7 @@ class MBCSA(nn.Module):
         self.project = nn.Conv2d(hidden, oup, 1, bias=False)
         self.project_norm = nn.BatchNorm2d(oup)
         self.shortcut = nn.Conv2d(inp, oup, 1, bias=False) if downsample else None
+        self.folded_cache = EvalCache()
 
     def weights(self) -> MBCSAWeights:
         """The block's tensors as the ops take them (no copies)."""
@@ -86,12 +91,27 @@ class MBCSA(nn.Module):
         momentum = self.pre_norm.momentum
         if momentum is None:  # nn.BatchNorm2d's cumulative moving average
             momentum = 1.0 / float(self.pre_norm.num_batches_tracked + 1)
-        out = ops.mbcsa(x, self.weights(), self.training, momentum, self.pre_norm.eps,
-                        backend=self.backend)
+        w, eps = self.weights(), self.pre_norm.eps
+        folded, sources = None, self._fold_sources(w)
+        # traced or compiled: the backend folds inside the graph (FLOP counters see the
+        # reference's count there)
+        if (not self.training and self.expand is not None and not self._records_grad(x)
+                and caching_allowed(sources)):
+            folded = self.folded_cache.get(sources, lambda: fold_mbcsa_float32(w, eps),
+                                           extra=(eps,))
+        out = ops.mbcsa(x, w, self.training, momentum, eps, backend=self.backend, folded=folded)
         if self.training:
             for bn in self.batch_norms():
                 bn.num_batches_tracked.add_(1)
         return out
+
+    def _records_grad(self, x: Tensor) -> bool:
+        return torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    @staticmethod
+    def _fold_sources(w: MBCSAWeights) -> list:
+        return [t for v in w for t in (v if isinstance(v, BatchNormState) else (v,))]
 
     def extra_repr(self) -> str:
         return (f"inp={self.inp}, oup={self.oup}, hidden={self.hidden}, "

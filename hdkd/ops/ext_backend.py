@@ -10,6 +10,8 @@ is composed the same way, with BN batch statistics and running-statistics update
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -101,11 +103,15 @@ def mbcsa_train(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 
     return _composed(x, w, True, momentum, eps)
 
 
-def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1e-5,
+               folded: Optional[reference.FoldedMBCSA] = None) -> Tensor:
+    """folded: reference.fold_mbcsa_float32(w, eps) when the caller has it cached."""
     if not _kernels_for(x, w.dw) or w.expand is None:
         return reference.mbcsa(x, w, False, momentum, eps)
     if _needs_grad(x, w):
         return _composed(x, w, False, momentum, eps)
+    if folded is not None:
+        return torch.ops.hdkd.mbcsa_eval(x, *folded)
     pre_scale, pre_shift = reference.fold_batch_norm(w.pre_norm, eps)
     e_scale, e_shift = reference.fold_batch_norm(w.expand_norm, eps)
     expand = w.expand.flatten(1)

@@ -55,8 +55,13 @@ def dwconv_bn_gelu(x: Tensor, dw_weight: Tensor, bn: BatchNormState, training: b
 
 
 def mbcsa(x: Tensor, w: MBCSAWeights, training: bool, momentum: float = 0.1, eps: float = 1e-5,
-          *, backend: Optional[str] = "auto") -> Tensor:
-    """The whole MBCSA block (train: batch statistics; eval: running statistics)."""
+          *, backend: Optional[str] = "auto",
+          folded: Optional[reference.FoldedMBCSA] = None) -> Tensor:
+    """The whole MBCSA block (train: batch statistics; eval: running statistics).
+
+    folded (eval only): reference.fold_mbcsa_float32(w, eps), computed by the caller once for
+    many calls (hdkd.nn.MBCSA caches it); backends with a fused eval kernel use it instead of
+    folding on every call, the torch backend (the reference) ignores it."""
     op = "hdkd.mbcsa"
     cin = w.pre_norm.weight.shape[0]
     check_activation(op, "x", x, channels=cin)
@@ -70,7 +75,11 @@ def mbcsa(x: Tensor, w: MBCSAWeights, training: bool, momentum: float = 0.1, eps
     tensors = [x, *(t for _, t in named)]
     tensors += [t for bn in w if isinstance(bn, BatchNormState) for t in bn]
     impl = resolve(name, x.device, backend, x=x, grad=_records_grad(tensors)).ops[name]
-    return impl(x, w, momentum, eps)
+    if folded is None:
+        return impl(x, w, momentum, eps)
+    if training:
+        raise ValueError(f"{op}: folded weights are for eval (running statistics), not training")
+    return impl(x, w, momentum, eps, folded=folded)
 
 
 def _records_grad(tensors: Iterable[Tensor]) -> bool:
@@ -88,7 +97,7 @@ def _torch_mbcsa_train(x, w, momentum, eps):
     return reference.mbcsa(x, w, True, momentum, eps)
 
 
-def _torch_mbcsa_eval(x, w, momentum, eps):
+def _torch_mbcsa_eval(x, w, momentum, eps, folded=None):
     return reference.mbcsa(x, w, False, momentum, eps)
 
 

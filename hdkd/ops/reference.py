@@ -187,6 +187,16 @@ def fold_mbcsa(w: MBCSAWeights, eps: float = 1e-5) -> FoldedMBCSA:
                        w.ca_fc1, w.ca_fc2, w.sa_weight, project_weight, project_bias, w.shortcut)
 
 
+def fold_mbcsa_float32(w: MBCSAWeights, eps: float = 1e-5) -> FoldedMBCSA:
+    """fold_mbcsa of the weights widened to float32, which is what the kernels compute in: a
+    bfloat16/float16 model's folded weights are not rounded to its dtype."""
+    def widen(v):
+        if isinstance(v, BatchNormState):
+            return BatchNormState(*(t.float() for t in v))
+        return None if v is None else v.float()
+    return fold_mbcsa(MBCSAWeights(*(widen(v) for v in w)), eps)
+
+
 def mbcsa_folded(x: Tensor, f: FoldedMBCSA) -> Tensor:
     """Eval-mode MBCSA from folded weights; equals mbcsa(x, w, training=False)."""
     stride = 1 if f.shortcut is None else 2

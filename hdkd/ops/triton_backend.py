@@ -434,15 +434,6 @@ def _needs_grad(x: Tensor, w: MBCSAWeights) -> bool:
     return any(t.requires_grad for t in leaves)
 
 
-def _fold_float32(w: MBCSAWeights, eps: float) -> reference.FoldedMBCSA:
-    def f32(v):
-        if isinstance(v, BatchNormState):
-            return BatchNormState(*(t.float() for t in v))
-        return None if v is None else v.float()
-    with torch.no_grad():
-        return reference.fold_mbcsa(MBCSAWeights(*(f32(v) for v in w)), eps)
-
-
 def _mbcsa_composed(x: Tensor, w: MBCSAWeights, training: bool, momentum: float,
                     eps: float) -> Tensor:
     """The block from the Triton stages (expand, depthwise, attention + project), torch for the
@@ -476,13 +467,17 @@ def mbcsa_train(x: Tensor, w: MBCSAWeights, momentum: float, eps: float) -> Tens
     return _mbcsa_composed(x, w, True, momentum, eps)
 
 
-def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float, eps: float) -> Tensor:
+def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float, eps: float,
+               folded: Optional[reference.FoldedMBCSA] = None) -> Tensor:
+    """folded: reference.fold_mbcsa_float32(w, eps) when the caller has it cached."""
     if x.dtype == torch.float64:
         return reference.mbcsa(x, w, False, momentum, eps)
     if w.expand is None or _needs_grad(x, w):
         return _mbcsa_composed(x, w, False, momentum, eps)
-    x = _autocast(x)
-    return _mbcsa_eval_fused(x, *_fold_float32(w, eps))
+    if folded is None:
+        with torch.no_grad():
+            folded = reference.fold_mbcsa_float32(w, eps)
+    return _mbcsa_eval_fused(_autocast(x), *folded)
 
 
 def _describe() -> str:

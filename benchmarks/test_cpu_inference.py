@@ -1,0 +1,128 @@
+"""CPU inference of the three models as a user runs it, beside what that user would use instead.
+
+impls, all fp32, one process, the same weights:
+  hdkd          the default model (backend auto) under torch.inference_mode()
+  eager         the reference (backend "torch") under inference_mode
+  compile       torch.compile of the reference
+  compile_hdkd  torch.compile of the default model
+  onnxruntime   ONNX Runtime (CPU provider, torch's thread count) on the ONNX export of the
+                reference (torch.onnx.export, dynamo, dynamic batch)
+extra_info of every case: speedup_vs_eager / _compile / _onnxruntime (conftest), and for hdkd the
+first call after eval() (folding and caching the weights) as first_call_s and its ratio to the
+median. Full run: 224 px, batch 1 and 16. Smoke (--benchmark-disable): 32 px, batch 1 and 2, the
+compile peers only for hdkd at batch 1.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import time
+
+import pytest
+import torch
+
+from hdkd import flops
+
+import cases, floors
+from harness import ON_GPU, Workload, run
+
+pytestmark = pytest.mark.skipif(ON_GPU, reason="CPU inference suite (the GPU suites are "
+                                               "test_models.py and test_blocks.py)")
+
+MODELS = ["hdkd", "hdkd_student", "hdkd_teacher"]
+IMPLS = ["hdkd", "eager", "compile", "compile_hdkd", "onnxruntime"]
+
+
+def _size() -> int:
+    return 32 if cases.SMOKE else 224
+
+
+def _batches() -> list[int]:
+    return [1, 2] if cases.SMOKE else [1, 16]
+
+
+def _model(name: str, backend: str) -> torch.nn.Module:
+    from hdkd.models import create_model
+
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=cases.NUM_CLASSES, img_size=_size(), backend=backend)
+    return cases.randomize_bn_stats(m).eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _onnx_session(name: str):
+    """(InferenceSession, input name) for the export of the reference model, or a skip reason."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None, "onnxruntime is not installed (pip install onnxruntime onnxscript)"
+    model = _model(name, "torch")
+    x = torch.randn(2, 3, _size(), _size())
+    path = os.path.join(tempfile.mkdtemp(prefix="hdkd-onnx-"), f"{name}.onnx")
+    try:
+        torch.onnx.export(model, (x,), path, dynamo=True, opset_version=18,
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    except Exception as e:  # noqa: BLE001 (the exporter raises many kinds; the reason is what counts)
+        return None, f"torch.onnx.export failed: {type(e).__name__}: {str(e)[:200]}"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return session, session.get_inputs()[0].name
+
+
+def _runner(name: str, impl: str, batch: int):
+    """(callable on one input, the model whose FLOPs are counted) for impl."""
+    if impl == "onnxruntime":
+        session, input_name = _onnx_session(name)
+        if session is None:
+            pytest.skip(input_name)
+        return (lambda x: session.run(None, {input_name: x.numpy()})[0]), _model(name, "torch")
+    model = _model(name, "torch" if impl in ("eager", "compile") else "auto")
+    fwd = torch.compile(model) if impl.startswith("compile") else model
+
+    def infer(x):
+        with torch.inference_mode():
+            return fwd(x)
+    return infer, model
+
+
+def _params():
+    out = []
+    for name in MODELS:
+        for batch in _batches():
+            for impl in IMPLS:
+                if cases.SMOKE and impl.startswith("compile") and (name, batch) != ("hdkd", 1):
+                    continue
+                out.append(pytest.param(name, batch, impl, id=f"{name}-b{batch}-{impl}"))
+    return out
+
+
+def _first_call(name: str, x: torch.Tensor) -> float:
+    """Seconds of the first call of a freshly created default model after eval()."""
+    model = _model(name, "auto")
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model(x)
+    return time.perf_counter() - start
+
+
+@pytest.mark.parametrize("name,batch,impl", _params())
+def test_cpu_inference(benchmark, session, name, batch, impl):
+    fn, model = _runner(name, impl, batch)
+    size = _size()
+    inputs = [torch.randn(batch, 3, size, size) for _ in range(2)]
+    one = torch.randn(1, 3, size, size)
+    fl = batch * flops.count_flops(model, (one,))
+    nbytes, rule = floors.inference_bytes(batch * 3 * size * size, 4, floors.param_bytes(model),
+                                          batch * cases.NUM_CLASSES)
+    wl = Workload("cpu_inference", f"{name} @{size}", "float32", batch, fl, "fvcore forward",
+                  nbytes, rule, images=True, extra={"torch_threads": torch.get_num_threads()})
+    first = _first_call(name, inputs[0]) if impl == "hdkd" else None
+    run(benchmark, session, wl, impl, fn, [(x,) for x in inputs])
+    if first is not None:
+        benchmark.extra_info["first_call_s"] = first
+        median = benchmark.extra_info.get("median_s")
+        if median:
+            benchmark.extra_info["first_call_vs_steady"] = first / median

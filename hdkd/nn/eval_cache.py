@@ -1,0 +1,63 @@
+"""EvalCache: tensors derived from a module's parameters and buffers (BN folded into a conv,
+weights in the layout a kernel wants), computed once and reused by eval forwards until one of
+the source tensors changes.
+
+A source "changes" when it is replaced (`.to()`, `load_state_dict(assign=True)`, a new
+Parameter: another storage) or updated in place (`load_state_dict`, an optimizer step, BN
+running statistics in training: its version counter moves). Nothing is cached while tracing or
+compiling (the derivation is then part of the graph) or when a source is an inference tensor
+(those have no version counter). The cache is not part of the state_dict and is not pickled.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import Tensor
+
+
+def _stamp(t: Tensor) -> tuple:
+    return (t.data_ptr(), t._version, t.dtype, t.device, t.shape, t.stride())
+
+
+def caching_allowed(sources: Iterable[Optional[Tensor]]) -> bool:
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    return not any(t is not None and t.is_inference() for t in sources)
+
+
+class EvalCache:
+    """One cached value: get(sources, derive) returns derive(), recomputed only when a source
+    tensor differs from the last call (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._key: Optional[tuple] = None
+        self._value = None
+        self.computed = 0  # how many times derive() ran (tests, benchmarks)
+
+    def get(self, sources: list[Optional[Tensor]], derive: Callable[[], object], extra=()):
+        """extra: hashable settings the derivation also depends on (a BN's eps)."""
+        if not caching_allowed(sources):
+            return derive()
+        key = (extra, *(None if t is None else _stamp(t) for t in sources))
+        if key != self._key:
+            # ordinary tensors even under inference_mode, so that later calls outside it may
+            # use them too
+            with torch.inference_mode(False), torch.no_grad():
+                self._value = derive()
+            self._key = key
+            self.computed += 1
+        return self._value
+
+    def clear(self) -> None:
+        self._key = self._value = None
+
+    # Not pickled or deep-copied with its module: a copy recomputes on its first eval call.
+    def __getstate__(self):
+        return {"computed": 0}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+    def __deepcopy__(self, memo):
+        return EvalCache()
