@@ -7,13 +7,20 @@ namespace hdkd::cpu {
 
 inline int64_t chunks_per_image(int64_t P) { return (P + kChunk - 1) / kChunk; }
 
+// The chunks of an image are of equal size (up to one pixel), not kChunk and a remainder: with
+// one image at a time, a short last chunk would leave a thread idle.
+inline int64_t chunk_size(int64_t P) {
+  const int64_t per = chunks_per_image(P);
+  return (P + per - 1) / per;
+}
+
 template <class F>
 void for_pixel_chunks(int64_t B, int64_t P, const F& fn) {
-  const int64_t per = chunks_per_image(P);
+  const int64_t per = chunks_per_image(P), size = chunk_size(P);
   at::parallel_for(0, B * per, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / per, p0 = (t % per) * kChunk;
-      fn(b, p0, std::min(P, p0 + kChunk), t);
+      const int64_t b = t / per, p0 = (t % per) * size;
+      fn(b, p0, std::min(P, p0 + size), t);
     }
   });
 }

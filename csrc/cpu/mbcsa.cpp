@@ -1,4 +1,5 @@
-// CPU kernel of the whole eval-mode MBCSA block (expansion > 1) from BN-folded weights:
+// CPU kernel of the whole eval-mode MBCSA block (expansion > 1) from BN-folded weights, one
+// image at a time (each pass split over the thread pool):
 //   e = GELU(x[::s, ::s] We^T + be)           GEMM, GELU fused per row block
 //   d = GELU(dwconv(e, Wd) + bd)               one pass, with per-channel sum / max of d
 //   h = d * (ca * sa + 1)                      CBAM gates and residual, per row block, then
@@ -34,12 +35,17 @@ void check_shape(const Tensor& t, at::IntArrayRef want, const char* name) {
 // fn calls ATen ops (addmm) on the pool's threads: they run under the caller's thread-local
 // state (InferenceMode, grad mode, autocast exclusion), which at::parallel_for does not pass on;
 // without it an in-place op on an inference tensor fails on every thread but the caller's.
+// Blocks of at most kRows rows, equal in size and as many as a multiple of the threads, so that
+// no thread waits on another's extra block.
 template <class F>
 void for_row_blocks(int64_t rows, const F& fn) {
   const at::ThreadLocalState caller;
-  at::parallel_for(0, (rows + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t blocks = ((rows + kRows - 1) / kRows + threads - 1) / threads * threads;
+  const int64_t size = (rows + blocks - 1) / blocks;
+  at::parallel_for(0, (rows + size - 1) / size, 1, [&](int64_t b0, int64_t b1) {
     const at::ThreadLocalStateGuard guard(caller);
-    for (int64_t i = b0; i < b1; ++i) fn(i * kRows, std::min(rows, (i + 1) * kRows));
+    for (int64_t i = b0; i < b1; ++i) fn(i * size, std::min(rows, (i + 1) * size));
   });
 }
 
@@ -74,70 +80,75 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
                                .contiguous(at::MemoryFormat::ChannelsLast)
                          : x;
   const Dims d{B, hid, xe.size(2), xe.size(3), xe.size(2) * xe.size(3)};
-  const int64_t rows = B * d.P;
+  const Dims one{1, hid, d.H, d.W, d.P};  // the per-image passes below
   const Tensor xrows = pixel_rows(xe);
   const auto opts = at::TensorOptions().dtype(at::kFloat);
 
-  // Expand GEMM + bias + GELU.
   const Tensor we_t = float_contig(expand_w).view({hid, cin}).t();
   const Tensor be = float_contig(expand_b);
-  Tensor e = at::empty({rows, hid}, opts);
-  for_row_blocks(rows, [&](int64_t r0, int64_t r1) {
-    Tensor blk = e.slice(0, r0, r1);
-    at::addmm_out(blk, be, xrows.slice(0, r0, r1), we_t);
-    float* p = blk.data_ptr<float>();
-    const int64_t n = (r1 - r0) * hid;
-    int64_t i = 0;
-    for (; i + kVec <= n; i += kVec) gelu(Vec::loadu(p + i)).store(p + i);
-    for (; i < n; ++i) p[i] = gelu(p[i]);
-  });
-
-  // Depthwise conv + bias + GELU with the channel statistics, then the channel gate.
   const Tensor wt = tap_major(dw_w), bd = float_contig(dw_b);
-  Tensor dbuf = at::empty({rows, hid}, opts);
-  ChannelPartials parts(B * chunks_per_image(d.P), hid);
-  dwconv_affine_gelu(e.data_ptr<float>(), wt.data_ptr<float>(), nullptr, bd.data_ptr<float>(), k,
-                     d, at::kFloat, dbuf.data_ptr<float>(), parts);
-  Tensor sum = at::empty({B, hid}, opts), mx = at::empty({B, hid}, opts);
-  parts.combine(B, chunks_per_image(d.P), sum.data_ptr<float>(), mx.data_ptr<float>(), nullptr);
-  const Tensor ca = channel_gate(sum.mul_(1.0 / double(d.P)), mx, fc1, fc2);
-
-  // Spatial gate.
-  Tensor pooled = at::empty({B, 2, d.H, d.W}, opts), sa = at::empty({B, d.P}, opts);
-  float* dp = dbuf.data_ptr<float>();
-  const float* cap = ca.data_ptr<float>();
-  channel_pool(dp, cap, d, pooled.data_ptr<float>(), nullptr);
   const Tensor saw = float_contig(sa_w);
-  spatial_gate(pooled.data_ptr<float>(), saw.data_ptr<float>(), saw.size(-1), d,
-               sa.data_ptr<float>());
-  const float* sap = sa.data_ptr<float>();
+  const Tensor wp_t = float_contig(project_w).view({cout, hid}).t();
+  const Tensor bp = float_contig(project_b);
+  const float* bpp = bp.data_ptr<float>();
 
-  // out = shortcut + bp, then per row block: gates in place and out += h Wp^T.
+  // out = shortcut + bp + h Wp^T, image by image below
   Tensor out = down ? at::mm(pixel_rows(at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1})
                                             .contiguous(at::MemoryFormat::ChannelsLast)),
                              float_contig(*shortcut_in).view({cout, cin}).t())
                     : xrows.clone();
-  const Tensor wp_t = float_contig(project_w).view({cout, hid}).t();
-  const Tensor bp = float_contig(project_b);
-  const float* bpp = bp.data_ptr<float>();
-  for_row_blocks(rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / d.P;
-      float* hrow = dp + r * hid;
-      const float* g = cap + b * hid;
-      const Vec vs(sap[r]), one(1.f);
-      int64_t c = 0;
-      for (; c + kVec <= hid; c += kVec)
-        (Vec::loadu(hrow + c) * at::vec::fmadd(Vec::loadu(g + c), vs, one)).store(hrow + c);
-      for (; c < hid; ++c) hrow[c] *= g[c] * sap[r] + 1.f;
-      float* orow = out.data_ptr<float>() + r * cout;
-      for (c = 0; c + kVec <= cout; c += kVec)
-        (Vec::loadu(orow + c) + Vec::loadu(bpp + c)).store(orow + c);
-      for (; c < cout; ++c) orow[c] += bpp[c];
-    }
-    Tensor oblk = out.slice(0, r0, r1);
-    oblk.addmm_(dbuf.slice(0, r0, r1), wp_t);
-  });
+
+  // One image at a time: its two hidden-width buffers (P x hidden each) are reused for every
+  // image, so they stay in the last-level cache between the passes and no call page-faults in
+  // fresh batch-sized buffers.
+  Tensor e = at::empty({d.P, hid}, opts), dbuf = at::empty({d.P, hid}, opts);
+  Tensor sum = at::empty({1, hid}, opts), mx = at::empty({1, hid}, opts);
+  Tensor pooled = at::empty({1, 2, d.H, d.W}, opts), sa = at::empty({1, d.P}, opts);
+  ChannelPartials parts(chunks_per_image(d.P), hid);
+  float* dp = dbuf.data_ptr<float>();
+  const float* sap = sa.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t base = b * d.P;
+    // Expand GEMM + bias + GELU.
+    for_row_blocks(d.P, [&](int64_t r0, int64_t r1) {
+      Tensor blk = e.slice(0, r0, r1);
+      at::addmm_out(blk, be, xrows.slice(0, base + r0, base + r1), we_t);
+      float* p = blk.data_ptr<float>();
+      const int64_t n = (r1 - r0) * hid;
+      int64_t i = 0;
+      for (; i + kVec <= n; i += kVec) gelu(Vec::loadu(p + i)).store(p + i);
+      for (; i < n; ++i) p[i] = gelu(p[i]);
+    });
+
+    // Depthwise conv + bias + GELU with the channel statistics, then the two gates.
+    dwconv_affine_gelu(e.data_ptr<float>(), wt.data_ptr<float>(), nullptr, bd.data_ptr<float>(),
+                       k, one, at::kFloat, dp, parts);
+    parts.combine(1, chunks_per_image(d.P), sum.data_ptr<float>(), mx.data_ptr<float>(),
+                  nullptr);
+    const Tensor ca = channel_gate(sum.mul_(1.0 / double(d.P)), mx, fc1, fc2);
+    const float* cap = ca.data_ptr<float>();
+    channel_pool(dp, cap, one, pooled.data_ptr<float>(), nullptr);
+    spatial_gate(pooled.data_ptr<float>(), saw.data_ptr<float>(), saw.size(-1), one,
+                 sa.data_ptr<float>());
+
+    // Per row block: gates in place, then out += h Wp^T.
+    for_row_blocks(d.P, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* hrow = dp + r * hid;
+        const Vec vs(sap[r]), unit(1.f);
+        int64_t c = 0;
+        for (; c + kVec <= hid; c += kVec)
+          (Vec::loadu(hrow + c) * at::vec::fmadd(Vec::loadu(cap + c), vs, unit)).store(hrow + c);
+        for (; c < hid; ++c) hrow[c] *= cap[c] * sap[r] + 1.f;
+        float* orow = out.data_ptr<float>() + (base + r) * cout;
+        for (c = 0; c + kVec <= cout; c += kVec)
+          (Vec::loadu(orow + c) + Vec::loadu(bpp + c)).store(orow + c);
+        for (; c < cout; ++c) orow[c] += bpp[c];
+      }
+      Tensor oblk = out.slice(0, base + r0, base + r1);
+      oblk.addmm_(dbuf.slice(0, r0, r1), wp_t);
+    });
+  }
   const Tensor result = out.view({B, d.H, d.W, cout}).permute({0, 3, 1, 2});
   return like_input(result, x_in);
 }
