@@ -4,7 +4,7 @@ extension hdkd._C (csrc/, built by CMake + Ninja against the torch of the target
 Install with `pip install --no-build-isolation .` after torch, pybind11, cmake, ninja, setuptools
 and wheel (an isolated build still finds the target environment's torch; see _import_torch).
 Environment: HDKD_FORCE_CUDA=1 / HDKD_SKIP_CUDA=1 (compile the CUDA sources or not, default: when
-nvcc and a CUDA build of torch are present), TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), CUDA_HOME
+nvcc and a CUDA build of torch are present), TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"), CUDA_HOME
 (default: the toolkit of the nvcc on PATH), MAX_JOBS, HDKD_REQUIRE_EXT=1 (fail instead of
 installing without the extension). A missing torch, CMake or C++ compiler, or a failed build,
 gives a pure-Python install and says why.
@@ -125,7 +125,9 @@ def _cuda_home():
 def _cuda_archs():
     """TORCH_CUDA_ARCH_LIST ("8.0;9.0", "8.6+PTX", space or ; separated) as CMake architectures:
     real (SASS) code for each, plus PTX where +PTX is asked."""
-    spec = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or "8.0;9.0"
+    # +PTX: GPUs newer than the last listed architecture JIT-compile the kernels instead of
+    # failing with "no kernel image"
+    spec = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or "8.0;9.0+PTX"
     archs = []
     for item in re.split(r"[;\s]+", spec):
         if not item:

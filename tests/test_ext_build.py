@@ -22,7 +22,7 @@ def setup_py():
 
 def test_cuda_arch_list(setup_py, monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
-    assert setup_py._cuda_archs() == ["80-real", "90-real"]
+    assert setup_py._cuda_archs() == ["80-real", "90-real", "90-virtual"]
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6 9.0a+PTX")
     assert setup_py._cuda_archs() == ["86-real", "90a-real", "90a-virtual"]
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "sm_80")

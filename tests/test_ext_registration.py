@@ -120,3 +120,38 @@ def test_info_prints_the_build():
     assert r.returncode == 0, r.stderr
     assert f"hdkd._C: built for torch {torch.__version__}" in r.stdout
     assert "mbcsa_eval -> ext" in r.stdout
+
+
+@pytest.mark.parametrize("capability,archs,runs", [
+    ((9, 0), ["80-real", "90-real", "90-virtual"], True),
+    ((8, 6), ["80-real", "90-real"], True),          # sm_80 SASS runs on 8.6
+    ((10, 0), ["80-real", "90-real", "90-virtual"], True),  # PTX JIT-compiled by the driver
+    ((10, 0), ["80-real", "90-real"], False),
+    ((7, 5), ["80-real", "90-real", "90-virtual"], False),
+    ((9, 0), ["90a-real"], True),
+    ((9, 1), ["90a-real"], False),                    # arch-specific: 9.0 only
+])
+def test_cuda_kernel_image_decision(capability, archs, runs):
+    from hdkd.ops.ext_build import cuda_image_problem
+
+    problem = cuda_image_problem(capability, archs)
+    assert (problem is None) == runs
+    if not runs:
+        assert f"{capability[0]}.{capability[1]}" in problem and "TORCH_CUDA_ARCH_LIST" in problem
+
+
+def test_ext_backend_leaves_out_a_gpu_it_has_no_kernel_image_for(monkeypatch):
+    from hdkd.ops import ext_backend
+
+    monkeypatch.setattr(ext_backend, "_CUDA_BUILT", True)
+    monkeypatch.setattr(ext_backend, "_CUDA_ARCHS", ["80-real", "90-real"])
+    monkeypatch.setattr(ext_backend, "_cuda_problem_found", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert ext_backend._devices() == ("cpu",)
+    with pytest.raises(hdkd.BackendUnavailableError, match="compute capability 7.5"):
+        hdkd.ops.resolve("mbcsa_eval", torch.device("cuda"), "ext")
+    assert "CUDA kernels off" in ext_backend._describe()
+    monkeypatch.setattr(ext_backend, "_cuda_problem_found", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert ext_backend._devices() == ("cpu", "cuda")

@@ -41,6 +41,8 @@ class Backend:
     ops: dict[str, Callable] = field(default_factory=dict)
     unavailable_reason: Callable[[], Optional[str]] = lambda: None
     describe: Callable[[], str] = lambda: ""
+    # why it does not run on a device kind it could run on in another build or machine, or None
+    device_problem: Callable[[str], Optional[str]] = lambda kind: None
 
 
 _registry: dict[str, Backend] = {}
@@ -134,9 +136,11 @@ def resolve(op: str, device: torch.device, requested: Optional[str] = "auto",
     if reason:
         raise BackendUnavailableError(f"hdkd backend {name!r} is unavailable: {reason}")
     if kind not in b.devices():
+        problem = b.device_problem(kind)
         raise BackendUnavailableError(
             f"hdkd backend {name!r} does not run on {device.type} tensors "
-            f"(it runs on: {', '.join(b.devices()) or 'nothing here'})")
+            f"(it runs on: {', '.join(b.devices()) or 'nothing here'})"
+            + (f": {problem}" if problem else ""))
     if op not in b.ops:
         raise BackendUnavailableError(f"hdkd backend {name!r} has no {op!r} op; "
                                       f"it implements: {', '.join(sorted(b.ops))}")

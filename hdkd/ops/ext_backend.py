@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import reference
 from .backends import Backend, register_backend
-from .ext_build import describe_build, load
+from .ext_build import cuda_image_problem, describe_build, load
 from .reference import BatchNormState, MBCSAWeights
 
 _module, _reason = load()
@@ -30,8 +30,31 @@ if _module is not None:
 _CUDA_BUILT = _module is not None and bool(_module.build_info()["cuda"])
 
 
+_CUDA_ARCHS = list(_module.build_info()["cuda_archs"]) if _CUDA_BUILT else []
+
+
+def _find_cuda_problem() -> Optional[str]:
+    """Why the extension's CUDA kernels cannot run here, or None."""
+    if not _CUDA_BUILT:
+        return "the extension was built without CUDA"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    return cuda_image_problem(torch.cuda.get_device_capability(), _CUDA_ARCHS)
+
+
+# Found on first use, not at import (reading the capability creates a CUDA context), and kept:
+# backend selection runs inside torch.compile graphs too.
+_cuda_problem_found: dict[str, Optional[str]] = {}
+
+
+def _cuda_problem() -> Optional[str]:
+    if "problem" not in _cuda_problem_found:
+        _cuda_problem_found["problem"] = _find_cuda_problem()
+    return _cuda_problem_found["problem"]
+
+
 def _devices() -> tuple[str, ...]:
-    return ("cpu", "cuda") if _CUDA_BUILT and torch.cuda.is_available() else ("cpu",)
+    return ("cpu",) if _cuda_problem() else ("cpu", "cuda")
 
 
 # The depthwise kernels keep one pixel's taps on the stack (CPU) or in registers (CUDA backward).
@@ -127,7 +150,8 @@ def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1
 
 
 def _describe() -> str:
-    cuda = "; CUDA: kernels for every op" if "cuda" in _devices() else ""
+    problem = _cuda_problem()
+    cuda = "; CUDA: kernels for every op" if problem is None else f"; CUDA kernels off: {problem}"
     return describe_build().removeprefix("hdkd._C: ") + cuda
 
 
@@ -136,4 +160,5 @@ register_backend(Backend(
     ops={"channel_spatial_attention": channel_spatial_attention,
          "dwconv_bn_gelu": dwconv_bn_gelu, "mbcsa_train": mbcsa_train,
          "mbcsa_eval": mbcsa_eval},
-    unavailable_reason=lambda: _reason, describe=_describe))
+    unavailable_reason=lambda: _reason, describe=_describe,
+    device_problem=lambda kind: _cuda_problem() if kind == "cuda" else None))

@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import warnings
 from typing import Optional
 
@@ -60,6 +61,29 @@ def build_info() -> Optional[dict]:
     """hdkd._C's build_info() (torch version, CUDA and architectures, compilers), or None."""
     module, _ = load()
     return None if module is None else dict(module.build_info())
+
+
+def cuda_image_problem(capability: tuple[int, int], archs: list[str]) -> Optional[str]:
+    """Why a GPU of compute `capability` cannot run a build for `archs` (CMake entries such as
+    "80-real", "90a-real", "90-virtual"), or None when it can: SASS for sm_XY runs on X.Y' with
+    Y' >= Y (an arch-specific "a" build only on X.Y itself), PTX for compute_XY is compiled by the
+    driver for any X.Y or newer."""
+    major, minor = capability
+    for entry in archs:
+        m = re.fullmatch(r"(\d+)(\d)(a?)-(real|virtual)", entry)
+        if not m:
+            continue
+        a_major, a_minor, specific, kind = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
+        if specific:
+            if (major, minor) == (a_major, a_minor):
+                return None
+        elif kind == "real" and major == a_major and minor >= a_minor:
+            return None
+        elif kind == "virtual" and (major, minor) >= (a_major, a_minor):
+            return None
+    return (f"the extension has no kernel image for this GPU (compute capability "
+            f"{major}.{minor}; built for {' '.join(archs) or 'no architecture'}): rebuild with "
+            f"TORCH_CUDA_ARCH_LIST=\"{major}.{minor}\"")
 
 
 def describe_build() -> str:

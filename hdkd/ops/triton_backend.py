@@ -11,6 +11,7 @@ float32 and return their gradients in their own dtype).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -98,13 +99,16 @@ def _grad_like(w: Tensor) -> Tensor:
 
 
 def _op_body(fn):
-    """The body of a custom op: computes in the dtypes its fake promises. An enclosing autocast
-    stays enabled inside a custom op's Python body, so without this the float32 statistics'
-    matmuls would run (and be returned) in bfloat16."""
+    """The body of a custom op: computes in the dtypes its fake promises, on its tensors' GPU.
+    An enclosing autocast stays enabled inside a custom op's Python body, so without this the
+    float32 statistics' matmuls would run (and be returned) in bfloat16; and Triton launches on
+    the current device, which need not be the tensors' (cuda:1 while cuda:0 is current)."""
     @functools.wraps(fn)
     def body(*args):
-        device = next(a.device.type for a in args if isinstance(a, Tensor))
-        with torch.autocast(device, enabled=False):
+        device = next(a.device for a in args if isinstance(a, Tensor))
+        on_device = (torch.cuda.device(device) if device.type == "cuda"
+                     else contextlib.nullcontext())
+        with torch.autocast(device.type, enabled=False), on_device:
             return fn(*args)
     return body
 
