@@ -115,3 +115,29 @@ def test_compile_fullgraph_train_and_eval():
     m.eval()
     with torch.no_grad():
         assert rel_err(compiled(x), m(x)) < 1e-6
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_tensors_beyond_32_bit_addressing_are_refused_before_launching(monkeypatch, training):
+    """The kernels address with 32-bit products; a call whose tensors span more elements than
+    that is refused with the batch that fits (shown here with the limit lowered)."""
+    m = hdkd.nn.MBCSA(4, 4, backend="triton").to(DEVICE).train(training)
+    x = torch.randn(3, 4, 6, 6, device=DEVICE)  # 432 elements; the hidden activation 1728
+    monkeypatch.setattr(triton_backend, "MAX_EXTENT", 1000)
+    with pytest.raises(ValueError, match=r"32-bit addressing.*at most 1 images"):
+        with torch.no_grad():
+            m(x)
+    monkeypatch.setattr(triton_backend, "MAX_EXTENT", 400)  # the input itself is too large
+    with pytest.raises(ValueError, match="argument 0"):
+        m(x)
+    monkeypatch.setattr(triton_backend, "MAX_EXTENT", 2000)
+    with torch.no_grad():
+        m(x)
+
+
+def test_extent_of_strided_views():
+    t = torch.empty(4, 6)
+    assert triton_backend._extent(t) == 24
+    assert triton_backend._extent(t[:, ::2]) == 23
+    assert triton_backend._extent(t.t()) == 24
+    assert triton_backend._extent(torch.empty(0, 3)) == 0

@@ -98,13 +98,39 @@ def _grad_like(w: Tensor) -> Tensor:
     return torch.empty(w.shape, dtype=w.dtype, device=w.device)
 
 
+# The kernels compute addresses as 32-bit products (b * stride_b + ...): no tensor they touch may
+# span 2^31 elements or more. Such calls are refused before launching, never answered wrongly.
+MAX_EXTENT = 2**31 - 1
+
+
+def _extent(t: Tensor) -> int:
+    """Elements between a tensor's first and last addressed element, inclusive."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))
+
+
+def _check_extent(op: str, what: str, extent: int, batch: int) -> None:
+    if extent > MAX_EXTENT:
+        fits = max(1, batch * MAX_EXTENT // extent)
+        raise ValueError(f"hdkd_triton::{op}: {what} spans {extent:,} elements, more than the "
+                         f"Triton kernels' 32-bit addressing allows ({MAX_EXTENT:,}); run at most "
+                         f"{fits} images at a time (split the batch)")
+
+
 def _op_body(fn):
     """The body of a custom op: computes in the dtypes its fake promises, on its tensors' GPU.
     An enclosing autocast stays enabled inside a custom op's Python body, so without this the
     float32 statistics' matmuls would run (and be returned) in bfloat16; and Triton launches on
     the current device, which need not be the tensors' (cuda:1 while cuda:0 is current)."""
+    op = fn.__name__.lstrip("_")
+
     @functools.wraps(fn)
     def body(*args):
+        for i, a in enumerate(args):
+            if isinstance(a, Tensor) and a.dim():
+                _check_extent(op, f"argument {i} (shape {tuple(a.shape)})", _extent(a),
+                              a.shape[0])
         device = next(a.device for a in args if isinstance(a, Tensor))
         on_device = (torch.cuda.device(device) if device.type == "cuda"
                      else contextlib.nullcontext())
@@ -281,6 +307,9 @@ def _expand_forward(z: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, runn
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(e, mean, 1/std, unbiased variance); the statistics float32."""
     from hdkd.kernels import expand_bn_gelu
+    hw = [(n - 1) // stride + 1 for n in z.shape[2:]]
+    _check_extent("expand_forward", "the expanded activation",
+                  z.shape[0] * weight.shape[0] * hw[0] * hw[1], z.shape[0])
     if training:
         mean, var, var_unbiased = expand_bn_gelu.batch_stats(z, weight, stride)
     else:
@@ -416,6 +445,10 @@ def _mbcsa_eval_fused(x: Tensor, expand_weight: Tensor, expand_bias: Tensor, dw_
                       project_weight: Tensor, project_bias: Tensor,
                       shortcut: Optional[Tensor]) -> Tensor:
     """Inference only (no autograd): the fused eval block from folded weights."""
+    stride = 1 if shortcut is None else 2
+    hw = [(n - 1) // stride + 1 for n in x.shape[2:]]
+    _check_extent("mbcsa_eval_fused", "the hidden activation",
+                  x.shape[0] * expand_weight.shape[0] * hw[0] * hw[1], x.shape[0])
     folded = reference.FoldedMBCSA(expand_weight, expand_bias, dw_weight, dw_bias, ca_fc1, ca_fc2,
                                    sa_weight, project_weight, project_bias, shortcut)
     return _kernels()[2].forward(x, folded)
