@@ -6,7 +6,8 @@ and wheel (an isolated build still finds the target environment's torch; see _im
 Environment: HDKD_FORCE_CUDA=1 / HDKD_SKIP_CUDA=1 (compile the CUDA sources or not, default: when
 nvcc and a CUDA build of torch are present), TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"), CUDA_HOME
 (default: the toolkit of the nvcc on PATH), MAX_JOBS, HDKD_REQUIRE_EXT=1 (fail instead of
-installing without the extension). A missing torch, CMake or C++ compiler, or a failed build,
+installing without the extension), HDKD_CUDA_LINEINFO=1 (source lines in compute-sanitizer
+reports). A missing torch, CMake or C++ compiler, or a failed build,
 gives a pure-Python install and says why.
 """
 import json
@@ -207,6 +208,7 @@ class CMakeBuild(build_ext):
         ]
         if cuda_home:
             args += ["-DHDKD_WITH_CUDA=ON", f"-DCMAKE_CUDA_COMPILER={cuda_home}/bin/nvcc",
+                     f"-DHDKD_CUDA_LINEINFO={'ON' if flag('HDKD_CUDA_LINEINFO') else 'OFF'}",
                      f"-DCUDAToolkit_ROOT={cuda_home}",
                      f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(cuda)}"]
             log(f"compiling CPU and CUDA sources (CUDA {cuda_home}, architectures "

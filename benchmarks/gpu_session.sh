@@ -12,7 +12,7 @@
 # NOTES.md plans them:
 #   tests-ext     the extension's tests on CUDA (kernels, ops, registration), realistic shapes too
 #   tests-triton  the Triton tests on CUDA, realistic shapes too
-#   sanitizer     tests/run_compute_sanitizer.sh (memcheck, racecheck)
+#   sanitizer     tests/run_compute_sanitizer.sh (memcheck, initcheck, synccheck)
 #   bench-ops | bench-blocks | bench-models | bench-train | bench-distill
 #                 one benchmark file each, JSON named after the GPU under benchmarks/results/
 #   choose        benchmarks/choose_backends.py (CUDA rows of hdkd/ops/measured_backends.json)
@@ -46,7 +46,7 @@ setup() {
   local arch
   arch=$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
   log "building hdkd for sm_${arch/./}"
-  TORCH_CUDA_ARCH_LIST="$arch" HDKD_REQUIRE_EXT=1 \
+  TORCH_CUDA_ARCH_LIST="$arch" HDKD_REQUIRE_EXT=1 HDKD_CUDA_LINEINFO=1 \
     python3 -m pip install -q --no-build-isolation --no-deps .
   python3 -P -m hdkd info
   touch /tmp/hdkd_gpu_ready
