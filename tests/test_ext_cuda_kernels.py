@@ -162,6 +162,41 @@ def test_dwconv_train(target, shape, k, kind, dtype):
     _check_grads(ours, refs, dtype, f"dwconv train {shape} k{k} {kind} {dtype}")
 
 
+def _large_mean_case(ops, device, shift, tol):
+    """The BN training backward where the conv output's mean is `shift` x its std (an input far
+    from zero). dgamma is accumulated as sum(dz * (conv - mean)); sum(dz * conv) - mean * sum(dz)
+    cancels (at 1e4 x std: 5e-3 relative error before, 1.2e-3 after). What remains comes from the
+    forward's uncentred affine (conv * scale + (beta - mean * scale)). The weight's gradient is
+    not compared: with a 1 x 1 kernel the BN output does not depend on it, so it is 0 up to
+    rounding and has no relative error to speak of."""
+    c, eps = 6, 1e-5
+    # a 1 x 1 depthwise kernel (no zero padding to widen the spread): conv = w * x, x ~ shift +- 1
+    base = _random([(4, c, 32, 32), (c, 1, 1, 1), (c,), (c,)], seed=11, scales=[1, 0.3, 0.5, 0.2])
+    base[0] = base[0] + shift
+    base[1] = base[1].abs() + 0.5
+    base[2] = base[2].abs() + 0.5
+    ours, refs = _pair(base, torch.float32, device)
+    y, avg, mx, _, conv, mean, var = ops.dwconv_bn_gelu_train(*ours, eps)
+    assert float((mean.abs() / var.sqrt()).min()) > shift / 2
+    yr, avgr, _, z, zm, zv = _dw_train_reference(*refs, eps)
+    mxr = reference_max(yr, y, mx)
+    _backward([y, avg, mx], [yr, avgr, mxr], torch.float32, seed=4)
+    for i, name in ((0, "x"), (2, "gamma"), (3, "beta")):
+        err = rel_err(ours[i].grad.cpu(), refs[i].grad)
+        assert err < tol, f"d{name}: rel. error {err:.2e}"
+
+
+@pytest.mark.parametrize("shift,tol", [(1e3, 1e-3), (1e4, 2.5e-3)])
+def test_bn_training_backward_with_mean_far_above_std(target, shift, tol):
+    _large_mean_case(*target, shift, tol)
+
+
+@pytest.mark.skipif(EXT is None, reason=f"hdkd._C unavailable: {EXT_REASON}")
+@pytest.mark.parametrize("shift,tol", [(1e3, 1e-3), (1e4, 2.5e-3)])
+def test_bn_training_backward_with_mean_far_above_std_cpu_kernels(shift, tol):
+    _large_mean_case(torch.ops.hdkd, torch.device("cpu"), shift, tol)
+
+
 def test_dwconv_gradient_of_y_alone(target):
     """Only y used: grad_avg and grad_max reach the backward op as None."""
     ops, device = target
@@ -468,3 +503,14 @@ def test_mbcsa_module(target, down, training, monkeypatch):
     with torch.no_grad():
         fused = ours.eval()(xo)
         assert rel_err(fused.cpu(), ref.eval()(xr)) < 1e-4
+
+
+@pytest.mark.parametrize("kernels", ["target", "cpu"])
+def test_training_with_fewer_than_two_values_per_channel_is_refused(target, kernels):
+    ops, device = target if kernels == "target" else (torch.ops.hdkd, torch.device("cpu"))
+    if kernels == "cpu" and EXT is None:
+        pytest.skip(EXT_REASON)
+    w, g, b = (t.to(device) for t in (torch.randn(4, 1, 3, 3), torch.ones(4), torch.zeros(4)))
+    for shape in ((0, 4, 5, 5), (1, 4, 1, 1)):
+        with pytest.raises(RuntimeError, match="at least 2 values per channel"):
+            ops.dwconv_bn_gelu_train(torch.randn(shape, device=device), w, g, b, 1e-5)

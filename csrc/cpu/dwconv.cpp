@@ -197,6 +197,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
   const char* op = "hdkd::dwconv_bn_gelu_train";
   check_dw(op, x_in, w);
   check_channel_vec(op, "gamma", gamma, x_in.size(1));
+  TORCH_CHECK(x_in.size(0) * x_in.size(2) * x_in.size(3) >= 2, op,
+              ": batch statistics need at least 2 values per channel, got input of shape ",
+              x_in.sizes());
   check_channel_vec(op, "beta", beta, x_in.size(1));
   const Tensor x = nhwc_float(x_in);
   const Dims d = dims_of(x);
@@ -312,9 +315,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   const float* ymp = y.defined() ? ymax.data_ptr<float>() : nullptr;
   const float* shrp = y.defined() ? share.data_ptr<float>() : nullptr;
 
+  // train: sum dz * (conv - mean) accumulated centred; sum dz * conv - mean * sum dz cancels
+  // catastrophically when |mean| >> std
+  const Tensor centre = train ? float_contig(*mean_in) : Tensor();
+  const float* ctp = train ? centre.data_ptr<float>() : nullptr;
   Tensor dz = empty_nhwc(d.B, C, d.H, d.W);
   float* dzp = dz.data_ptr<float>();
-  ChannelPartials parts(tasks, C);  // sum: sum dz, max slot: sum dz * conv
+  ChannelPartials parts(tasks, C);  // sum: sum dz, max slot: sum dz * conv (centred in train)
   for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
     const ChannelAcc acc = parts.row(t);
     for (int64_t c = 0; c < C; ++c) acc.sum[c] = acc.max[c] = 0.f;
@@ -332,7 +339,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
             base * gelu_grad(at::vec::fmadd(cv, Vec::loadu(scp + c), Vec::loadu(shp + c)));
         g.store(dzp + off + c);
         (Vec::loadu(acc.sum + c) + g).store(acc.sum + c);
-        at::vec::fmadd(g, cv, Vec::loadu(acc.max + c)).store(acc.max + c);
+        const Vec cc = ctp ? cv - Vec::loadu(ctp + c) : cv;
+        at::vec::fmadd(g, cc, Vec::loadu(acc.max + c)).store(acc.max + c);
       }
       for (; c < C; ++c) {
         float base = gyp ? gyp[off + c] : 0.f;
@@ -341,7 +349,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
         const float g = base * gelu_grad(cp[off + c] * scp[c] + shp[c]);
         dzp[off + c] = g;
         acc.sum[c] += g;
-        acc.max[c] += g * cp[off + c];
+        acc.max[c] += g * (ctp ? cp[off + c] - ctp[c] : cp[off + c]);
       }
     }
   });
@@ -351,7 +359,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   if (train) {
     mean = float_contig(*mean_in);
     invstd = float_contig(*invstd_in);
-    dscale = dsumc.sub(mean.mul(dsum)).mul_(invstd);  // dgamma = sum dz * xhat
+    dscale = dsumc.mul(invstd);  // dgamma = sum dz * xhat
     k1 = scale.mul(invstd).mul_(dscale).div_(double(d.B * P)).contiguous();
   } else {
     dscale = dsumc;

@@ -249,6 +249,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
   const char* op = "hdkd::dwconv_bn_gelu_train";
   check_dw(op, x_in, w);
   check_channel_vec(op, "gamma", gamma, x_in.size(1), x_in);
+  TORCH_CHECK(x_in.size(0) * x_in.size(2) * x_in.size(3) >= 2, op,
+              ": batch statistics need at least 2 values per channel, got input of shape ",
+              x_in.sizes());
   check_channel_vec(op, "beta", beta, x_in.size(1), x_in);
   const OpScope scope(x_in);
   const Tensor x = nhwc(x_in);
@@ -391,6 +394,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   Tensor partial = at::empty({2, chunks * C}, x.options().dtype(at::kFloat));
   float* psum = partial.data_ptr<float>();
   float* psumc = psum + chunks * C;
+  // train: sum dz * (conv - mean) accumulated centred; sum dz * conv - mean * sum dz cancels
+  // catastrophically when |mean| >> std
+  const Tensor centre = train ? as_float(*mean_in) : Tensor();
+  const float* centrep = train ? centre.data_ptr<float>() : nullptr;
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_backward_dz", [&] {
     const scalar_t* gyp = gy.defined() ? gy.data_ptr<scalar_t>() : nullptr;
     const scalar_t* yp = y.defined() ? y.data_ptr<scalar_t>() : nullptr;
@@ -407,7 +414,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
         const float g = base * gelu_grad(cp[e] * scp[c] + shp[c]);
         dz[e] = g;
         sum += g;
-        sumc += g * cp[e];
+        sumc += g * (centrep ? cp[e] - centrep[c] : cp[e]);
       }
       psum[i] = sum;
       psumc[i] = sumc;
@@ -422,7 +429,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   Tensor dscale;
   if (train) {
     const Tensor mean = as_float(*mean_in), invstd = as_float(*invstd_in);
-    dscale = dsumc.sub(mean.mul(dsum)).mul_(invstd);  // dgamma = sum dz * xhat
+    dscale = dsumc.mul(invstd);  // dgamma = sum dz * xhat
     const Tensor k1 = scale.mul(invstd).mul_(dscale).div_(double(N)).contiguous();
     const Tensor c0 = scale.mul(dsum).div_(double(N)).contiguous();
     const float *k1p = k1.data_ptr<float>(), *c0p = c0.data_ptr<float>();
