@@ -191,12 +191,22 @@ struct alignas(16) Pack {
   T v[kPack];
 };
 
+#ifdef HDKD_CUDA_EMULATION
+// The emulation reads with memcpy, which any address allows; a GPU's 16-byte accesses do not, so
+// the emulation insists on the alignment packs_of_8 promised.
+#define HDKD_CHECK_PACK_ALIGNED(p) \
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "hdkd: misaligned 16-byte pack access")
+#else
+#define HDKD_CHECK_PACK_ALIGNED(p)
+#endif
+
 template <typename T>
 HDKD_HD inline void load_pack(const T* p, float (&out)[kPack]) {
   Pack<T> pack;
 #ifdef __CUDA_ARCH__
   pack = *reinterpret_cast<const Pack<T>*>(p);
 #else
+  HDKD_CHECK_PACK_ALIGNED(p);
   std::memcpy(&pack, p, sizeof pack);
 #endif
 #pragma unroll
@@ -222,6 +232,7 @@ HDKD_HD inline void store_pack(T* p, const float (&in)[kPack]) {
                  : "memory");
   }
 #else
+  HDKD_CHECK_PACK_ALIGNED(p);
   std::memcpy(p, &pack, sizeof pack);
 #endif
 }
