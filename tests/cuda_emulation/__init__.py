@@ -28,19 +28,23 @@ def _digest() -> str:
     return h.hexdigest()[:16]
 
 
-def load():
-    """torch.ops.hdkd_cuda_emu, building it on first use (about a minute on 2 cores)."""
+def load(asan: bool = False):
+    """torch.ops.hdkd_cuda_emu, building it on first use (about a minute on 2 cores). asan: built
+    with AddressSanitizer (the process must run with libasan preloaded: see test_cuda_emulation_asan)."""
     global _ops
     if _ops is None:
         from torch.utils.cpp_extension import load as build
 
         from hdkd.ops import ext_ops
 
-        folder = Path(tempfile.gettempdir()) / f"hdkd_cuda_emu_{_digest()}"
+        flags = ["-O1", "-DHDKD_CUDA_EMULATION"]
+        if asan:
+            flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        folder = Path(tempfile.gettempdir()) / f"hdkd_cuda_emu_{_digest()}{'_asan' if asan else ''}"
         folder.mkdir(exist_ok=True)
         build(name=NAMESPACE, sources=[str(SOURCE)], extra_include_paths=[str(CSRC)],
-              extra_cflags=["-O1", "-DHDKD_CUDA_EMULATION"], build_directory=str(folder),
-              is_python_module=False)
+              extra_cflags=flags, extra_ldflags=["-fsanitize=address"] if asan else [],
+              build_directory=str(folder), is_python_module=False)
         ext_ops.register(NAMESPACE)
         _ops = getattr(torch.ops, NAMESPACE)
     return _ops
