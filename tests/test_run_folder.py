@@ -176,6 +176,40 @@ def test_a_signal_stops_cleanly_and_the_printed_command_resumes_exactly(data, st
     _assert_same_run(out, straight)
 
 
+@pytest.mark.parametrize("stop_after_steps", [1, 6, 9])
+def test_a_stop_inside_an_epoch_resumes_from_that_step_exactly(data, tmp_path, monkeypatch,
+                                                              capsys, stop_after_steps):
+    """A real SIGTERM to this process after a chosen number of steps (epochs here have 4 steps:
+    1 and 9 stop inside an epoch, 6 inside the second): last.pt holds the steps done, and the
+    resumed run equals a straight one bit for bit (all in this process, so at the same thread
+    count)."""
+    from hdkd.distill.trainer import Trainer
+
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    args = _train_args(data, straight, epochs=4)
+    assert main(args) == 0
+    steps = {"n": 0}
+    real_step = Trainer._step
+
+    def step_then_signal(self, *a):
+        result = real_step(self, *a)
+        steps["n"] += 1
+        if steps["n"] == stop_after_steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(Trainer, "_step", step_then_signal)
+    assert main(_train_args(data, out, epochs=4)) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    state = ckpt.read_checkpoint(out / "last.pt")
+    per_epoch = 4
+    assert (state["epoch"], state.get("step", 0)) == divmod(stop_after_steps, per_epoch)
+    assert "continue with:" in err
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    assert main(_train_args(data, out, epochs=4, extra=["--resume", str(out / "last.pt")])) == 0
+    _assert_same_run(out, straight)
+
+
 def test_sigkill_at_random_points_then_resume_equals_a_straight_run(data, straight, tmp_path):
     out = tmp_path / "run"
     rng = random.Random(0)

@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         summary = train(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
     except TrainingInterrupted as e:
         print(f"hdkd train: {e}", file=sys.stderr)
-        if e.epochs_done:
+        if e.epochs_done or e.steps_done:
             print(f"continue with: {resume_command(sys.argv[1:], e.out / LAST_NAME)}",
                   file=sys.stderr)
         return e.exit_code

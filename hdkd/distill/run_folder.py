@@ -10,7 +10,8 @@ RunFolder(out, resume=..., overwrite=...) is entered before any data is loaded:
   are removed.
 
 StopRequest turns the first SIGINT/SIGTERM into a request that the trainer honours at its next
-safe point (the end of an epoch, once last.pt is written); a second SIGINT stops at once.
+safe point (after the current step, writing last.pt for it; with several processes, at the end
+of the epoch); a second SIGINT stops at once.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ After every epoch: validation, OUT/log.jsonl, OUT/last.pt (full state, written a
 OUT/best.pt when the validation metric improved. The test split is only used once, at the end,
 with the best weights. train() guards OUT for the run (hdkd.distill.run_folder): an earlier run is
 never replaced by accident, one process writes at a time, and Ctrl-C or SIGTERM stops cleanly with
-last.pt holding the last finished epoch.
+last.pt holding the step reached.
 """
 from __future__ import annotations
 
@@ -47,21 +47,31 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGINT or SIGTERM stopped the run at a safe point: OUT/last.pt holds the last finished
-    epoch (the interrupted epoch's partial progress is not kept; --resume repeats it exactly)."""
+    """SIGINT or SIGTERM stopped the run at a safe point: OUT/last.pt holds the state reached (the
+    last finished epoch, and in a single-process run the steps of the interrupted epoch), from
+    which --resume continues exactly."""
 
-    def __init__(self, signal_name: str, out: Path, epochs_done: int):
-        self.signal_name, self.out, self.epochs_done = signal_name, out, epochs_done
+    def __init__(self, signal_name: str, out: Path, epochs_done: int, steps_done: int = 0):
+        self.signal_name, self.out = signal_name, out
+        self.epochs_done, self.steps_done = epochs_done, steps_done
         self.exit_code = 128 + int(getattr(signal, signal_name))
-        if epochs_done:
+        if steps_done:
+            saved = (f"{out / LAST_NAME} holds epoch {epochs_done} and {steps_done} step(s) of "
+                     f"epoch {epochs_done + 1}")
+        elif epochs_done:
             saved = f"{out / LAST_NAME} holds epoch {epochs_done}"
         else:
-            saved = "no epoch had finished, so there is nothing to resume"
+            saved = "no step had finished, so there is nothing to resume"
         super().__init__(f"{signal_name} received: training stopped; {saved}")
 
 
 class _StopNow(Exception):
-    """Raised inside an epoch when a stop was requested (caught by fit)."""
+    """Raised inside an epoch when a stop was requested (caught by fit): the steps done and the
+    epoch's running loss sums so far."""
+
+    def __init__(self, steps: int, sums: dict, count: int):
+        super().__init__()
+        self.steps, self.sums, self.count = steps, sums, count
 
 
 def seed_everything(seed: int) -> None:
@@ -117,12 +127,14 @@ class Trainer:
         if self.cfg.compile:
             self.model = torch.compile(self.model)
         self.start_epoch, self.history = 0, []
+        # a resume inside an epoch: its steps done, running loss sums and generator states
+        self.start_step, self.partial, self.partial_rng = 0, None, None
         self.stop: Optional[StopRequest] = None  # set by train(); None: never stops early
         self.best = {"metric": self.cfg.select_metric, "value": None, "epoch": None}
         if resume:
             self._resume(resume)
         # Each rank draws its own augmentation stream; rank 0's equals a single-process run.
-        if self.start_epoch == 0:
+        if not resume:
             seed_everything(self.cfg.seed + self.ctx.rank)
 
     # ------------------------------------------------------------------ setup
@@ -218,7 +230,11 @@ class Trainer:
         return value, parts
 
     # ------------------------------------------------------------------ epochs
-    def _train_epoch(self, epoch: int) -> dict:
+    def _train_epoch(self, epoch: int, start_step: int = 0, partial: Optional[dict] = None,
+                     rng: Optional[dict] = None) -> dict:
+        """One epoch; from start_step on when resuming inside it: the batches before are loaded
+        and dropped (so that the loader's workers, seeded per epoch, are where they were), then
+        the generators are restored to their state at the interruption (rng)."""
         from tqdm import tqdm
 
         self.model.train()
@@ -226,21 +242,25 @@ class Trainer:
         show = self.cfg.progress if self.cfg.progress is not None else sys.stderr.isatty()
         bar = tqdm(loader, desc=f"{self.cfg.model} epoch {epoch + 1}/{self.cfg.epochs}",
                    disable=not (show and self.ctx.is_main), leave=False, dynamic_ncols=True)
-        sums: dict[str, float] = {}
-        count = 0
+        sums: dict[str, float] = dict(partial["sums"]) if partial else {}
+        count = int(partial["count"]) if partial else 0
         for step, (x, y) in enumerate(bar):
+            if step < start_step:
+                if step == start_step - 1:
+                    ckpt.set_rng_state(rng)  # before the next batch is drawn
+                continue
             x = x.to(self.ctx.device, non_blocking=True)
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.as_tensor(y).to(self.ctx.device, non_blocking=True)
             value, parts = self._step(x, y, epoch, step)
-            if not self.ctx.enabled and self._stop_requested():
-                raise _StopNow
             n = x.shape[0]
             count += n
             for k, v in {"loss": value, **{p: parts[p] for p in parts if p != "total"}}.items():
                 sums[k] = sums.get(k, 0.0) + v * n
             bar.set_postfix(loss=f"{value:.4f}")
+            if not self.ctx.enabled and self._stop_requested():
+                raise _StopNow(step + 1, sums, count)
         keys = sorted(sums)
         totals = self.ctx.sum(count, *(sums[k] for k in keys))
         return {f"train_{k}": totals[i + 1] / totals[0] for i, k in enumerate(keys)}
@@ -280,10 +300,17 @@ class Trainer:
         for epoch in range(self.start_epoch, c.epochs):
             t0 = time.perf_counter()
             lr = self.schedule.set_epoch(epoch)
+            resuming = epoch == self.start_epoch and self.start_step
             try:
-                train = self._train_epoch(epoch)
-            except _StopNow:
-                raise TrainingInterrupted(self.stop.requested, self.out, self.epochs_done) from None
+                train = self._train_epoch(epoch, *((self.start_step, self.partial,
+                                                    self.partial_rng) if resuming else ()))
+            except _StopNow as stop:
+                state = self._full_state(self.epochs_done, [ckpt.rng_state()])
+                state.update(step=stop.steps, epoch_partial={"sums": stop.sums,
+                                                             "count": stop.count})
+                ckpt.save_atomic(state, self.out / LAST_NAME)
+                raise TrainingInterrupted(self.stop.requested, self.out, self.epochs_done,
+                                          stop.steps) from None
             metrics, val_loss = self._evaluate(self.splits.val)
             record = {"epoch": epoch + 1, **train, "val_loss": val_loss,
                       **_scalar_metrics(metrics, "val_"), "lr": lr,
@@ -367,9 +394,17 @@ class Trainer:
                       f"random augmentation stream will not be bit-identical")
         ckpt.set_rng_state(rngs[min(self.ctx.rank, len(rngs) - 1)])
         self.start_epoch = int(state["epoch"])
+        self.start_step = int(state.get("step", 0))
+        if self.start_step:
+            if self.ctx.enabled:
+                raise ValueError(f"cannot resume from {path!r} with several processes: it was "
+                                 f"written inside an epoch by a single-process run")
+            self.partial = state["epoch_partial"]
+            self.partial_rng = rngs[0]
         self.history = list(state["history"])
         self.best = dict(state["best"])
-        self._log(f"resumed from {path} after epoch {self.start_epoch}")
+        within = f" and {self.start_step} step(s) of the next" if self.start_step else ""
+        self._log(f"resumed from {path} after epoch {self.start_epoch}{within}")
 
     def _finish(self) -> dict:
         c = self.cfg
@@ -427,8 +462,8 @@ def train(config: TrainConfig, resume: Optional[str] = None, splits=None,
             log(f"removed {path.name}, left by an interrupted write")
 
         def announce(name: str) -> None:
-            log(f"{name} received: stopping after the current step (last.pt keeps the last "
-                f"finished epoch); Ctrl-C again stops at once")
+            log(f"{name} received: stopping after the current step, which last.pt will hold; "
+                f"Ctrl-C again stops at once")
 
         with StopRequest(announce) as stop:
             trainer = Trainer(config, splits=splits, resume=resume, log=log)
