@@ -11,7 +11,6 @@ import contextlib
 import pytest
 import torch
 
-import hdkd
 from ext_env import EXT, EXT_REASON
 from op_cases import ext_cases, triton_cases
 from triton_env import DEVICE, INTERPRET, _reason as TRITON_REASON

@@ -49,9 +49,6 @@ class EvalCache:
             self.computed += 1
         return self._value
 
-    def clear(self) -> None:
-        self._key = self._value = None
-
     # Not pickled or deep-copied with its module: a copy recomputes on its first eval call.
     def __getstate__(self):
         return {"computed": 0}
