@@ -9,7 +9,7 @@ from ..ops.backends import get_backend, validate_backend_name
 from ..ops.checks import check_activation
 from ..ops.reference import BatchNormState, fold_conv_batch_norm
 from ._validate import odd_kernel, positive_int
-from .eval_cache import EvalCache
+from .eval_cache import EvalCache, records_grad
 
 
 class ConvBNGELU(nn.Module):
@@ -50,8 +50,7 @@ class ConvBNGELU(nn.Module):
         # torch.jit tracing is how fvcore counts FLOPs: it must see the reference's ops
         if self.training or name == "torch" or x.dtype == torch.float64 or torch.jit.is_tracing():
             return True
-        return torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return records_grad(self, x)
 
 
 def conv_gelu(x: Tensor, weight: Tensor, bias: Tensor, stride, padding) -> Tensor:

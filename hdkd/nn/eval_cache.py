@@ -20,6 +20,13 @@ def _stamp(t: Tensor) -> tuple:
     return (t.data_ptr(), t._version, t.dtype, t.device, t.shape, t.stride())
 
 
+def records_grad(module: torch.nn.Module, x: Tensor) -> bool:
+    """Whether module(x) builds an autograd graph: then its differentiable path runs, not the
+    cached eval weights."""
+    return torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
 def caching_allowed(sources: Iterable[Optional[Tensor]]) -> bool:
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False

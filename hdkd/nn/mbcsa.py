@@ -1,14 +1,13 @@
 """MBCSA: the inverted-residual block with channel-spatial attention (MODEL.md), drop-in."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .. import ops
 from ..ops.reference import BatchNormState, MBCSAWeights, fold_mbcsa_float32
 from ._validate import odd_kernel, positive_int
 from .attention import CBAM
-from .eval_cache import EvalCache, caching_allowed
+from .eval_cache import EvalCache, caching_allowed, records_grad
 
 
 def _bn_state(bn: nn.BatchNorm2d) -> BatchNormState:
@@ -95,7 +94,7 @@ class MBCSA(nn.Module):
         folded, sources = None, self._fold_sources(w)
         # traced or compiled: the backend folds inside the graph (FLOP counters see the
         # reference's count there)
-        if (not self.training and self.expand is not None and not self._records_grad(x)
+        if (not self.training and self.expand is not None and not records_grad(self, x)
                 and caching_allowed(sources)):
             folded = self.folded_cache.get(sources, lambda: fold_mbcsa_float32(w, eps),
                                            extra=(eps,))
@@ -104,10 +103,6 @@ class MBCSA(nn.Module):
             for bn in self.batch_norms():
                 bn.num_batches_tracked.add_(1)
         return out
-
-    def _records_grad(self, x: Tensor) -> bool:
-        return torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     @staticmethod
     def _fold_sources(w: MBCSAWeights) -> list:
