@@ -149,8 +149,8 @@ def _run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"hdkd train: interrupted at once; {Path(args.out) / 'last.pt'} (if any) is the "
-              f"last finished epoch, intact", file=sys.stderr)
+        print(f"hdkd train: interrupted at once; {Path(args.out) / LAST_NAME} (if any) is the "
+              f"last state saved, intact", file=sys.stderr)
         return 130
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(f"best {summary['best']['metric']} {summary['best']['value']:.4f} at epoch "

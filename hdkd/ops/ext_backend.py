@@ -27,10 +27,9 @@ if _module is not None:
 
     ext_ops.register("hdkd")
 # Read once: the selection code runs inside torch.compile graphs, which cannot call into pybind11.
-_CUDA_BUILT = _module is not None and bool(_module.build_info()["cuda"])
-
-
-_CUDA_ARCHS = list(_module.build_info()["cuda_archs"]) if _CUDA_BUILT else []
+_BUILD = dict(_module.build_info()) if _module is not None else {"cuda": False, "cuda_archs": []}
+_CUDA_BUILT = bool(_BUILD["cuda"])
+_CUDA_ARCHS = list(_BUILD["cuda_archs"])
 
 
 def _find_cuda_problem() -> Optional[str]:

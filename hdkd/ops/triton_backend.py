@@ -118,6 +118,12 @@ def _check_extent(op: str, what: str, extent: int, batch: int) -> None:
                          f"{fits} images at a time (split the batch)")
 
 
+def _check_hidden_extent(op: str, x: Tensor, hidden: int, stride: int) -> None:
+    """The hidden activation a 1x1 expand of x to `hidden` channels creates (4x x's width)."""
+    ho, wo = _out_hw(x, 1, stride)
+    _check_extent(op, "the hidden activation", x.shape[0] * hidden * ho * wo, x.shape[0])
+
+
 def _op_body(fn):
     """The body of a custom op: computes in the dtypes its fake promises, on its tensors' GPU.
     An enclosing autocast stays enabled inside a custom op's Python body, so without this the
@@ -163,7 +169,7 @@ def _csa_backward(grad: Tensor, h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor,
                   s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dh, *dweights = _kernels()[0].backward(grad, h, fc1, fc2, sa, ch_sum, ch_max, ch_cnt, ca,
                                            pooled, pcnt, s)
-    return dh, *(d.contiguous() for d in dweights)
+    return dh, *(g.contiguous() for g in dweights)
 
 
 @_csa_backward.register_fake
@@ -307,9 +313,7 @@ def _expand_forward(z: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor, runn
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(e, mean, 1/std, unbiased variance); the statistics float32."""
     from hdkd.kernels import expand_bn_gelu
-    hw = [(n - 1) // stride + 1 for n in z.shape[2:]]
-    _check_extent("expand_forward", "the expanded activation",
-                  z.shape[0] * weight.shape[0] * hw[0] * hw[1], z.shape[0])
+    _check_hidden_extent("expand_forward", z, weight.shape[0], stride)
     if training:
         mean, var, var_unbiased = expand_bn_gelu.batch_stats(z, weight, stride)
     else:
@@ -406,7 +410,7 @@ def _csa_project_backward(grad: Tensor, d: Tensor, mx: Tensor, ties: Tensor, fc1
     from hdkd.kernels import attention_project
     dd, davg, dmax, *dweights = attention_project.backward(grad, d, fc1, fc2, sa, project,
                                                            ch_sum, mx, ties, ca, pooled, pcnt, s)
-    return dd, davg, dmax, *(d.contiguous() for d in dweights)
+    return dd, davg, dmax, *(g.contiguous() for g in dweights)
 
 
 @_csa_project_backward.register_fake
@@ -445,10 +449,8 @@ def _mbcsa_eval_fused(x: Tensor, expand_weight: Tensor, expand_bias: Tensor, dw_
                       project_weight: Tensor, project_bias: Tensor,
                       shortcut: Optional[Tensor]) -> Tensor:
     """Inference only (no autograd): the fused eval block from folded weights."""
-    stride = 1 if shortcut is None else 2
-    hw = [(n - 1) // stride + 1 for n in x.shape[2:]]
-    _check_extent("mbcsa_eval_fused", "the hidden activation",
-                  x.shape[0] * expand_weight.shape[0] * hw[0] * hw[1], x.shape[0])
+    _check_hidden_extent("mbcsa_eval_fused", x, expand_weight.shape[0],
+                         1 if shortcut is None else 2)
     folded = reference.FoldedMBCSA(expand_weight, expand_bias, dw_weight, dw_bias, ca_fc1, ca_fc2,
                                    sa_weight, project_weight, project_bias, shortcut)
     return _kernels()[2].forward(x, folded)
