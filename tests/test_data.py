@@ -269,6 +269,10 @@ def test_augment_ops():
     r90 = A.rotate(x, 90.0)
     assert any(torch.allclose(r90, torch.rot90(x, k, dims=(1, 2)), atol=1e-5) for k in (1, -1))
     assert torch.allclose(A.rotate(x, 180.0), x.flip(1).flip(2), atol=1e-5)
+    # nearest interpolation: every pixel is an input pixel or the black fill, never a blend
+    r30 = A.rotate(x, 30.0)
+    assert torch.isin(r30, torch.cat([x.flatten(), torch.zeros(1)])).all()
+    assert (r30 == 0).any() and (r30 != 0).sum() > 0.6 * r30.numel()
     assert torch.allclose(A.adjust_brightness(x, 1.2), (x * 1.2).clamp(0, 1))
     gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).mean()
     assert torch.allclose(A.adjust_contrast(x, 0.7), (0.7 * x + 0.3 * gray).clamp(0, 1))

@@ -1,7 +1,7 @@
 """The original training augmentations (MODEL.md, "Original training recipe") on tensors.
 
-Random rotation up to 180 degrees, horizontal and vertical flips, brightness and contrast jitter
-0.3 (in random order), sharpness adjustment with factor 2 (half the time) and a 3 x 3 Gaussian blur
+Random rotation up to 180 degrees (nearest-neighbour), horizontal and vertical flips, brightness
+and contrast jitter 0.3 (in random order), sharpness adjustment with factor 2 (half the time) and a 3 x 3 Gaussian blur
 with sigma drawn from [0.1, 2]. They work on a float C x H x W image in [0, 1] (before
 normalisation, like the original's PIL transforms) and draw every random number from torch's
 global generator, so they repeat under torch.manual_seed (and per DataLoader worker).
@@ -22,12 +22,13 @@ def _uniform(low: float, high: float) -> float:
 
 
 def rotate(image: Tensor, degrees: float) -> Tensor:
-    """Rotate about the centre; corners that come from outside the image are black (0)."""
+    """Rotate about the centre with nearest-neighbour sampling (torchvision RandomRotation's
+    default, which the original uses); corners that come from outside the image are black (0)."""
     a = math.radians(degrees)
     theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
                          dtype=image.dtype)
     grid = F.affine_grid(theta[None], [1, *image.shape], align_corners=False)
-    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros",
+    return F.grid_sample(image[None], grid, mode="nearest", padding_mode="zeros",
                          align_corners=False)[0]
 
 
