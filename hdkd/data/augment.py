@@ -2,9 +2,9 @@
 
 Random rotation up to 180 degrees (nearest-neighbour), horizontal and vertical flips, brightness
 and contrast jitter 0.3 (in random order), sharpness adjustment with factor 2 (half the time) and a
-3 x 3 Gaussian blur with sigma drawn from [0.1, 2]. They work on a float C x H x W image in [0, 1] (before
-normalisation, like the original's PIL transforms) and draw every random number from torch's
-global generator, so they repeat under torch.manual_seed (and per DataLoader worker).
+3 x 3 Gaussian blur with sigma drawn from [0.1, 2]. They work on a float C x H x W image in [0, 1]
+(before normalisation, like the original's PIL transforms) and draw every random number from
+torch's global generator, so they repeat under torch.manual_seed (and per DataLoader worker).
 """
 from __future__ import annotations
 
