@@ -117,3 +117,14 @@ def test_demo_gflops_without_fvcore_count_the_fused_ops(monkeypatch):
     monkeypatch.setitem(sys.modules, "fvcore", None)
     monkeypatch.setitem(sys.modules, "fvcore.nn", None)
     assert count_gflops(model, 32) == pytest.approx(with_fvcore, rel=0.03)
+
+
+def test_train_refuses_smote_targets_naming_unknown_classes(tmp_path, capsys):
+    data = str(image_folder(tmp_path / "data", per_class=4, size=8))
+    targets = tmp_path / "targets.json"
+    targets.write_text('{"benign": 5, "melanoma": 9}')
+    assert main(["train", "--model", "hdkd_teacher", "--data", data, "--out",
+                 str(tmp_path / "run"), "--img-size", "16", "--batch-size", "2", "--epochs", "1",
+                 "--smote-targets", str(targets), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "does not have: 'melanoma'" in err and "Traceback" not in err

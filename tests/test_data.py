@@ -1,6 +1,7 @@
 """hdkd.data on the digits demo data, tiny generated image folders and .npz files."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import Counter
@@ -11,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from hdkd.data import (IMAGENET_MEAN, IMAGENET_STD, ImageReadError, TrainAugment,
-                       class_balanced_sampler, load_dataset, smote_oversample, stratified_split)
+                       class_balanced_sampler, load_dataset, read_smote_targets, smote_oversample,
+                       stratified_split)
+from hdkd.data.smote_targets import resolve_smote_targets
 from hdkd.data import augment as A
 
 PIL = pytest.importorskip("PIL.Image")
@@ -253,6 +256,49 @@ def test_smote_in_load_dataset(tmp_path):
     assert Counter(splits.train_labels) == {0: 10, 1: 10}
     assert len(splits.train) == 20 and splits.train[19][0].shape == (3, 8, 8)
     assert len(splits.val) == 3  # validation data is never oversampled
+
+
+def test_smote_to_per_class_targets_from_a_file(tmp_path):
+    for cls, count in (("big", 12), ("mid", 5), ("small", 3)):
+        for i in range(count):
+            _write(str(tmp_path / "train" / cls / f"{i}.png"), "RGB", (i * 20, 50, 9))
+        for split in ("val", "test"):
+            _write(str(tmp_path / split / cls / "0.png"), "RGB", (0, 0, 0))
+    targets_file = tmp_path / "targets.json"
+    targets_file.write_text(json.dumps({"small": 7, "mid": 5}))
+    splits = load_dataset(str(tmp_path), 8, smote_targets=read_smote_targets(str(targets_file)))
+    # the named classes reach their targets; "big" keeps its count
+    assert Counter(splits.classes[y] for y in splits.train_labels) == {"big": 12, "mid": 5,
+                                                                       "small": 7}
+    assert len(splits.train) == 24 and len(splits.val) == 3
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "targets.json' is not valid JSON"),
+    ("[1, 2]", "must hold a non-empty JSON object"),
+    ('{"small": -1, "big": 2.5, "mid": 3}', "not one for: 'small' \\(-1\\), 'big' \\(2.5\\)"),
+])
+def test_smote_targets_file_errors_name_the_file_and_entries(tmp_path, content, message):
+    path = tmp_path / "targets.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_smote_targets(str(path))
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        read_smote_targets(str(tmp_path / "missing.json"))
+
+
+def test_smote_targets_checked_against_the_classes_and_counts():
+    classes, labels = ["akiec", "nv"], [0, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match="does not have: 'mel', 'vasc' \\(its classes: 'akiec'"):
+        resolve_smote_targets({"mel": 3, "vasc": 2, "nv": 3}, classes, labels)
+    with pytest.raises(ValueError, match="below the training split's count: 'nv' \\(target 2, 3"):
+        resolve_smote_targets({"nv": 2}, classes, labels)
+    with pytest.raises(ValueError, match="no training image to oversample for 'akiec'"):
+        resolve_smote_targets({"akiec": 4}, classes, [1, 1])
+    assert resolve_smote_targets({"akiec": 5}, classes, labels) == {0: 5}
+    images = np.arange(5 * 4, dtype=np.uint8).reshape(5, 2, 2)
+    _, out = smote_oversample(images, labels, seed=0, targets={0: 5})
+    assert Counter(out) == {0: 5, 1: 3}
 
 
 def test_class_balanced_sampler():

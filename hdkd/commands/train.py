@@ -57,6 +57,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="turn off the original train-time augmentation (default: on)")
     g.add_argument("--smote", action="store_true",
                    help="SMOTE-oversample minority classes of the training split (default: off)")
+    g.add_argument("--smote-targets", default=None, metavar="FILE.json",
+                   help="SMOTE to per-class counts instead of to the largest class: a JSON object "
+                        "class name -> training images wanted (classes not named keep theirs; "
+                        "implies --smote; default: none)")
     g.add_argument("--balanced-sampler", action="store_true",
                    help="draw training batches class-balanced (default: off)")
     g.add_argument("--workers", type=int, default=_D.workers,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -13,12 +14,14 @@ from .digits import digits_images
 from .folders import class_folders, load_images, scan_split
 from .medmnist import read_npz
 from .sampling import smote_oversample
+from .smote_targets import resolve_smote_targets
 from .splits import DatasetSplits, check_fraction, require_nonempty, stratified_split
 
 
 def load_dataset(source: str, img_size: int, seed: int = 0, val_fraction: float = 0.1,
                  test_fraction: float = 0.2, smote: bool = False,
-                 augment: bool = True) -> DatasetSplits:
+                 augment: bool = True,
+                 smote_targets: Mapping[str, int] | None = None) -> DatasetSplits:
     """Train / validation / test splits of `source`:
 
     - "digits": scikit-learn's handwritten digits, upsampled, split stratified by `seed`
@@ -29,7 +32,9 @@ def load_dataset(source: str, img_size: int, seed: int = 0, val_fraction: float 
 
     A missing validation split is cut from the training data (val_fraction, stratified).
     augment=True applies the original train-time augmentations to the training split only;
-    smote=True oversamples the training split (only) with SMOTE. Nothing is downloaded.
+    smote=True oversamples the training split (only) with SMOTE, every class to the largest one's
+    size; smote_targets ({class name: count}, see read_smote_targets) instead oversamples the
+    classes it names to those counts (and implies smote). Nothing is downloaded.
     """
     if not isinstance(img_size, int) or img_size < 1:
         raise ValueError(f"load_dataset: expected img_size to be a positive int, got {img_size!r}")
@@ -39,7 +44,8 @@ def load_dataset(source: str, img_size: int, seed: int = 0, val_fraction: float 
         images, labels, classes = digits_images(img_size)
         splits = _split_arrays(images, labels, val_fraction, test_fraction, seed)
     elif os.path.isdir(source):
-        return _from_folders(source, img_size, seed, val_fraction, test_fraction, smote, augment)
+        return _from_folders(source, img_size, seed, val_fraction, test_fraction, smote, augment,
+                             smote_targets)
     elif os.path.isfile(source) and source.lower().endswith(".npz"):
         splits = read_npz(source)
         if "val" not in splits:
@@ -54,8 +60,10 @@ def load_dataset(source: str, img_size: int, seed: int = 0, val_fraction: float 
         raise ValueError(f"load_dataset: source {source!r} is not 'digits', a directory or a "
                          f".npz file")
     train_images, train_labels = splits["train"]
-    if smote:
-        resampled, train_labels = smote_oversample(train_images.numpy(), train_labels, seed)
+    if smote or smote_targets is not None:
+        resampled, train_labels = smote_oversample(
+            train_images.numpy(), train_labels, seed,
+            targets=_targets(smote_targets, classes, train_labels))
         train_images = torch.from_numpy(resampled)
     aug = TrainAugment() if augment else None
     return DatasetSplits(
@@ -87,7 +95,15 @@ def _pick(items: list, idx: np.ndarray) -> list:
     return [items[i] for i in idx]
 
 
-def _from_folders(root, img_size, seed, val_fraction, test_fraction, smote, augment):
+def _targets(smote_targets, classes, train_labels):
+    """smote_oversample's targets: None (equalise to the largest class) or class index -> count."""
+    if smote_targets is None:
+        return None
+    return resolve_smote_targets(smote_targets, classes, train_labels)
+
+
+def _from_folders(root, img_size, seed, val_fraction, test_fraction, smote, augment,
+                  smote_targets):
     has_train = os.path.isdir(os.path.join(root, "train"))
     has_test = os.path.isdir(os.path.join(root, "test"))
     if has_train != has_test:
@@ -118,9 +134,10 @@ def _from_folders(root, img_size, seed, val_fraction, test_fraction, smote, augm
         require_nonempty("test", parts[2], test_fraction, len(labels))
         train, val, test = ((_pick(paths, i), _pick(labels, i)) for i in parts)
     aug = TrainAugment() if augment else None
-    if smote:
+    if smote or smote_targets is not None:
+        targets = _targets(smote_targets, classes, train[1])  # bad targets fail before the reads
         images, train_labels = smote_oversample(load_images(train[0], img_size).numpy(),
-                                                train[1], seed)
+                                                train[1], seed, targets=targets)
         train_set = ArrayImageDataset(torch.from_numpy(images), train_labels, img_size, aug)
     else:
         train_set = ImageFileDataset(*train, img_size, aug)

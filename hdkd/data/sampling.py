@@ -1,7 +1,7 @@
 """Help for imbalanced classes: a class-balanced sampler and SMOTE oversampling."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,23 +36,34 @@ def _nearest_neighbours(x: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
     return out
 
 
-def smote_oversample(images: np.ndarray, labels: Sequence[int], seed: int,
-                     k_neighbors: int = 5) -> tuple[np.ndarray, list[int]]:
-    """SMOTE on flattened images: every class below the largest one gets synthetic samples
+def smote_oversample(images: np.ndarray, labels: Sequence[int], seed: int, k_neighbors: int = 5,
+                     targets: Mapping[int, int] | None = None) -> tuple[np.ndarray, list[int]]:
+    """SMOTE on flattened images: a class below its target gets synthetic samples
     x + u * (neighbour - x), u ~ U[0, 1), with the neighbour drawn from the k nearest images of
-    the same class, until all classes are as large as the largest. Returns the original images
+    the same class, until it has `targets[class]` images (classes not in targets keep their
+    count); targets=None makes every class as large as the largest. Returns the original images
     followed by the synthetic ones (same dtype; uint8 is rounded) and their labels."""
     labels_a = np.asarray(labels, dtype=np.int64)
     if len(images) != len(labels_a):
         raise ValueError(f"smote_oversample: {len(images)} images but {len(labels_a)} labels")
     if k_neighbors < 1:
         raise ValueError(f"smote_oversample: expected k_neighbors >= 1, got {k_neighbors}")
+    classes, counts = np.unique(labels_a, return_counts=True)
+    have = dict(zip(classes.tolist(), counts.tolist()))
+    if targets is None:
+        targets = {cls: int(counts.max()) for cls in have}
+    for cls, target in targets.items():
+        if have.get(cls, 0) == 0 and target > 0:
+            raise ValueError(f"smote_oversample: class {cls} has no samples to oversample "
+                             f"(target {target})")
+        if target < have.get(cls, 0):
+            raise ValueError(f"smote_oversample: class {cls} has {have[cls]} samples, more than "
+                             f"its target {target}; SMOTE only adds samples")
     rng = np.random.default_rng(seed)
     flat = images.reshape(len(images), -1)
-    classes, counts = np.unique(labels_a, return_counts=True)
     new_images, new_labels = [], []
     for cls, count in zip(classes, counts):
-        missing = int(counts.max() - count)
+        missing = int(targets.get(int(cls), count) - count)
         if missing == 0:
             continue
         members = flat[labels_a == cls].astype(np.float32)

@@ -58,6 +58,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     smote: bool = False
+    smote_targets: Optional[str] = None  # JSON file, class name -> training images wanted
     augment: bool = True
     balanced_sampler: bool = False
     sync_bn: bool = False

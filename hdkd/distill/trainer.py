@@ -139,11 +139,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _load_data(self):
-        from ..data import load_dataset
+        from ..data import load_dataset, read_smote_targets
 
         c = self.cfg
+        targets = read_smote_targets(c.smote_targets) if c.smote_targets else None
         return load_dataset(c.data, c.img_size, seed=c.seed, val_fraction=c.val_fraction,
-                            test_fraction=c.test_fraction, smote=c.smote, augment=c.augment)
+                            test_fraction=c.test_fraction, smote=c.smote, augment=c.augment,
+                            smote_targets=targets)
 
     def _load_teacher(self) -> nn.Module:
         teacher, meta = ckpt.load_model(self.cfg.teacher, "hdkd_teacher", what="teacher checkpoint",
