@@ -269,6 +269,30 @@ def test_mbcsa_eval(target, cin, cout, down, hw, kind, dtype):
     assert rel_err(out.cpu(), ref) < tol
 
 
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_grid_stride_loops_of_several_trips(blocks):
+    """A launch has at most 2^20 blocks of 256 threads, so on tensors of more than 2^28 elements
+    each thread of a GPU kernel loops over several indices, a grid's width apart. The emulation
+    runs the same loops over the same launch shape; capped at a few blocks, its loops take many
+    trips on small tensors (the channels_last cases take the 8-channel packed paths)."""
+    if EXT is None:
+        pytest.skip(f"no hdkd._C, so no C++ toolchain assumed for the emulation: {EXT_REASON}")
+    ops = cuda_emulation.load()
+    target = (ops, torch.device("cpu"))
+    previous = ops.set_max_blocks(blocks)
+    try:
+        assert ops.set_max_blocks(blocks) == blocks
+        for kind in ("strided", "channels_last"):
+            test_attention(target, (2, 40, 9, 11), kind, torch.float32)
+            test_dwconv_train(target, (2, 16, 23, 17), 5, kind, torch.float32)
+            test_dwconv_eval(target, (2, 16, 9, 11), 3, kind, torch.bfloat16)
+            test_mbcsa_eval(target, 10, 20, True, (11, 6), kind, torch.float32)
+    finally:
+        ops.set_max_blocks(previous)
+    with pytest.raises(RuntimeError, match="blocks must be at least 1"):
+        ops.set_max_blocks(0)
+
+
 def _assert_same_path_result(a, b):
     """Two code paths of one kernel: bit for bit in the emulation (one compiler, one rounding);
     on a GPU the compiler may contract a * b + c into an FMA in one path and not in the other,

@@ -45,16 +45,41 @@ namespace hdkd::cuda {
 
 using at::Tensor;
 
-#ifndef HDKD_CUDA_EMULATION
+// The launch shape of every kernel: kThreads threads per block and at most max_blocks() blocks.
+// When an op has more indices than that (2^28 on a GPU), each thread takes several, a grid's
+// width apart (grid_stride). The emulation runs the same loops over the same launch shape, and a
+// test lowers its block cap so that they take several trips (set_emulated_max_blocks).
 constexpr int kThreads = 256;
+#ifdef HDKD_CUDA_EMULATION
+int64_t max_blocks();
+int64_t set_emulated_max_blocks(int64_t blocks);  // returns the previous cap
+#else
+inline int64_t max_blocks() { return int64_t(1) << 20; }
+#endif
+
+// Threads of the launch that runs `needed` threads' worth of work: whole blocks, capped.
+inline int64_t launch_threads(int64_t needed) {
+  return std::min<int64_t>((needed + kThreads - 1) / kThreads, max_blocks()) * kThreads;
+}
+
+// fn(i) for i = first, first + step, ... below n: one thread's share of a launch of `step` threads.
+template <class F>
+HDKD_HD inline void grid_stride(int64_t first, int64_t step, int64_t n, const F& fn) {
+  // Not unrolled: up to the block cap a thread takes one index, and unrolling would cost a 64-bit
+  // software division (the trip count) per thread.
+#ifdef __CUDA_ARCH__
+#pragma unroll 1
+#endif
+  for (int64_t i = first; i < n; i += step) fn(i);
+}
+
+#ifndef HDKD_CUDA_EMULATION
+__device__ inline int64_t global_thread() { return blockIdx.x * int64_t(blockDim.x) + threadIdx.x; }
+__device__ inline int64_t grid_threads() { return int64_t(blockDim.x) * gridDim.x; }
 
 template <class F>
 __global__ void for_each_kernel(int64_t n, F fn) {
-  const int64_t step = int64_t(blockDim.x) * gridDim.x;
-  // Not unrolled: up to 2^28 indices (the block cap) a thread takes one index, and unrolling
-  // would cost a 64-bit software division (the trip count) per thread.
-#pragma unroll 1
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += step) fn(i);
+  grid_stride(global_thread(), grid_threads(), n, fn);
 }
 #endif
 
@@ -62,11 +87,11 @@ __global__ void for_each_kernel(int64_t n, F fn) {
 template <class F>
 void for_each_index(int64_t n, const F& fn) {
   if (n <= 0) return;
+  const int64_t threads = launch_threads(n);
 #ifdef HDKD_CUDA_EMULATION
-  for (int64_t i = 0; i < n; ++i) fn(i);
+  for (int64_t t = 0; t < threads; ++t) grid_stride(t, threads, n, fn);
 #else
-  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 20);
-  for_each_kernel<<<static_cast<unsigned>(blocks), kThreads, 0,
+  for_each_kernel<<<static_cast<unsigned>(threads / kThreads), kThreads, 0,
                     c10::cuda::getCurrentCUDAStream()>>>(n, fn);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 #endif
@@ -75,7 +100,8 @@ void for_each_index(int64_t n, const F& fn) {
 // One warp (kWarp lanes) per index, for a reduction along one row of contiguous values: lane
 // `lane` computes its share partial(i, lane) (a struct of floats), the shares are combined by a
 // butterfly (lane l takes combine(v_l, v_{l ^ m}) for m = 16, 8, 4, 2, 1), and finish(i, total)
-// runs once per index. The emulation runs the same butterfly, so results match bit for bit.
+// runs once per index. Warp w of the launch takes indices w, w + warps, ... The emulation runs
+// the same butterfly, so results match bit for bit.
 constexpr int kWarp = 32;
 
 #ifndef HDKD_CUDA_EMULATION
@@ -93,14 +119,12 @@ __device__ T shfl_xor(T v, int mask) {
 template <class Partial, class Combine, class Finish>
 __global__ void for_each_warp_kernel(int64_t n, Partial partial, Combine combine, Finish finish) {
   const int lane = threadIdx.x % kWarp;
-  const int64_t step = int64_t(blockDim.x) * gridDim.x / kWarp;
-#pragma unroll 1
-  for (int64_t i = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp; i < n; i += step) {
+  grid_stride(global_thread() / kWarp, grid_threads() / kWarp, n, [&](int64_t i) {
     auto v = partial(i, lane);
 #pragma unroll
     for (int m = kWarp / 2; m > 0; m /= 2) v = combine(v, shfl_xor(v, m));
     if (lane == 0) finish(i, v);
-  }
+  });
 }
 #endif
 
@@ -108,21 +132,23 @@ template <class Partial, class Combine, class Finish>
 void for_each_warp(int64_t n, const Partial& partial, const Combine& combine,
                    const Finish& finish) {
   if (n <= 0) return;
+  const int64_t threads = launch_threads(n * kWarp);
 #ifdef HDKD_CUDA_EMULATION
   using T = decltype(partial(int64_t(0), 0));
   T v[kWarp], next[kWarp];
-  for (int64_t i = 0; i < n; ++i) {
-    for (int lane = 0; lane < kWarp; ++lane) v[lane] = partial(i, lane);
-    for (int m = kWarp / 2; m > 0; m /= 2) {
-      for (int lane = 0; lane < kWarp; ++lane) next[lane] = combine(v[lane], v[lane ^ m]);
-      std::copy(next, next + kWarp, v);
-    }
-    finish(i, v[0]);
+  const int64_t warps = threads / kWarp;
+  for (int64_t w = 0; w < warps; ++w) {
+    grid_stride(w, warps, n, [&](int64_t i) {
+      for (int lane = 0; lane < kWarp; ++lane) v[lane] = partial(i, lane);
+      for (int m = kWarp / 2; m > 0; m /= 2) {
+        for (int lane = 0; lane < kWarp; ++lane) next[lane] = combine(v[lane], v[lane ^ m]);
+        std::copy(next, next + kWarp, v);
+      }
+      finish(i, v[0]);
+    });
   }
 #else
-  const int64_t blocks =
-      std::min<int64_t>((n * kWarp + kThreads - 1) / kThreads, int64_t(1) << 20);
-  for_each_warp_kernel<<<static_cast<unsigned>(blocks), kThreads, 0,
+  for_each_warp_kernel<<<static_cast<unsigned>(threads / kThreads), kThreads, 0,
                          c10::cuda::getCurrentCUDAStream()>>>(n, partial, combine, finish);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 #endif

@@ -8,12 +8,32 @@ TORCH_LIBRARY(hdkd_cuda_emu, m) {
   hdkd::define_schemas(m);
   // Test only: the kernels' index division (csrc/cuda/divisor.cuh) as [n / d, n % d].
   m.def("divmod(Tensor n, int d) -> Tensor");
+  // Test only: caps the emulated launches at `blocks` blocks (returns the previous cap), so that
+  // the kernels' grid-stride loops take several trips on small tensors.
+  m.def("set_max_blocks(int blocks) -> int");
 }
 
 #include "cuda/common.cu"
 #include "cuda/attention.cu"
 #include "cuda/dwconv.cu"
 #include "cuda/mbcsa.cu"
+
+namespace hdkd::cuda {
+
+namespace {
+int64_t emulated_max_blocks = int64_t(1) << 20;  // a GPU's cap (common.cuh)
+}  // namespace
+
+int64_t max_blocks() { return emulated_max_blocks; }
+
+int64_t set_emulated_max_blocks(int64_t blocks) {
+  TORCH_CHECK(blocks >= 1, "set_max_blocks: blocks must be at least 1, got ", blocks);
+  const int64_t previous = emulated_max_blocks;
+  emulated_max_blocks = blocks;
+  return previous;
+}
+
+}  // namespace hdkd::cuda
 
 namespace {
 
@@ -31,3 +51,6 @@ at::Tensor divmod(const at::Tensor& n, int64_t d) {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hdkd_cuda_emu, CPU, m) { m.impl("divmod", &divmod); }
+TORCH_LIBRARY_IMPL(hdkd_cuda_emu, CatchAll, m) {
+  m.impl("set_max_blocks", &hdkd::cuda::set_emulated_max_blocks);
+}
