@@ -3,7 +3,8 @@
 Implementations ("impls"): "eager" (the reference, backend "torch"), "compile" (torch.compile of the
 reference, default mode) and every other registered hdkd backend that is available here, runs on
 this device and has the ops the level needs: new backends appear without changes here.
-GPU: PERFORMANCE.md's shapes (batch 64, 224 px), bf16 autocast and float32, channels_last.
+GPU: the anchors' shapes (docs/performance.md: batch 64, 224 px), bf16 autocast and float32,
+channels_last.
 CPU: scaled down (batch 8 for ops and blocks; batch 4 at 112 px for the model levels), float32. On
 the CPU the compile peer runs at the block level only: inductor compiles C++ for every graph
 (~20-30 s each on 2 cores), which the whole suite's 10-minute budget cannot afford at every level.
@@ -43,7 +44,7 @@ def img_size() -> int:
     return 64 if SMOKE else (224 if ON_GPU else 112)
 
 
-# MBCSA blocks of PERFORMANCE.md: (cin, cout, input size, downsample)
+# MBCSA blocks of docs/performance.md (section 2): (cin, cout, input size, downsample)
 BLOCKS = [(96, 96, 56, False), (192, 192, 28, False), (64, 96, 112, True)]
 
 
@@ -100,7 +101,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def autocast(dtype: str):
-    """bf16 runs under autocast with float32 parameters (as PERFORMANCE.md's anchors)."""
+    """bf16 runs under autocast with float32 parameters (as the anchors of docs/performance.md)."""
     if dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(DEVICE.type, dtype=torch_dtype(dtype))

@@ -1,9 +1,9 @@
 """Minimal bytes each workload must move through device memory (the bytes floor).
 
 Rule: every input read once, every output written once, in the dtype it is stored in; where
-PERFORMANCE.md states a workload's count, that count. Parameters count at their own dtype (float32
-under autocast). Gradients: the backward reads the output gradient and whatever inputs it needs
-once and writes each input gradient once.
+docs/performance.md (section 1) states a workload's count, that count. Parameters count at their
+own dtype (float32 under autocast). Gradients: the backward reads the output gradient and
+whatever inputs it needs once and writes each input gradient once.
 """
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ def param_bytes(module: nn.Module) -> int:
 
 
 def attention_bytes(n: int, itemsize: int, backward: bool) -> tuple[int, str]:
-    """n = elements of the hidden tensor h. Forward (PERFORMANCE.md): h read for the pooled channel
-    statistics, read again for the per-pixel mean/max, read once more and the output written once.
+    """n = elements of the hidden tensor h. Forward (docs/performance.md): h read for the pooled
+    channel statistics, read again for the per-pixel mean/max, read once more and the output
+    written once.
     Backward: read h and the output gradient, write the input gradient."""
     fwd = 4 * n * itemsize
     if not backward:
-        return fwd, "3 reads of h + 1 write (PERFORMANCE.md)"
+        return fwd, "3 reads of h + 1 write (docs/performance.md)"
     return fwd + 3 * n * itemsize, "fwd: 3 reads of h + 1 write; bwd: read h, dout; write dh"
 
 
@@ -33,12 +34,12 @@ def dwconv_bytes(n_in: int, n_out: int, itemsize: int, backward: bool) -> tuple[
 
 def block_bytes(n_x: int, n_out: int, n_hidden: int, itemsize: int, params: int,
                 backward: bool) -> tuple[int, str]:
-    """PERFORMANCE.md: read x once, write the output once, write and read the hidden activation
+    """docs/performance.md: read x once, write the output once, write and read the hidden activation
     once; plus the parameters. Backward: the same again with the gradients (read dout and x,
     write dx, hidden written and read once, parameter gradients written)."""
     fwd = (n_x + n_out + 2 * n_hidden) * itemsize + params
     if not backward:
-        return fwd, "x + out + 2 x hidden + params (PERFORMANCE.md)"
+        return fwd, "x + out + 2 x hidden + params (docs/performance.md)"
     bwd = (n_out + 2 * n_x + 2 * n_hidden) * itemsize + params
     return fwd + bwd, "fwd (x + out + 2 hidden + params) + bwd (dout + x + dx + 2 hidden + dparams)"
 

@@ -1,4 +1,5 @@
-"""The MBCSA block of PERFORMANCE.md: eval forward and training forward+backward."""
+"""The MBCSA blocks of docs/performance.md (section 2): eval forward and training
+forward+backward."""
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,5 @@
 """One HDKD distillation step: ONE frozen teacher pass and ONE student pass with stage features,
-HDKDLoss (logit KD + weighted feature KD, MODEL.md defaults), backward, AdamW."""
+HDKDLoss (logit KD + weighted feature KD, docs/model.md section 11 defaults), backward, AdamW."""
 from __future__ import annotations
 
 import pytest

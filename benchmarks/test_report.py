@@ -49,8 +49,8 @@ def test_report_writes_table_and_chart(tmp_path):
 
 
 def test_floors_follow_the_stated_counts():
-    # PERFORMANCE.md: the attention reads h three times and writes once; the block reads x,
-    # writes the output and writes and reads the hidden activation once
+    # docs/performance.md, section 1: the attention reads h three times and writes once; the
+    # block reads x, writes the output and writes and reads the hidden activation once
     assert floors.attention_bytes(10, 2, backward=False)[0] == 80
     assert floors.block_bytes(10, 20, 40, 4, params=100, backward=False)[0] == 4 * 110 + 100
     assert floors.train_step_bytes(10, 4, 100)[0] == 40 + 900

@@ -11,8 +11,8 @@ from hdkd import flops
 import cases, floors
 from harness import DEVICE, Workload, run
 
-# model -> AdamW settings of its original recipe (the teacher's recipe uses Adam; PERFORMANCE.md's
-# anchor times the teacher step with AdamW, so this does too)
+# model -> AdamW settings of its original recipe (the teacher's recipe uses Adam; the
+# docs/performance.md anchor times the teacher step with AdamW, so this does too)
 MODELS = {"hdkd_teacher": dict(lr=1e-3, weight_decay=0.0),
           "hdkd_student": dict(lr=5e-5, weight_decay=0.05)}
 

@@ -6,7 +6,8 @@ Forward passes over h (B x C x H x W, any strides; float32 accumulation througho
   3. per-pixel mean / max over the channels of u = h * ca,
   4. the k x k spatial conv over those two maps, then sigmoid: sa,
   5. out = h * (ca * sa + 1).
-h is read three times and out written once, the floor PERFORMANCE.md counts for this op.
+h is read three times and out written once, the floor docs/performance.md (section 1) counts
+for this op.
 The per-channel and per-pixel statistics are saved (they are 1/C and 1/(H W) of h) so the
 backward recomputes u instead of storing it.
 

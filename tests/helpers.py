@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import torch
 
-# ||out - ref|| / ||ref|| bounds against a float64 reference, for every backend: PERFORMANCE.md's
-# ("numerics") for float32 and bfloat16; float16, with 3 more mantissa bits than bfloat16, gets
-# half the bfloat16 bound (room for the rounding of a few stored intermediates).
+# ||out - ref|| / ||ref|| bounds against a float64 reference, for every backend: the numerics
+# target of docs/performance.md (section 2) for float32 and bfloat16; float16, with 3 more
+# mantissa bits than bfloat16, gets half the bfloat16 bound (room for the rounding of a few
+# stored intermediates).
 REL_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 
 

@@ -1,8 +1,8 @@
-"""An independent re-statement of MODEL.md with the ORIGINAL code's module tree (nn.Sequential
+"""An independent re-statement of docs/model.md with the ORIGINAL code's module tree (nn.Sequential
 indices, PreNorm, to_patch_embedding, ...), so its state_dict has the original checkpoint layout.
 Used only by tests: a model built here and its hdkd twin loaded through the converter must agree.
-Written from MODEL.md's text with plain nn layers and an explicit softmax attention, deliberately
-unlike hdkd's implementation."""
+Written from the text of docs/model.md with plain nn layers and an explicit softmax attention,
+deliberately unlike hdkd's implementation."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
-"""HDKDLoss against MODEL.md's formulas and against the original's re-running computation."""
+"""HDKDLoss against the formulas of docs/model.md (section 11) and against the original's
+re-running computation."""
 from __future__ import annotations
 
 import math
@@ -18,7 +19,8 @@ def _features(batch, gen, requires_grad=False):
 
 
 def _formula(cls, dist, teacher, s_feats, t_feats, labels, alpha, tau, kind, lam, beta):
-    """MODEL.md written out elementwise, without the functional losses used by HDKDLoss."""
+    """docs/model.md, section 11, written out elementwise, without the functional losses used by
+    HDKDLoss."""
     def log_softmax(z):
         return z - z.exp().sum(dim=1, keepdim=True).log()
 

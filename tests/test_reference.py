@@ -1,4 +1,4 @@
-"""The reference ops: float64 gradcheck, and agreement with plain nn layers (MODEL.md)."""
+"""The reference ops: float64 gradcheck, and agreement with plain nn layers (docs/model.md)."""
 import pytest
 import torch
 import torch.nn.functional as F

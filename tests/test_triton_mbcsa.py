@@ -144,7 +144,7 @@ def _saved_bytes(module, x):
 
 
 def test_training_saves_a_third_of_the_eager_activations():
-    """Only e and d of the 4x-wide tensors are kept for the backward (PERFORMANCE.md: recompute
+    """Only e and d of the 4x-wide tensors are kept for the backward (docs/performance.md: recompute
     cheap parts instead of saving the 4x-wide activations); eager saves about nine."""
     fast, _ = _pair(16, 16, False, 4, torch.float32, seed=0)
     x = torch.randn(2, 16, 12, 12, device=DEVICE, requires_grad=True)

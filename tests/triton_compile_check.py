@@ -28,10 +28,11 @@ from triton.compiler import ASTSource
 HOPPER = GPUTarget("cuda", 90, 32)
 ACT = "*bf16"  # the activation type the GPU runs use; float32 is one extra GEMM variant
 
-# Integer arguments at PERFORMANCE.md's target (bf16, channels_last, batch 64, the 96->96@56
-# block: 384 hidden channels of 56 x 56). At a call the JIT marks pointers (torch allocations are
-# 16-byte aligned) and integers divisible by 16 with tt.divisibility = 16 and turns integers equal
-# to 1 into constants; _specialise does the same. Integers not named here stay unspecialised.
+# Integer arguments at the GPU target of docs/performance.md (bf16, channels_last, batch 64, the
+# 96->96@56 block: 384 hidden channels of 56 x 56). At a call the JIT marks pointers (torch
+# allocations are 16-byte aligned) and integers divisible by 16 with tt.divisibility = 16 and
+# turns integers equal to 1 into constants; _specialise does the same. Integers not named here
+# stay unspecialised.
 HIDDEN, CIN, SIDE, BATCH = 384, 96, 56, 64
 TARGET_ARGS = dict(C=HIDDEN, N=HIDDEN, K=CIN, CX=CIN, B=BATCH, H=SIDE, W=SIDE, Ho=SIDE, Wo=SIDE,
                    Hx=SIDE, Wx=SIDE, HW=SIDE * SIDE, HWo=SIDE * SIDE, dh_=SIDE * HIDDEN)

@@ -1,4 +1,5 @@
-"""CBAM and its two halves (MODEL.md): ChannelAttention, SpatialAttention, CBAM with residual."""
+"""CBAM and its two halves (docs/model.md, section 5): ChannelAttention, SpatialAttention, CBAM
+with residual."""
 from __future__ import annotations
 
 from torch import Tensor, nn

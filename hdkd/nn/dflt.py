@@ -1,4 +1,4 @@
-"""DFLT: the student's small ViT over the stage-3 feature map (MODEL.md, "Student")."""
+"""DFLT: the student's small ViT over the stage-3 feature map (docs/model.md, section 10)."""
 from __future__ import annotations
 
 import torch

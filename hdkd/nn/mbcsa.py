@@ -1,4 +1,5 @@
-"""MBCSA: the inverted-residual block with channel-spatial attention (MODEL.md), drop-in."""
+"""MBCSA: the inverted-residual block with channel-spatial attention (docs/model.md, section 7),
+drop-in."""
 from __future__ import annotations
 
 from torch import Tensor, nn

@@ -1,4 +1,4 @@
-"""Plain-PyTorch ground truth for every hdkd op (../shared/spec/MODEL.md).
+"""Plain-PyTorch ground truth for every hdkd op (docs/model.md).
 
 Every fast path (Triton, the compiled extension) is tested against these functions. They are written
 for clarity, compute in the input's dtype like eager PyTorch does, and are differentiable end to end
