@@ -124,6 +124,10 @@ def resolve(op: str, device: torch.device, requested: Optional[str] = "auto",
     name = requested if requested not in (None, "auto") else get_backend()
     validate_backend_name(name)
     kind = _device_kind(device)
+    if name == "auto" and torch.compiler.is_exporting():
+        # An exported program (torch.export, torch.onnx) holds the reference composition: standard
+        # ops that ONNX Runtime, and a PyTorch without hdkd, can run (docs/deployment.md).
+        return _registry["torch"]
     if name == "auto":
         measured_order = measured.ranking(kind, workload or op, x, grad) if x is not None else ()
         for candidate in (*measured_order, *AUTO_ORDER.get(kind, ("torch",))):
