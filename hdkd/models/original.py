@@ -80,11 +80,12 @@ def _original_key(key: str, expansion_1: bool) -> str:
     raise KeyError(f"no original-layout name for hdkd parameter {key!r}")
 
 
-def _key_map(model: nn.Module) -> dict[str, str]:
-    """hdkd key -> original key for every entry of model.state_dict()."""
+def _key_map(model: nn.Module, keys=None) -> dict[str, str]:
+    """hdkd key -> original key for `keys` (default: every entry of model.state_dict())."""
     e1 = tuple(f"{name}." for name, m in model.named_modules()
                if isinstance(m, MBCSA) and m.expand is None)
-    return {k: _original_key(k, bool(e1) and k.startswith(e1)) for k in model.state_dict()}
+    keys = model.state_dict() if keys is None else keys
+    return {k: _original_key(k, bool(e1) and k.startswith(e1)) for k in keys}
 
 
 def to_original_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -93,26 +94,59 @@ def to_original_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {mapping[k]: v for k, v in model.state_dict().items()}
 
 
-def _unwrap(state_dict: Mapping) -> Mapping:
-    """Accept the original's training checkpoints ({"model": state_dict, ...})."""
+def unwrap_state_dict(state_dict: Mapping) -> Mapping:
+    """The state_dict of a training checkpoint ({"model": state_dict, ...}: the original's,
+    hdkd's); a state_dict itself unchanged."""
     if "model" in state_dict and isinstance(state_dict["model"], Mapping):
         return state_dict["model"]
     return state_dict
 
 
-def _infer_kwargs(name: str, sd: Mapping, kwargs: dict) -> dict:
-    """num_classes and img_size from the checkpoint unless given."""
-    kwargs = dict(kwargs)
-    head = "classifier.weight" if name == "hdkd_teacher" else "head_cls.weight"
-    if "num_classes" not in kwargs and head in sd:
-        kwargs["num_classes"] = sd[head].shape[0]
-    pos = sd.get("DFLT_module.pos_embedding")
-    if "img_size" not in kwargs and pos is not None and name != "hdkd_teacher":
+# (teacher classifier, student class head, first conv, position embedding) in each layout
+_SHAPE_KEYS = {
+    "hdkd": ("classifier.weight", "head.weight", "stage1.0.conv.weight", "dflt.pos_embed"),
+    "original": ("classifier.weight", "head_cls.weight", "stage1.0.0.weight",
+                 "DFLT_module.pos_embedding"),
+}
+
+
+def saved_model_kwargs(name: str, sd: Mapping) -> dict:
+    """num_classes, in_chans and img_size of the model that saved `sd` (hdkd or original
+    layout), as far as its shapes tell: img_size only for the students, from their position
+    embedding."""
+    teacher_head, student_head, first_conv, pos_key = _SHAPE_KEYS[
+        "original" if is_original_layout(sd) else "hdkd"]
+    kwargs = {}
+    head = sd.get(teacher_head if name == "hdkd_teacher" else student_head)
+    if head is not None:
+        kwargs["num_classes"] = head.shape[0]
+    if first_conv in sd:
+        kwargs["in_chans"] = sd[first_conv].shape[1]
+    pos = sd.get(pos_key)
+    if pos is not None and name != "hdkd_teacher":
         tokens = pos.shape[1] - (2 if name == "hdkd" else 1)
         side = math.isqrt(max(tokens, 0))
         if side * side == tokens:
             kwargs["img_size"] = 16 * side
     return kwargs
+
+
+# Key prefixes and parts that only the original code's layout has.
+_ORIGINAL_PREFIXES = ("DFLT_module.", "fn1.", "head_cls.")
+
+
+def is_original_layout(state_dict: Mapping) -> bool:
+    return any(k.startswith(_ORIGINAL_PREFIXES) or ".conv.fn." in k for k in state_dict)
+
+
+def rename_original_keys(state_dict: Mapping, model: nn.Module) -> dict:
+    """A state_dict of the original code under hdkd's key names for `model` (the classifier
+    heads too when the model has none now); keys without an hdkd name keep theirs, so that
+    load_state_dict reports them."""
+    heads = [f"{head}.{p}" for head in ("head", "head_dist", "classifier")
+             for p in ("weight", "bias")]
+    to_hdkd = {orig: k for k, orig in _key_map(model, [*model.state_dict(), *heads]).items()}
+    return {to_hdkd.get(k, k): v for k, v in state_dict.items()}
 
 
 def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
@@ -135,9 +169,9 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], given: Mapping[str, t
 def from_original_state_dict(name: str, state_dict: Mapping[str, torch.Tensor],
                              **create_kwargs) -> nn.Module:
     """Build model `name` and load a state_dict saved by the original HDKD code into it.
-    num_classes and img_size are read from the checkpoint unless given."""
-    sd = _unwrap(state_dict)
-    model = create_model(name, **_infer_kwargs(name, sd, create_kwargs))
+    num_classes, in_chans and img_size are read from the checkpoint unless given."""
+    sd = unwrap_state_dict(state_dict)
+    model = create_model(name, **{**saved_model_kwargs(name, sd), **create_kwargs})
     mapping = _key_map(model)
     expected = {mapping[k]: v for k, v in model.state_dict().items()}
     check_state_dict(expected, sd, f"original {name} checkpoint")

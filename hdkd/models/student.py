@@ -1,52 +1,88 @@
 """The hybrid CNN + transformer student (MODEL.md, "Student")."""
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor, nn
 
 from ..nn import DFLT
 from ..nn._validate import positive_int
-from .stages import check_input, make_stages, stage_output_size
+from .stages import StagedModel, check_global_pool, check_num_classes, stage_output_size
+
+_POOLS = ("token", "")
 
 
-class HDKDStudent(nn.Module):
+class HDKDStudent(StagedModel):
     """stage1: 2 ConvBNGELU 3 -> 64, stage2: 2 MBCSA 64 -> 96, stage3: 3 MBCSA 96 -> 192, then
     DFLT and a class head (and a distillation head when distillation=True).
 
     Output: logits; with distillation, (class_logits, distillation_logits) in training mode and
-    their mean in eval mode. img_size must be a multiple of 16 (the 2 x 2 patches tile the
-    img_size / 8 feature map)."""
+    their mean in eval mode (set_distilled_training(False): the mean in training too). img_size
+    must be a multiple of 16 (the 2 x 2 patches tile the img_size / 8 feature map).
+
+    For timm, the DFLT is the student's pooling (global_pool="token": it turns the stage-3 map
+    into token features); global_pool="" leaves out the DFLT and the heads (the output is the
+    stage-3 map), num_classes=0 the heads (the output is the token features)."""
 
     def __init__(self, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
                  distillation: bool = True, depths=(2, 2, 3), widths=(64, 96, 192),
                  dim: int = 256, depth: int = 3, heads: int = 8, head_dim: int = 32,
                  mlp_ratio: int = 4, dropout: float = 0.0, emb_dropout: float = 0.0,
+                 global_pool: str = "token", distilled_training: bool = True,
                  backend: str = "auto"):
         super().__init__()
-        positive_int("HDKDStudent", "num_classes", num_classes)
         positive_int("HDKDStudent", "img_size", img_size)
         if img_size % 16:
             raise ValueError(f"HDKDStudent: expected img_size to be a multiple of 16 (the 2 x 2 "
                              f"patches tile the img_size / 8 feature map), got {img_size}")
-        self.num_classes, self.img_size, self.in_chans = num_classes, img_size, in_chans
-        self.distillation = distillation
-        self.stage1, self.stage2, self.stage3 = make_stages(in_chans, depths, widths, backend)
+        self.global_pool = check_global_pool("HDKDStudent", global_pool, _POOLS)
+        self.num_classes = check_num_classes("HDKDStudent", num_classes, global_pool)
+        self.distillation, self.distilled_training = distillation, distilled_training
+        self.init_stages(img_size, in_chans, depths, widths, backend)
         feat = stage_output_size(img_size)
         self.dflt = DFLT(widths[2], (feat, feat), 2, dim, depth, heads, head_dim, mlp_ratio,
                          distillation, dropout, emb_dropout)
-        self.head = nn.Linear(dim, num_classes)
-        self.head_dist = nn.Linear(dim, num_classes) if distillation else None
+        self.head_hidden_size = dim
+        self.head = self._new_head(num_classes)
+        self.head_dist = self._new_head(num_classes) if distillation else None
 
-    def forward(self, x: Tensor, return_features: bool = False):
-        """See the class doc; with return_features, (output, [stage1, stage2, stage3 outputs])
-        from the same single pass."""
-        check_input("HDKDStudent", x, self.in_chans, self.img_size)
-        f1 = self.stage1(x)
-        f2 = self.stage2(f1)
-        f3 = self.stage3(f2)
+    def forward_head(self, x: Tensor, pre_logits: bool = False):
+        """Stage-3 map -> DFLT -> heads. pre_logits: the class-token feature (with distillation,
+        the mean of the class and distillation token features)."""
+        if not self.global_pool:
+            return x
+        if not self.distillation:
+            token = self.dflt(x)
+            return token if pre_logits else self.head(token)
+        cls_token, dist_token = self.dflt(x)
+        if pre_logits:
+            return (cls_token + dist_token) / 2
+        cls, dist = self.head(cls_token), self.head_dist(dist_token)
+        if self.training and self.distilled_training:
+            return cls, dist
+        return (cls + dist) / 2
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """Training-mode output: both heads' logits (True, the default, what distillation
+        trains) or their mean (False, for plain fine-tuning)."""
+        self.distilled_training = enable
+
+    def get_classifier(self):
+        return (self.head, self.head_dist) if self.distillation else self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New, freshly initialised heads for num_classes (0: none)."""
+        if global_pool is not None:
+            check_global_pool("HDKDStudent", global_pool, _POOLS)
+        pool = self.global_pool if global_pool is None else global_pool
+        self.num_classes = check_num_classes("HDKDStudent", num_classes, pool)
+        self.global_pool = pool
+        self.head = self._new_head(num_classes)
         if self.distillation:
-            cls_tok, dist_tok = self.dflt(f3)
-            cls, dist = self.head(cls_tok), self.head_dist(dist_tok)
-            out = (cls, dist) if self.training else (cls + dist) / 2
-        else:
-            out = self.head(self.dflt(f3))
-        return (out, [f1, f2, f3]) if return_features else out
+            self.head_dist = self._new_head(num_classes)
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        if not num_classes:
+            return nn.Identity()
+        ref = self.dflt.cls_token
+        return nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype)

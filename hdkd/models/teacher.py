@@ -1,32 +1,52 @@
 """The CNN teacher (MODEL.md, "Teacher")."""
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor, nn
 
 from ..nn._validate import positive_int
-from .stages import check_input, make_stages
+from .stages import StagedModel, check_global_pool, check_num_classes
+
+_POOLS = ("avg", "")
 
 
-class HDKDTeacher(nn.Module):
+class HDKDTeacher(StagedModel):
     """stage1: 6 ConvBNGELU 3 -> 64, stage2: 6 MBCSA 64 -> 96, stage3: 9 MBCSA 96 -> 192, then
-    global average pool -> Linear(192, 128) -> Linear(128, num_classes)."""
+    global average pool -> Linear(192, 128) -> Linear(128, num_classes).
+
+    num_classes=0 leaves the classifier out (the output is the 128 pre-logits);
+    global_pool="" leaves out the whole head (the output is the stage-3 map)."""
 
     def __init__(self, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
-                 depths=(6, 6, 9), widths=(64, 96, 192), backend: str = "auto"):
+                 depths=(6, 6, 9), widths=(64, 96, 192), global_pool: str = "avg",
+                 backend: str = "auto"):
         super().__init__()
-        positive_int("HDKDTeacher", "num_classes", num_classes)
         positive_int("HDKDTeacher", "img_size", img_size)
-        self.num_classes, self.img_size, self.in_chans = num_classes, img_size, in_chans
-        self.stage1, self.stage2, self.stage3 = make_stages(in_chans, depths, widths, backend)
+        self.global_pool = check_global_pool("HDKDTeacher", global_pool, _POOLS)
+        self.num_classes = check_num_classes("HDKDTeacher", num_classes, global_pool)
+        self.init_stages(img_size, in_chans, depths, widths, backend)
         self.fc = nn.Linear(widths[2], 128)
-        self.classifier = nn.Linear(128, num_classes)
+        self.head_hidden_size = 128
+        self.classifier = nn.Linear(128, num_classes) if num_classes else nn.Identity()
 
-    def forward(self, x: Tensor, return_features: bool = False):
-        """Logits; with return_features, (logits, [stage1, stage2, stage3 outputs]) from the
-        same single pass."""
-        check_input("HDKDTeacher", x, self.in_chans, self.img_size)
-        f1 = self.stage1(x)
-        f2 = self.stage2(f1)
-        f3 = self.stage3(f2)
-        logits = self.classifier(self.fc(f3.mean(dim=(2, 3))))
-        return (logits, [f1, f2, f3]) if return_features else logits
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Stage-3 map -> logits (pre_logits: the 128 features before the classifier)."""
+        if not self.global_pool:
+            return x
+        x = self.fc(x.mean(dim=(2, 3)))
+        return x if pre_logits else self.classifier(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new, freshly initialised classifier for num_classes (0: none)."""
+        if global_pool is not None:
+            check_global_pool("HDKDTeacher", global_pool, _POOLS)
+        pool = self.global_pool if global_pool is None else global_pool
+        self.num_classes = check_num_classes("HDKDTeacher", num_classes, pool)
+        self.global_pool = pool
+        w = self.fc.weight
+        self.classifier = (nn.Linear(128, num_classes, device=w.device, dtype=w.dtype)
+                           if num_classes else nn.Identity())
