@@ -36,6 +36,21 @@ class ExportReport:
     max_abs_diff: float
 
 
+class TemperatureScaled(nn.Module):
+    """model(x) / temperature: the calibrated logits of a checkpoint fitted with --calibrate, so
+    that a softmax of the exported output gives the calibrated probabilities."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.model, self.temperature = model, float(temperature)
+        self.img_size, self.in_chans = model.img_size, model.in_chans
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
 def missing_packages(format: str) -> list[str]:
     """The packages `format` needs that are not installed."""
     return [name for name in PACKAGES[format] if importlib.util.find_spec(name) is None]

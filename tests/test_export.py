@@ -115,16 +115,18 @@ def test_bad_arguments_are_named(tmp_path):
 def test_export_command(tmp_path, capsys):
     model = _trained_like("hdkd", seed=3)
     path = tmp_path / "best.pt"
-    ckpt.save_atomic(ckpt.make_model_checkpoint("hdkd", model, ["a", "b", "c"]), path)
+    ckpt.save_atomic(ckpt.make_model_checkpoint("hdkd", model, ["a", "b", "c"], temperature=2.0),
+                     path)
     assert main(["export", str(path), "--format", "onnx"]) == 0
     out = capsys.readouterr().out
     assert f"-> {tmp_path / 'best.onnx'} (onnx, batch dynamic)" in out
+    assert "divided by the calibration temperature 2" in out
     assert "check: max abs difference from PyTorch" in out
     session = ort.InferenceSession(str(tmp_path / "best.onnx"), providers=["CPUExecutionProvider"])
     x = _images(3)
     with torch.no_grad():
-        np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], model(x).numpy(),
-                                   rtol=0, atol=1e-4)
+        np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0],
+                                   model(x).numpy() / 2.0, rtol=0, atol=1e-4)
     assert main(["export", str(tmp_path / "missing.pt"), "--format", "pt2"]) == 2
     assert "missing.pt" in capsys.readouterr().err
     with pytest.raises(SystemExit):

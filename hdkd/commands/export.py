@@ -22,7 +22,8 @@ def _batch(text: str):
 
 def _run(args: argparse.Namespace) -> int:
     from ..distill import checkpoint as ckpt
-    from ..export import SUFFIXES, ExportCheckError, export_model, missing_packages
+    from ..export import (SUFFIXES, ExportCheckError, TemperatureScaled, export_model,
+                          missing_packages)
 
     missing = missing_packages(args.format)
     if missing:
@@ -31,15 +32,19 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     model, meta = ckpt.load_model(args.checkpoint, args.model, backend="auto")
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(SUFFIXES[args.format])
+    temperature = meta.get("temperature", 1.0)
+    exported = model if temperature == 1.0 else TemperatureScaled(model, temperature)
     try:
-        report = export_model(model, out, args.format, batch=args.batch,
+        report = export_model(exported, out, args.format, batch=args.batch,
                               tolerance=args.tolerance)
     except ExportCheckError as e:
         print(f"hdkd export: {e}", file=sys.stderr)
         return 1
     batch = "dynamic" if report.batch is None else str(report.batch)
     print(f"{args.checkpoint} ({meta['model_name']}, {model.num_classes} classes, "
-          f"{model.img_size}x{model.img_size}) -> {report.path} ({report.format}, batch {batch})")
+          f"{model.img_size}x{model.img_size}) -> {report.path} ({report.format}, batch {batch})"
+          + (f", logits divided by the calibration temperature {temperature:.4g}"
+             if exported is not model else ""))
     print(f"check: max abs difference from PyTorch {report.max_abs_diff:.3g} at batch sizes "
           f"{', '.join(map(str, report.checked_batches))} (allowed {args.tolerance:g})")
     return 0
