@@ -1,4 +1,5 @@
-"""Classification metrics for (often imbalanced) medical data, in plain numpy."""
+"""Classification metrics for (often imbalanced) medical data, and how well the probabilities are
+calibrated (expected calibration error, Brier score, negative log-likelihood)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,6 +27,9 @@ def _check_inputs(labels, probs, class_names):
                          f"{k} classes, got values from {labels.min()} to {labels.max()}")
     if not np.isfinite(probs).all():
         raise ValueError("classification_metrics: probs holds NaN or infinite values")
+    if (probs < 0).any() or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-4):
+        raise ValueError("classification_metrics: every row of probs must be class "
+                         "probabilities (>= 0, summing to 1), e.g. a softmax of the logits")
     names = [str(i) for i in range(k)] if class_names is None else [str(c) for c in class_names]
     if len(names) != k:
         raise ValueError(f"classification_metrics: expected {k} class_names (one per column of "
@@ -54,15 +58,55 @@ def binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+CALIBRATION_BINS = 15
+
+
+def reliability_bins(labels, probs, bins: int = CALIBRATION_BINS) -> dict:
+    """The top-label reliability diagram: predictions grouped by their confidence (max prob) into
+    `bins` equal-width bins (lo, hi] of [0, 1]; per bin the count, mean confidence and accuracy
+    (NaN for an empty bin). No library bins multi-class confidences this way (scikit-learn's
+    calibration_curve is binary only)."""
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, confidence, minlength=bins) / count
+        accuracy = np.bincount(which, correct, minlength=bins) / count
+    return {"edges": edges, "count": count, "confidence": mean_conf, "accuracy": accuracy}
+
+
+def expected_calibration_error(labels, probs, bins: int = CALIBRATION_BINS) -> float:
+    """sum over bins of (bin share of samples) * |accuracy - mean confidence| (Guo et al. 2017)."""
+    r = reliability_bins(labels, probs, bins)
+    used = r["count"] > 0
+    gaps = np.abs(r["accuracy"][used] - r["confidence"][used])
+    return float((r["count"][used] * gaps).sum() / r["count"].sum())
+
+
+def calibration_metrics(labels, probs, bins: int = CALIBRATION_BINS) -> dict:
+    """ece (top-label, `bins` bins), brier (mean over samples of the squared distance between the
+    probability vector and the one-hot label, summed over classes: 0 best, 2 worst) and nll (mean
+    negative log-likelihood of the true class)."""
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    classes = list(range(np.asarray(probs).shape[1]))
+    return {"ece": expected_calibration_error(labels, probs, bins),
+            "brier": float(brier_score_loss(labels, probs, labels=classes, scale_by_half=False)),
+            "nll": float(log_loss(labels, probs, labels=classes))}
+
+
 def classification_metrics(labels: Sequence[int], probs, class_names=None) -> dict:
     """Metrics of predictions argmax(probs) against integer labels.
 
-    probs: N x K class probabilities (or any scores; AUROC uses them as rankings). Returns
+    probs: N x K class probabilities (rows summing to 1). Returns
     accuracy, balanced_accuracy (mean recall over the classes present in labels), macro_f1 (mean
     F1 over the classes present in labels or predictions, as scikit-learn), per_class (class,
     precision, recall, f1, support, auroc), auroc_ovr (macro one-vs-rest, or None with an
     "auroc_note" when a class has no samples or all of them), confusion_matrix (rows: true
-    class, columns: predicted) and num_samples.
+    class, columns: predicted), num_samples and the calibration_metrics (ece, brier, nll).
     """
     labels, probs, names = _check_inputs(labels, probs, class_names)
     k = probs.shape[1]
@@ -90,11 +134,28 @@ def classification_metrics(labels: Sequence[int], probs, class_names=None) -> di
                        "recall": float(recall[c]), "f1": float(f1[c]),
                        "support": int(support[c]), "auroc": aurocs[c]} for c in range(k)],
         "confusion_matrix": cm.tolist(),
+        **calibration_metrics(labels, probs),
     }
     if missing:
         out["auroc_note"] = (f"one-vs-rest AUROC is undefined: labels have no samples (or only "
                              f"samples) of class {', '.join(missing)}")
     return out
+
+
+CALIBRATION_LABELS = {"ece": f"ECE ({CALIBRATION_BINS} bins)", "brier": "Brier score",
+                      "nll": "NLL"}
+
+
+def _calibration_lines(metrics: dict) -> list[str]:
+    """The calibration metrics; after temperature scaling with the values before it alongside."""
+    before = metrics.get("uncalibrated")
+    lines = [f"temperature        {metrics['temperature']:.4f} (fitted on the validation split)"
+             ] if before else []
+    for key, label in CALIBRATION_LABELS.items():
+        if key in metrics:
+            lines.append(f"{label:<19}{metrics[key]:.4f}" +
+                         (f" (before temperature scaling {before[key]:.4f})" if before else ""))
+    return lines
 
 
 def format_metrics_table(metrics: dict) -> str:
@@ -106,7 +167,8 @@ def format_metrics_table(metrics: dict) -> str:
              f"accuracy           {metrics['accuracy']:.4f}",
              f"balanced accuracy  {metrics['balanced_accuracy']:.4f}",
              f"macro F1           {metrics['macro_f1']:.4f}",
-             f"AUROC (OvR, macro) {auroc_text}", ""]
+             f"AUROC (OvR, macro) {auroc_text}",
+             *_calibration_lines(metrics), ""]
     lines = [line for line in lines if line is not None]
     rows = metrics["per_class"]
     width = max(5, *(len(r["class"]) for r in rows))

@@ -1,4 +1,5 @@
-"""Plots (training curves, confusion matrix) and the markdown report of `hdkd demo`.
+"""Plots (training curves, confusion matrix, reliability diagram) and the markdown report of
+`hdkd demo`.
 
 matplotlib is imported lazily with the Agg backend, so nothing here needs a display.
 """
@@ -70,6 +71,40 @@ def plot_confusion(matrix, classes: Sequence[str], path: str | os.PathLike,
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return path
+
+
+def plot_reliability(diagrams: dict, path: str | os.PathLike, title: str = "") -> Path:
+    """Reliability diagram: per confidence bin, accuracy against mean confidence (the diagonal is
+    perfect calibration), one line per entry of diagrams (label -> hdkd.metrics.reliability_bins
+    result, e.g. before and after temperature scaling), with the bins' sample counts below.
+    Written atomically."""
+    import io
+
+    import numpy as np
+
+    from .distill.checkpoint import write_bytes_atomic
+
+    plt = _pyplot()
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                       gridspec_kw={"height_ratios": (3, 1)})
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
+    for i, (label, bins) in enumerate(diagrams.items()):
+        used = np.asarray(bins["count"]) > 0
+        ax.plot(np.asarray(bins["confidence"])[used], np.asarray(bins["accuracy"])[used],
+                marker="o", label=label)
+        edges = np.asarray(bins["edges"])
+        width = (edges[1] - edges[0]) / len(diagrams)
+        ax_count.bar(edges[:-1] + width * i, bins["count"], width=width, align="edge", label=label)
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02), title=title or "reliability")
+    ax.legend(loc="upper left")
+    ax_count.set(xlabel="confidence (highest class probability)", ylabel="images")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    path = Path(path)
+    write_bytes_atomic(buf.getvalue(), path)
     return path
 
 

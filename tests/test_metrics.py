@@ -85,6 +85,8 @@ def test_input_errors():
         classification_metrics([0, 1, 0], probs, ["a", "b", "c"])
     with pytest.raises(ValueError, match="NaN"):
         classification_metrics([0, 1, 0], np.array([[np.nan, 1], [0, 1], [1, 0]]))
+    with pytest.raises(ValueError, match="class probabilities"):
+        classification_metrics([0, 1, 0], np.array([[2.0, 1], [0, 1], [1, 0]]))
 
 
 def test_format_metrics_table():
@@ -93,6 +95,7 @@ def test_format_metrics_table():
     text = format_metrics_table(m)
     lines = text.splitlines()
     assert f"accuracy           {m['accuracy']:.4f}" in lines
+    assert f"ECE (15 bins)      {m['ece']:.4f}" in lines and f"NLL                {m['nll']:.4f}" in lines
     assert any(line.startswith("meningioma") and f"{m['per_class'][1]['f1']:.4f}" in line
                for line in lines)
     cm_rows = [line for line in lines[lines.index(next(l for l in lines if l.startswith(

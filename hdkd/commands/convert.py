@@ -14,11 +14,16 @@ def _run(args: argparse.Namespace) -> int:
               if v is not None}
     model, meta = ckpt.load_model(args.input, args.model, what="input checkpoint", **kwargs)
     target = args.to or ("hdkd" if meta["layout"] == "original" else "original")
+    temperature = meta["temperature"]
     if target == "original":
         ckpt.save_atomic(to_original_state_dict(model), args.output)
+        if temperature != 1.0:
+            print(f"note: the original layout has no place for the checkpoint's temperature "
+                  f"scaling; apply it yourself: softmax(logits / {temperature:.6g})")
     else:
-        ckpt.save_atomic(ckpt.make_model_checkpoint(meta["model_name"], model, meta["classes"]),
-                         args.output)
+        kept = {"temperature": temperature} if temperature != 1.0 else {}
+        ckpt.save_atomic(ckpt.make_model_checkpoint(meta["model_name"], model, meta["classes"],
+                                                    **kept), args.output)
     n = sum(t.numel() for t in model.state_dict().values())
     print(f"{args.input} ({meta['layout']} layout) -> {args.output} ({target} layout): "
           f"{meta['model_name']}, {model.num_classes} classes, img_size {model.img_size}, "

@@ -1,4 +1,5 @@
-"""`hdkd eval`: metrics of a checkpoint on a split of a dataset; prints a table, writes JSON."""
+"""`hdkd eval`: metrics of a checkpoint on a split of a dataset; prints a table, writes JSON and a
+reliability diagram; --calibrate fits temperature scaling on the validation split first."""
 from __future__ import annotations
 
 import argparse
@@ -8,27 +9,42 @@ from pathlib import Path
 from ..models import list_models
 
 
-def _run(args: argparse.Namespace) -> int:
+def _load_splits(args: argparse.Namespace, meta: dict, img_size: int):
+    """The splits the model was trained with: the run's own split settings unless overridden."""
     from ..data import load_dataset
-    from ..distill import checkpoint as ckpt
-    from ..distill.ddp import DistContext
-    from ..distill.evaluate import eval_loader, predict
-    from ..metrics import classification_metrics, format_metrics_table
 
-    model, meta = ckpt.load_model(args.checkpoint, args.model, backend=args.backend,
-                                  **({"img_size": args.img_size} if args.img_size else {}))
-    # The split must be the one the model was trained with: reuse the run's settings.
     saved = meta.get("config") or {}
-    seed = args.seed if args.seed is not None else saved.get("seed", 0)
-    val_fraction = args.val_fraction if args.val_fraction is not None else saved.get("val_fraction", 0.1)
-    test_fraction = (args.test_fraction if args.test_fraction is not None
-                     else saved.get("test_fraction", 0.2))
-    splits = load_dataset(args.data, model.img_size, seed=seed, val_fraction=val_fraction,
-                          test_fraction=test_fraction, augment=False)
+
+    def setting(name, default):
+        value = getattr(args, name)
+        return value if value is not None else saved.get(name, default)
+
+    splits = load_dataset(args.data, img_size, seed=setting("seed", 0),
+                          val_fraction=setting("val_fraction", 0.1),
+                          test_fraction=setting("test_fraction", 0.2), augment=False)
     classes = list(splits.classes)
     if meta["classes"] is not None and list(meta["classes"]) != classes:
         raise ValueError(f"checkpoint {args.checkpoint!r} was trained on classes "
                          f"{meta['classes']}, but {args.data!r} has {classes}")
+    return splits
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..distill import checkpoint as ckpt
+    from ..distill.ddp import DistContext
+    from ..distill.evaluate import eval_loader, predict, scaled_metrics
+    from ..distill.temperature import fit_temperature, reliability_diagrams, store_temperature
+    from ..metrics import format_metrics_table
+    from ..report import plot_reliability
+
+    if args.calibrate and not ckpt.is_hdkd_checkpoint(ckpt.read_checkpoint(args.checkpoint)):
+        raise ValueError(f"--calibrate stores the temperature in the checkpoint, but "
+                         f"{args.checkpoint!r} is a plain state_dict; convert it first with "
+                         f"`hdkd convert --to hdkd`")
+    model, meta = ckpt.load_model(args.checkpoint, args.model, backend=args.backend,
+                                  **({"img_size": args.img_size} if args.img_size else {}))
+    splits = _load_splits(args, meta, model.img_size)
+    classes = list(splits.classes)
     if model.num_classes != len(classes):
         raise ValueError(f"checkpoint {args.checkpoint!r} predicts {model.num_classes} classes, "
                          f"but {args.data!r} has {len(classes)}")
@@ -37,8 +53,18 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data!r} has an empty {args.split} split")
     ctx = DistContext.from_env(args.device)
     model.to(ctx.device)
-    labels, probs, loss = predict(model, eval_loader(dataset, args.batch_size, ctx), ctx)
-    metrics = classification_metrics(labels, probs, classes)
+    temperature = meta["temperature"]
+    if args.calibrate:
+        val_labels, val_logits, _ = predict(model, eval_loader(splits.val, args.batch_size, ctx),
+                                            ctx)
+        temperature = fit_temperature(val_logits, val_labels)
+        if ctx.is_main:
+            store_temperature(args.checkpoint, temperature,
+                              fitted_on=f"the val split of {args.data}")
+            print(f"temperature scaling: T = {temperature:.4f}, fitted on the {len(val_labels)} "
+                  f"validation images of {args.data}; stored in {args.checkpoint}")
+    labels, logits, loss = predict(model, eval_loader(dataset, args.batch_size, ctx), ctx)
+    metrics = scaled_metrics(labels, logits, classes, temperature)
     out = Path(args.json) if args.json else (Path(args.checkpoint).parent /
                                               f"eval_{args.split}.json")
     result = {"checkpoint": str(args.checkpoint), "model": meta["model_name"], "data": args.data,
@@ -46,9 +72,13 @@ def _run(args: argparse.Namespace) -> int:
     if ctx.is_main:
         print(f"{meta['model_name']} on {args.data} ({args.split}, {len(labels)} images)")
         print(format_metrics_table(metrics))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, default=_plain))
+        ckpt.write_text_atomic(json.dumps(result, indent=2, default=_plain), out)
         print(f"wrote {out}")
+        if args.plots:
+            png = plot_reliability(reliability_diagrams(labels, logits, temperature),
+                                   out.with_name(f"reliability_{args.split}.png"),
+                                   title=f"{meta['model_name']} on the {args.split} split")
+            print(f"wrote {png}")
     return 0
 
 
@@ -67,7 +97,9 @@ def register(sub) -> None:
                        description="Evaluate a checkpoint (hdkd best.pt / last.pt, or a state_dict "
                                    "of the original code with --model) on one split: accuracy, "
                                    "balanced accuracy, per-class precision/recall/F1, macro-F1, "
-                                   "one-vs-rest AUROC and the confusion matrix.")
+                                   "one-vs-rest AUROC, the confusion matrix and calibration "
+                                   "(ECE, Brier score, NLL, reliability diagram). The "
+                                   "checkpoint's temperature scaling, if any, is applied.")
     p.add_argument("checkpoint", help="checkpoint file")
     p.add_argument("--data", required=True,
                    help="the dataset: 'digits', an image folder or a MedMNIST .npz")
@@ -84,8 +116,14 @@ def register(sub) -> None:
                    help="(default: the training run's, else 0.1)")
     p.add_argument("--test-fraction", type=float, default=None,
                    help="(default: the training run's, else 0.2)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit temperature scaling on the validation split first, store it in the "
+                        "checkpoint and report calibration before and after (default: apply the "
+                        "checkpoint's temperature, 1 if it has none)")
     p.add_argument("--json", default=None,
                    help="where to write the metrics (default: eval_SPLIT.json next to the checkpoint)")
+    p.add_argument("--no-plots", dest="plots", action="store_false",
+                   help="skip reliability_SPLIT.png, written next to the JSON (default: written)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--backend", default="auto",
                    help="hdkd op backend: auto, torch, ext or triton (default: %(default)s)")

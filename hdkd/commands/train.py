@@ -86,6 +86,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ema-decay", type=_optional_float, default=_D.ema_decay,
                    help="keep an exponential moving average of the weights with this decay, "
                         "validated and saved as best.pt (default: no EMA)")
+    g.add_argument("--calibrate", action="store_true",
+                   help="after training, fit temperature scaling on the validation split, store "
+                        "it in best.pt and report the test calibration before and after "
+                        "(default: off)")
     g.add_argument("--select-metric", choices=SELECT_METRICS, default=_D.select_metric,
                    help="validation metric that picks best.pt (default: %(default)s)")
     g = p.add_argument_group("distillation (--model hdkd)")

@@ -68,6 +68,10 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
     _replace_atomically(path, text.encode("utf-8"))
 
 
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    _replace_atomically(path, data)
+
+
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """torch.load(weights_only=True) with errors that name the file."""
     path = Path(path)
@@ -124,7 +128,8 @@ def load_model(path: str | os.PathLike, model_name: Optional[str] = None, *,
     for plain state_dicts and must match an hdkd checkpoint's own. create_kwargs (num_classes,
     img_size, backend, ...) override what the checkpoint says; a checkpoint that does not fit them
     raises CheckpointMismatchError naming every bad key. Returns (model, metadata) where metadata
-    has "model_name", "classes" (None when unknown) and "layout" ("hdkd" or "original").
+    has "model_name", "classes" (None when unknown), "layout" ("hdkd" or "original"), "config"
+    and "temperature" (the fitted temperature scaling; 1.0 when there is none).
     """
     obj = read_checkpoint(path)
     label = f"{what} {str(path)!r}"
@@ -137,7 +142,8 @@ def load_model(path: str | os.PathLike, model_name: Optional[str] = None, *,
         check_state_dict(model.state_dict(), obj["model"], label)
         model.load_state_dict(obj["model"], strict=True)
         return model, {"model_name": saved, "classes": obj.get("classes"), "layout": "hdkd",
-                       "config": obj.get("config")}
+                       "config": obj.get("config"),
+                       "temperature": float(obj.get("temperature", 1.0))}
     if not isinstance(obj, Mapping):
         raise ValueError(f"{label} is not a state_dict or an hdkd checkpoint "
                          f"(found a {type(obj).__name__})")
@@ -158,4 +164,5 @@ def load_model(path: str | os.PathLike, model_name: Optional[str] = None, *,
         check_state_dict(model.state_dict(), sd, label)
         model.load_state_dict(sd, strict=True)
         layout = "hdkd"
-    return model, {"model_name": model_name, "classes": None, "layout": layout, "config": None}
+    return model, {"model_name": model_name, "classes": None, "layout": layout, "config": None,
+                   "temperature": 1.0}

@@ -64,6 +64,7 @@ class TrainConfig:
     sync_bn: bool = False
     progress: Optional[bool] = None
     plots: bool = True
+    calibrate: bool = False  # fit temperature scaling on the val split into best.pt
 
     def resolved(self) -> "TrainConfig":
         """A copy with the recipe filled in, validated; raises ValueError naming the bad field."""

@@ -1,4 +1,4 @@
-"""Evaluation over a dataset split, gathered across ranks: labels, class probabilities, loss."""
+"""Evaluation over a dataset split, gathered across ranks: labels, logits, loss."""
 from __future__ import annotations
 
 import contextlib
@@ -21,12 +21,12 @@ def eval_loader(dataset: Dataset, batch_size: int, ctx: DistContext, workers: in
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, ctx: DistContext,
             autocast=contextlib.nullcontext, channels_last: bool = False):
-    """(labels int64 [N], probs float64 [N, classes], mean cross-entropy) over the whole split,
+    """(labels int64 [N], logits float64 [N, classes], mean cross-entropy) over the whole split,
     every sample exactly once across ranks. The model is put in eval mode (the HDKD student then
     predicts with the mean of its two heads) and restored afterwards."""
     was_training = model.training
     model.eval()
-    labels, probs, loss_sum = [], [], 0.0
+    labels, logit_batches, loss_sum = [], [], 0.0
     try:
         for x, y in loader:
             x = x.to(ctx.device, non_blocking=True)
@@ -38,13 +38,27 @@ def predict(model: nn.Module, loader: DataLoader, ctx: DistContext,
             logits = logits.float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             labels.append(y.cpu())
-            probs.append(logits.softmax(dim=1).double().cpu())
+            logit_batches.append(logits.double().cpu())
     finally:
         model.train(was_training)
     local = (torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
-             torch.cat(probs).numpy() if probs else None, loss_sum)
+             torch.cat(logit_batches).numpy() if logit_batches else None, loss_sum)
     parts = ctx.all_gather(local)
     all_labels = np.concatenate([p[0] for p in parts])
-    all_probs = np.concatenate([p[1] for p in parts if p[1] is not None])
+    all_logits = np.concatenate([p[1] for p in parts if p[1] is not None])
     total = sum(p[2] for p in parts)
-    return all_labels, all_probs, total / max(len(all_labels), 1)
+    return all_labels, all_logits, total / max(len(all_labels), 1)
+
+
+def scaled_metrics(labels: np.ndarray, logits: np.ndarray, classes, temperature: float = 1.0) -> dict:
+    """classification_metrics of softmax(logits / temperature), plus "temperature"; with a
+    temperature other than 1 also "uncalibrated": the calibration metrics at temperature 1, so
+    that a report shows them before and after the scaling."""
+    from ..metrics import calibration_metrics, classification_metrics
+    from .temperature import scaled_probabilities
+
+    metrics = classification_metrics(labels, scaled_probabilities(logits, temperature), classes)
+    metrics["temperature"] = float(temperature)
+    if temperature != 1.0:
+        metrics["uncalibrated"] = calibration_metrics(labels, scaled_probabilities(logits))
+    return metrics

@@ -32,14 +32,15 @@ from ..models import create_model
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .ddp import SYNC_BN_UNSUPPORTED, DistContext
-from .evaluate import eval_loader, predict
+from .evaluate import eval_loader, predict, scaled_metrics
 from .features import forward_with_features
 from .run_folder import RunFolder, StopRequest
 from .schedule import EpochSchedule
 
 LOG_NAME, LAST_NAME, BEST_NAME = "log.jsonl", "last.pt", "best.pt"
 # what a run writes besides the run files; --overwrite removes these too
-OUTPUT_NAMES = ("test_metrics.json", "val_metrics.json", "curves.png", "confusion_matrix.png")
+OUTPUT_NAMES = ("test_metrics.json", "val_metrics.json", "curves.png", "confusion_matrix.png",
+                "reliability.png")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -270,15 +271,16 @@ class Trainer:
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.raw_model
 
-    def _evaluate(self, dataset, model: Optional[nn.Module] = None) -> tuple[dict, float]:
-        from ..metrics import classification_metrics
-
+    def _predict(self, dataset, model: Optional[nn.Module] = None):
+        """(labels, logits, mean cross-entropy) of model (default: the evaluated weights)."""
         model = model or self._eval_model()
         self.ctx.broadcast_buffers(model)
         loader = eval_loader(dataset, self.cfg.batch_size, self.ctx, self.cfg.workers)
-        labels, probs, loss = predict(model, loader, self.ctx,
-                                      self._autocast, self.cfg.channels_last)
-        return classification_metrics(labels, probs, self.classes), loss
+        return predict(model, loader, self.ctx, self._autocast, self.cfg.channels_last)
+
+    def _evaluate(self, dataset, model: Optional[nn.Module] = None) -> tuple[dict, float]:
+        labels, logits, loss = self._predict(dataset, model)
+        return scaled_metrics(labels, logits, self.classes), loss
 
     def _improved(self, record: dict) -> bool:
         key = self.cfg.select_metric
@@ -419,23 +421,47 @@ class Trainer:
             best_model.to(self.ctx.device)
         else:
             best_model = self._eval_model()
+        temperature = 1.0
+        if c.calibrate:
+            temperature = self._calibrate(best_model, best_path)
         split = "test" if len(self.splits.test) else "val"
-        metrics, loss = self._evaluate(getattr(self.splits, split), best_model)
+        labels, logits, loss = self._predict(getattr(self.splits, split), best_model)
+        metrics = scaled_metrics(labels, logits, self.classes, temperature)
         summary.update(split=split, test_metrics=metrics, test_loss=loss)
         if self.ctx.is_main:
             ckpt.write_text_atomic(json.dumps({"split": split, "loss": loss, **metrics},
                                               indent=2, default=_json_default),
                                    self.out / f"{split}_metrics.json")
             if c.plots:
-                from ..report import plot_confusion, plot_curves
+                from ..report import plot_confusion, plot_curves, plot_reliability
+                from .temperature import reliability_diagrams
 
                 plot_curves(self.history, self.out / "curves.png", title=c.model)
                 plot_confusion(metrics["confusion_matrix"], self.classes,
                                self.out / "confusion_matrix.png",
                                title=f"{c.model} on the {split} split")
+                plot_reliability(reliability_diagrams(labels, logits, temperature),
+                                 self.out / "reliability.png",
+                                 title=f"{c.model} on the {split} split")
         self._log(f"[{c.model}] {split}: accuracy {metrics['accuracy']:.4f}  macro-F1 "
-                  f"{metrics['macro_f1']:.4f}  (best epoch {self.best['epoch']})")
+                  f"{metrics['macro_f1']:.4f}  ECE {metrics['ece']:.4f}"
+                  + (f" (uncalibrated {metrics['uncalibrated']['ece']:.4f})"
+                     if "uncalibrated" in metrics else "")
+                  + f"  (best epoch {self.best['epoch']})")
         return summary
+
+    def _calibrate(self, model: nn.Module, best_path: Path) -> float:
+        """Fit temperature scaling on the validation split; stored in best.pt."""
+        from .temperature import fit_temperature, store_temperature
+
+        labels, logits, _ = self._predict(self.splits.val, model)
+        temperature = fit_temperature(logits, labels)
+        if self.ctx.is_main and best_path.is_file():
+            store_temperature(best_path, temperature, fitted_on="the validation split")
+        self._log(f"[{self.cfg.model}] temperature scaling: T = {temperature:.4f}, fitted on "
+                  f"the {len(labels)} validation images" +
+                  (f", stored in {best_path}" if best_path.is_file() else ""))
+        return temperature
 
 
 def _json_default(o):
