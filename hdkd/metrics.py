@@ -163,11 +163,20 @@ def format_metrics_table(metrics: dict) -> str:
     confusion matrix."""
     auroc = metrics.get("auroc_ovr")
     auroc_text = f"{auroc:.4f}" if auroc is not None else f"n/a ({metrics.get('auroc_note', '')})"
+    intervals = metrics.get("confidence_intervals")
+
+    def ci(key: str) -> str:
+        """ '  [low, high]' with the level, when the metrics carry bootstrap intervals."""
+        if not intervals or intervals[key]["low"] is None:
+            return ""
+        return (f"  [{intervals[key]['low']:.4f}, {intervals[key]['high']:.4f}] "
+                f"{intervals['level']:.0%} CI")
+
     lines = [f"samples            {metrics['num_samples']}" if "num_samples" in metrics else None,
-             f"accuracy           {metrics['accuracy']:.4f}",
-             f"balanced accuracy  {metrics['balanced_accuracy']:.4f}",
-             f"macro F1           {metrics['macro_f1']:.4f}",
-             f"AUROC (OvR, macro) {auroc_text}",
+             f"accuracy           {metrics['accuracy']:.4f}{ci('accuracy')}",
+             f"balanced accuracy  {metrics['balanced_accuracy']:.4f}{ci('balanced_accuracy')}",
+             f"macro F1           {metrics['macro_f1']:.4f}{ci('macro_f1')}",
+             f"AUROC (OvR, macro) {auroc_text}{ci('auroc_ovr') if auroc is not None else ''}",
              *_calibration_lines(metrics), ""]
     lines = [line for line in lines if line is not None]
     rows = metrics["per_class"]

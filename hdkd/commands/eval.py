@@ -1,5 +1,6 @@
-"""`hdkd eval`: metrics of a checkpoint on a split of a dataset; prints a table, writes JSON and a
-reliability diagram; --calibrate fits temperature scaling on the validation split first."""
+"""`hdkd eval`: metrics of a checkpoint on a split of a dataset, with bootstrap confidence
+intervals; prints a table, writes JSON, per-image predictions (CSV) and a reliability diagram;
+--calibrate fits temperature scaling on the validation split first."""
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ def _load_splits(args: argparse.Namespace, meta: dict, img_size: int):
 def _run(args: argparse.Namespace) -> int:
     from ..distill import checkpoint as ckpt
     from ..distill.ddp import DistContext
-    from ..distill.evaluate import eval_loader, predict, scaled_metrics
-    from ..distill.temperature import fit_temperature, reliability_diagrams, store_temperature
+    from ..bootstrap import bootstrap_intervals
+    from ..distill.evaluate import eval_loader, predict, predictions_csv, scaled_metrics
+    from ..distill.temperature import (fit_temperature, reliability_diagrams,
+                                       scaled_probabilities, store_temperature)
     from ..metrics import format_metrics_table
     from ..report import plot_reliability
 
@@ -65,15 +68,22 @@ def _run(args: argparse.Namespace) -> int:
                   f"validation images of {args.data}; stored in {args.checkpoint}")
     labels, logits, loss = predict(model, eval_loader(dataset, args.batch_size, ctx), ctx)
     metrics = scaled_metrics(labels, logits, classes, temperature)
+    probs = scaled_probabilities(logits, temperature)
+    if args.bootstrap:
+        metrics["confidence_intervals"] = bootstrap_intervals(labels, probs, args.bootstrap,
+                                                              seed=args.bootstrap_seed)
     out = Path(args.json) if args.json else (Path(args.checkpoint).parent /
                                               f"eval_{args.split}.json")
+    csv_path = out.with_name(f"{out.stem}_predictions.csv")
     result = {"checkpoint": str(args.checkpoint), "model": meta["model_name"], "data": args.data,
               "split": args.split, "images": int(len(labels)), "loss": loss, **metrics}
     if ctx.is_main:
         print(f"{meta['model_name']} on {args.data} ({args.split}, {len(labels)} images)")
         print(format_metrics_table(metrics))
         ckpt.write_text_atomic(json.dumps(result, indent=2, default=_plain), out)
-        print(f"wrote {out}")
+        images = getattr(dataset, "paths", range(len(labels)))
+        ckpt.write_text_atomic(predictions_csv(labels, probs, classes, images), csv_path)
+        print(f"wrote {out} and {csv_path}")
         if args.plots:
             png = plot_reliability(reliability_diagrams(labels, logits, temperature),
                                    out.with_name(f"reliability_{args.split}.png"),
@@ -120,8 +130,15 @@ def register(sub) -> None:
                    help="fit temperature scaling on the validation split first, store it in the "
                         "checkpoint and report calibration before and after (default: apply the "
                         "checkpoint's temperature, 1 if it has none)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="95%% confidence intervals of accuracy, balanced accuracy, macro-F1 and "
+                        "macro AUROC from N bootstrap resamples of the split; 0 turns them off "
+                        "(default: %(default)s)")
+    p.add_argument("--bootstrap-seed", type=int, default=0,
+                   help="seed of the bootstrap resampling (default: %(default)s)")
     p.add_argument("--json", default=None,
-                   help="where to write the metrics (default: eval_SPLIT.json next to the checkpoint)")
+                   help="where to write the metrics (default: eval_SPLIT.json next to the checkpoint); "
+                        "the per-image predictions go next to it as NAME_predictions.csv")
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="skip reliability_SPLIT.png, written next to the JSON (default: written)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")

@@ -62,3 +62,20 @@ def scaled_metrics(labels: np.ndarray, logits: np.ndarray, classes, temperature:
     if temperature != 1.0:
         metrics["uncalibrated"] = calibration_metrics(labels, scaled_probabilities(logits))
     return metrics
+
+
+def predictions_csv(labels: np.ndarray, probs: np.ndarray, classes, images) -> str:
+    """One CSV row per image: its name (path or index), true and predicted class, whether they
+    agree, the predicted class's probability and every class's."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image", "label", "predicted", "correct", "confidence",
+                     *(f"prob_{c}" for c in classes)])
+    preds = probs.argmax(axis=1)
+    for image, y, p, row in zip(images, labels, preds, probs):
+        writer.writerow([image, classes[y], classes[p], int(y == p), f"{row[p]:.6f}",
+                         *(f"{v:.6f}" for v in row)])
+    return buf.getvalue()
