@@ -11,7 +11,8 @@ from ..models import list_models
 
 
 def _load_splits(args: argparse.Namespace, meta: dict, img_size: int):
-    """The splits the model was trained with: the run's own split settings unless overridden."""
+    """The splits the model was trained with: the run's own split settings (its fold and groups
+    file too) unless overridden."""
     from ..data import load_dataset
 
     saved = meta.get("config") or {}
@@ -22,7 +23,9 @@ def _load_splits(args: argparse.Namespace, meta: dict, img_size: int):
 
     splits = load_dataset(args.data, img_size, seed=setting("seed", 0),
                           val_fraction=setting("val_fraction", 0.1),
-                          test_fraction=setting("test_fraction", 0.2), augment=False)
+                          test_fraction=setting("test_fraction", 0.2), augment=False,
+                          folds=saved.get("folds"), fold=saved.get("fold"),
+                          groups=saved.get("groups"))
     classes = list(splits.classes)
     if meta["classes"] is not None and list(meta["classes"]) != classes:
         raise ValueError(f"checkpoint {args.checkpoint!r} was trained on classes "

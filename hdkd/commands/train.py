@@ -53,6 +53,16 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-fraction", type=float, default=_D.test_fraction,
                    help="share held out for testing when the data has no test split (default: "
                         "%(default)s)")
+    g.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="cross-validation: split the data into K stratified folds (with --fold; "
+                        "the validation split is held out of the other folds; --test-fraction "
+                        "is then unused; default: no folds)")
+    g.add_argument("--fold", type=int, default=None, metavar="I",
+                   help="which fold, 0..K-1, is the test split of this run (default: none)")
+    g.add_argument("--groups", default=None, metavar="FILE.csv",
+                   help="CSV with the header image,group: the patient or lesion id of every "
+                        "image (path relative to the data folder, or index for digits); no group "
+                        "is split across train/val/test (default: none)")
     g.add_argument("--no-augment", dest="augment", action="store_false",
                    help="turn off the original train-time augmentation (default: on)")
     g.add_argument("--smote", action="store_true",

@@ -12,6 +12,8 @@ from .augment import TrainAugment
 from .datasets import ArrayImageDataset, ImageFileDataset, prepare_array
 from .digits import digits_images
 from .folders import class_folders, load_images, scan_split
+from .folds import check_folds, split_indices
+from .groups import image_key
 from .medmnist import read_npz
 from .sampling import smote_oversample
 from .smote_targets import resolve_smote_targets
@@ -21,7 +23,8 @@ from .splits import DatasetSplits, check_fraction, require_nonempty, stratified_
 def load_dataset(source: str, img_size: int, seed: int = 0, val_fraction: float = 0.1,
                  test_fraction: float = 0.2, smote: bool = False,
                  augment: bool = True,
-                 smote_targets: Mapping[str, int] | None = None) -> DatasetSplits:
+                 smote_targets: Mapping[str, int] | None = None, folds: int | None = None,
+                 fold: int | None = None, groups: str | None = None) -> DatasetSplits:
     """Train / validation / test splits of `source`:
 
     - "digits": scikit-learn's handwritten digits, upsampled, split stratified by `seed`
@@ -35,18 +38,25 @@ def load_dataset(source: str, img_size: int, seed: int = 0, val_fraction: float 
     smote=True oversamples the training split (only) with SMOTE, every class to the largest one's
     size; smote_targets ({class name: count}, see read_smote_targets) instead oversamples the
     classes it names to those counts (and implies smote). Nothing is downloaded.
+
+    For data that is split here (digits, a folder of class sub-folders): folds=K, fold=I makes
+    fold I (0-based) of a stratified K-fold split the test split; groups (a CSV file, see
+    hdkd.data.groups.read_groups) keeps each patient's images in one split.
     """
     if not isinstance(img_size, int) or img_size < 1:
         raise ValueError(f"load_dataset: expected img_size to be a positive int, got {img_size!r}")
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
+    check_folds(folds, fold)
+    how = dict(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, folds=folds,
+               fold=fold, groups_file=groups)
     if source == "digits":
         images, labels, classes = digits_images(img_size)
-        splits = _split_arrays(images, labels, val_fraction, test_fraction, seed)
+        splits = _split_arrays(images, labels, how)
     elif os.path.isdir(source):
-        return _from_folders(source, img_size, seed, val_fraction, test_fraction, smote, augment,
-                             smote_targets)
+        return _from_folders(source, img_size, smote, augment, smote_targets, how)
     elif os.path.isfile(source) and source.lower().endswith(".npz"):
+        _refuse_own_split(source, how)
         splits = read_npz(source)
         if "val" not in splits:
             splits["train"], splits["val"] = _split_val(*splits["train"], val_fraction, seed)
@@ -77,10 +87,24 @@ def _take(images: Tensor, labels: list[int], idx: np.ndarray) -> tuple[Tensor, l
     return images[torch.from_numpy(idx)], [labels[i] for i in idx]
 
 
-def _split_arrays(images, labels, val_fraction, test_fraction, seed):
-    train, val, test = stratified_split(labels, val_fraction, test_fraction, seed)
-    require_nonempty("val", val, val_fraction, len(labels))
-    require_nonempty("test", test, test_fraction, len(labels))
+def _refuse_own_split(source: str, how: dict) -> None:
+    if how["folds"] is not None or how["groups_file"]:
+        raise ValueError(f"--folds / --groups split the data here, but {source!r} comes with its "
+                         f"own train/test split; give the digits data or one folder of class "
+                         f"sub-folders")
+
+
+def _split(labels: list[int], keys: list[str], how: dict):
+    """split_indices, with a clear error for an empty validation or test split."""
+    train, val, test = split_indices(labels, keys, **how)
+    require_nonempty("val", val, how["val_fraction"], len(labels))
+    if how["folds"] is None:
+        require_nonempty("test", test, how["test_fraction"], len(labels))
+    return train, val, test
+
+
+def _split_arrays(images, labels, how: dict):
+    train, val, test = _split(labels, [str(i) for i in range(len(labels))], how)
     return {"train": _take(images, labels, train), "val": _take(images, labels, val),
             "test": _take(images, labels, test)}
 
@@ -102,8 +126,8 @@ def _targets(smote_targets, classes, train_labels):
     return resolve_smote_targets(smote_targets, classes, train_labels)
 
 
-def _from_folders(root, img_size, seed, val_fraction, test_fraction, smote, augment,
-                  smote_targets):
+def _from_folders(root, img_size, smote, augment, smote_targets, how: dict):
+    seed, val_fraction = how["seed"], how["val_fraction"]
     has_train = os.path.isdir(os.path.join(root, "train"))
     has_test = os.path.isdir(os.path.join(root, "test"))
     if has_train != has_test:
@@ -111,6 +135,7 @@ def _from_folders(root, img_size, seed, val_fraction, test_fraction, smote, augm
                          f"{'test/' if has_train else 'train/'}; give both (val/ is optional) "
                          f"or a folder of class sub-folders to split")
     if has_train:
+        _refuse_own_split(root, how)
         classes = class_folders(os.path.join(root, "train"))
         if not classes:
             raise ValueError(f"load_dataset: no class sub-folders in {os.path.join(root, 'train')}")
@@ -129,9 +154,7 @@ def _from_folders(root, img_size, seed, val_fraction, test_fraction, smote, augm
             raise ValueError(f"load_dataset: {root} has neither train/ and test/ nor class "
                              f"sub-folders")
         paths, labels = scan_split(root, classes, require_all=True)
-        parts = stratified_split(labels, val_fraction, test_fraction, seed)
-        require_nonempty("val", parts[1], val_fraction, len(labels))
-        require_nonempty("test", parts[2], test_fraction, len(labels))
+        parts = _split(labels, [image_key(p, root) for p in paths], how)
         train, val, test = ((_pick(paths, i), _pick(labels, i)) for i in parts)
     aug = TrainAugment() if augment else None
     if smote or smote_targets is not None:

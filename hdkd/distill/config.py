@@ -59,6 +59,9 @@ class TrainConfig:
     test_fraction: float = 0.2
     smote: bool = False
     smote_targets: Optional[str] = None  # JSON file, class name -> training images wanted
+    folds: Optional[int] = None  # cross-validation: fold `fold` (0-based) of `folds` is the test
+    fold: Optional[int] = None
+    groups: Optional[str] = None  # CSV file, image -> patient/lesion id: whole groups per split
     augment: bool = True
     balanced_sampler: bool = False
     sync_bn: bool = False
@@ -101,6 +104,9 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 bad(name, "one of " + ", ".join(allowed))
+        from ..data.folds import check_folds
+
+        check_folds(self.folds, self.fold)
         if self.model == "hdkd" and not self.teacher:
             raise ValueError("teacher: --model hdkd distils from a teacher; pass --teacher CKPT "
                              "(a trained hdkd_teacher checkpoint or an original-layout state_dict)")

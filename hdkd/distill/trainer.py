@@ -146,7 +146,7 @@ class Trainer:
         targets = read_smote_targets(c.smote_targets) if c.smote_targets else None
         return load_dataset(c.data, c.img_size, seed=c.seed, val_fraction=c.val_fraction,
                             test_fraction=c.test_fraction, smote=c.smote, augment=c.augment,
-                            smote_targets=targets)
+                            smote_targets=targets, folds=c.folds, fold=c.fold, groups=c.groups)
 
     def _load_teacher(self) -> nn.Module:
         teacher, meta = ckpt.load_model(self.cfg.teacher, "hdkd_teacher", what="teacher checkpoint",
@@ -374,7 +374,8 @@ class Trainer:
             raise ValueError(f"cannot resume from {path!r}: it is not a last.pt written by "
                              f"`hdkd train` (no optimizer / epoch state)")
         saved = state["config"]
-        for key in ("model", "img_size", "batch_size", "seed", "optimizer", "amp", "distillation"):
+        for key in ("model", "img_size", "batch_size", "seed", "optimizer", "amp", "distillation",
+                    "folds", "fold", "groups"):
             if saved.get(key) != getattr(self.cfg, key):
                 raise ValueError(f"cannot resume from {path!r}: {key} was {saved.get(key)!r} "
                                  f"there but is {getattr(self.cfg, key)!r} now")
@@ -429,7 +430,8 @@ class Trainer:
         metrics = scaled_metrics(labels, logits, self.classes, temperature)
         summary.update(split=split, test_metrics=metrics, test_loss=loss)
         if self.ctx.is_main:
-            ckpt.write_text_atomic(json.dumps({"split": split, "loss": loss, **metrics},
+            ckpt.write_text_atomic(json.dumps({"split": split, "loss": loss, **metrics,
+                                               "split_settings": self._split_settings()},
                                               indent=2, default=_json_default),
                                    self.out / f"{split}_metrics.json")
             if c.plots:
@@ -449,6 +451,13 @@ class Trainer:
                      if "uncalibrated" in metrics else "")
                   + f"  (best epoch {self.best['epoch']})")
         return summary
+
+    def _split_settings(self) -> dict:
+        """How the data was split (what `hdkd cv` checks the folds of one study share)."""
+        c = self.cfg
+        return {"data": c.data, "seed": c.seed, "val_fraction": c.val_fraction,
+                "test_fraction": c.test_fraction, "folds": c.folds, "fold": c.fold,
+                "groups": c.groups}
 
     def _calibrate(self, model: nn.Module, best_path: Path) -> float:
         """Fit temperature scaling on the validation split; stored in best.pt."""
