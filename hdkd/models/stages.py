@@ -127,6 +127,13 @@ class StagedModel(nn.Module):
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first: fail with a pointer to what works instead of
+        # TorchScript's error deep inside a block
+        raise RuntimeError(f"{type(self).__name__} cannot be compiled with torch.jit.script: its "
+                           f"blocks dispatch their fused ops in Python; use torch.compile, "
+                           f"torch.export or torch.fx (timm's fx feature extraction) instead")
+
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         """Drop the stages after the last of `indices` (and the head with prune_head)."""
