@@ -57,9 +57,12 @@ def test_temperature_scaling_fixes_an_overconfident_model():
     assert (scaled_probabilities(test_logits, t).argmax(1) == test_logits.argmax(1)).all()
 
 
-def test_fit_temperature_refuses_mismatched_inputs():
+def test_fit_temperature_refuses_mismatched_inputs_and_warns_at_the_bounds():
     with pytest.raises(ValueError, match="N x classes logits and N labels"):
         fit_temperature(np.zeros((3, 2)), [0, 1])
+    # two correctly ranked images: the NLL keeps falling as T -> 0
+    with pytest.warns(UserWarning, match="edge of the search range.*2 validation images"):
+        assert fit_temperature(np.array([[1.0, 0.0], [0.0, 1.0]]), [0, 1]) < 0.06
 
 
 def _image_folder(root, per_class=6, size=12):
@@ -74,6 +77,7 @@ def _image_folder(root, per_class=6, size=12):
     return str(root)
 
 
+@pytest.mark.filterwarnings("ignore:temperature scaling")  # tiny val split
 def test_eval_calibrate_stores_the_temperature_and_eval_applies_it(tmp_path, capsys):
     data = _image_folder(tmp_path / "data")
     torch.manual_seed(0)
@@ -116,6 +120,7 @@ def test_eval_calibrate_refuses_a_plain_state_dict(tmp_path, capsys):
     assert "convert it first" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:temperature scaling")  # tiny val split
 def test_trainer_calibrate_stores_the_temperature_in_best_pt(tmp_path):
     from test_trainer import config, tiny_splits
 

@@ -65,8 +65,8 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def format_table(runs: list[dict], summary: dict) -> str:
-    header = f"{'metric':<18} {'mean':>7}   {'std':>6}  " + "".join(
-        f"  fold {r['fold']:<3}" for r in runs)
+    header = f"{'metric':<18} {'mean':>7}    {'std':>6}  " + "".join(
+        f"  {'fold ' + str(r['fold']):>8}" for r in runs)
     lines = [header]
     for key in CV_METRICS:
         s = summary[key]

@@ -4,6 +4,7 @@ only the confidence moves. hdkd checkpoints keep it under "temperature" (absent:
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -36,7 +37,14 @@ def fit_temperature(logits: np.ndarray, labels) -> float:
                          f"got {logits.shape} and {labels.shape}")
     result = minimize_scalar(lambda log_t: scaled_nll(logits, labels, float(np.exp(log_t))),
                              bounds=LOG_T_RANGE, method="bounded", options={"xatol": 1e-5})
-    return float(np.exp(result.x))
+    temperature = float(np.exp(result.x))
+    low, high = np.exp(LOG_T_RANGE)
+    if not low * 1.01 < temperature < high / 1.01:
+        warnings.warn(f"temperature scaling: T = {temperature:.4g} is at the edge of the search "
+                      f"range [{low:g}, {high:g}]; the {len(labels)} validation images are too few "
+                      f"or too easy to fit it, so treat the calibrated numbers with care",
+                      stacklevel=2)
+    return temperature
 
 
 def store_temperature(path: str | os.PathLike, temperature: float, fitted_on: str) -> None:
