@@ -110,12 +110,12 @@ _SHAPE_KEYS = {
 }
 
 
-def saved_model_kwargs(name: str, sd: Mapping) -> dict:
-    """num_classes, in_chans and img_size of the model that saved `sd` (hdkd or original
-    layout), as far as its shapes tell: img_size only for the students, from their position
-    embedding."""
+def saved_model_kwargs(name: str, sd: Mapping, original: bool) -> dict:
+    """num_classes, in_chans and img_size of the model that saved `sd` (in the original
+    layout or hdkd's), as far as its shapes tell: img_size only for the students, from their
+    position embedding."""
     teacher_head, student_head, first_conv, pos_key = _SHAPE_KEYS[
-        "original" if is_original_layout(sd) else "hdkd"]
+        "original" if original else "hdkd"]
     kwargs = {}
     head = sd.get(teacher_head if name == "hdkd_teacher" else student_head)
     if head is not None:
@@ -171,7 +171,7 @@ def from_original_state_dict(name: str, state_dict: Mapping[str, torch.Tensor],
     """Build model `name` and load a state_dict saved by the original HDKD code into it.
     num_classes, in_chans and img_size are read from the checkpoint unless given."""
     sd = unwrap_state_dict(state_dict)
-    model = create_model(name, **{**saved_model_kwargs(name, sd), **create_kwargs})
+    model = create_model(name, **{**saved_model_kwargs(name, sd, original=True), **create_kwargs})
     mapping = _key_map(model)
     expected = {mapping[k]: v for k, v in model.state_dict().items()}
     check_state_dict(expected, sd, f"original {name} checkpoint")

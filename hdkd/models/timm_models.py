@@ -92,11 +92,13 @@ def _checkpoint_overlay(name: str, kwargs: dict) -> dict:
     labels = None
     if is_hdkd_checkpoint(saved):
         if saved["model_name"] != name:
-            raise ValueError(f"{name}: the checkpoint {cfg.file!r} holds a "
+            where = repr(cfg.file) if cfg.file else "(pretrained_cfg state_dict)"
+            raise ValueError(f"{name}: the checkpoint {where} holds a "
                              f"{saved['model_name']!r} model")
         model_kwargs, labels = saved["model_kwargs"], saved.get("classes")
     else:
-        model_kwargs = saved_model_kwargs(name, unwrap_state_dict(saved))
+        sd = unwrap_state_dict(saved)
+        model_kwargs = saved_model_kwargs(name, sd, original=is_original_layout(sd))
     overlay = {}
     if "num_classes" in model_kwargs:
         overlay["num_classes"] = model_kwargs["num_classes"]
