@@ -3,6 +3,7 @@
 split is held out of the rest the same way."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Optional
 
@@ -41,10 +42,8 @@ def _nth_fold(labels: np.ndarray, groups: Optional[np.ndarray], n_splits: int, f
                          f"{len(labels)}")
     splits = _splitter(n_splits, seed, groups is not None).split(
         np.zeros(len(labels)), labels, groups)
-    for i, (rest, held_out) in enumerate(splits):
-        if i == fold:
-            return np.sort(rest), np.sort(held_out)
-    raise AssertionError("unreachable: fold < n_splits")
+    rest, held_out = next(itertools.islice(splits, fold, None))
+    return np.sort(rest), np.sort(held_out)
 
 
 def _hold_out(labels: np.ndarray, groups: Optional[np.ndarray], positions: np.ndarray,
@@ -62,6 +61,11 @@ def _hold_out(labels: np.ndarray, groups: Optional[np.ndarray], positions: np.nd
     return positions[kept], positions[held]
 
 
+def _share_of_rest(val_fraction: float, labels: np.ndarray, rest: np.ndarray) -> float:
+    """The share of `rest` that makes val_fraction of all images, at most half of rest."""
+    return min(val_fraction * len(labels) / max(len(rest), 1), 0.5)
+
+
 def fold_split(labels: Sequence[int], folds: int, fold: int, val_fraction: float, seed: int,
                groups: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, val, test) sorted index arrays: test is fold `fold` of `folds` (every image is in
@@ -70,8 +74,8 @@ def fold_split(labels: Sequence[int], folds: int, fold: int, val_fraction: float
     check_folds(folds, fold)
     labels = np.asarray(labels)
     rest, test = _nth_fold(labels, groups, folds, fold, seed, "--folds")
-    share = min(val_fraction * len(labels) / max(len(rest), 1), 0.5)
-    train, val = _hold_out(labels, groups, rest, share, seed, "--val-fraction")
+    train, val = _hold_out(labels, groups, rest, _share_of_rest(val_fraction, labels, rest),
+                           seed, "--val-fraction")
     return train, val, test
 
 
@@ -82,8 +86,8 @@ def group_split(labels: Sequence[int], groups: np.ndarray, val_fraction: float,
     labels = np.asarray(labels)
     everything = np.arange(len(labels))
     rest, test = _hold_out(labels, groups, everything, test_fraction, seed, "--test-fraction")
-    share = min(val_fraction * len(labels) / max(len(rest), 1), 0.5)
-    train, val = _hold_out(labels, groups, rest, share, seed, "--val-fraction")
+    train, val = _hold_out(labels, groups, rest, _share_of_rest(val_fraction, labels, rest),
+                           seed, "--val-fraction")
     return train, val, test
 
 
