@@ -87,3 +87,29 @@ def test_eval_prints_and_writes_intervals_and_a_predictions_csv(tmp_path, capsys
     assert all(r["image"].endswith(".png") and r["label"] in ("benign", "malignant") for r in rows)
     assert np.mean([int(r["correct"]) for r in rows]) == pytest.approx(result["accuracy"])
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_predictions_come_back_in_dataset_order_from_several_ranks():
+    """eval's loader gives rank r the items r, r + world, ...; the CSV rows must still line up
+    with the dataset's images."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hdkd.distill.ddp import ShardSampler
+    from hdkd.distill.evaluate import predict
+
+    n = 7
+    data = TensorDataset(torch.stack([torch.arange(float(n)), torch.zeros(n)], dim=1),
+                         torch.arange(n) % 2)
+    other = ShardSampler(n, 1, 2).indices  # what rank 1 evaluated
+    rank1 = (np.array([i % 2 for i in other]), np.array([[float(i), 0.0] for i in other]), 0.0)
+
+    class RankZeroOfTwo:
+        device = torch.device("cpu")
+
+        def all_gather(self, obj):
+            return [obj, rank1]
+
+    loader = DataLoader(data, batch_size=2, sampler=ShardSampler(n, 0, 2))
+    labels, logits, _ = predict(torch.nn.Identity(), loader, RankZeroOfTwo())
+    assert labels.tolist() == [i % 2 for i in range(n)]
+    assert logits[:, 0].tolist() == list(range(n))

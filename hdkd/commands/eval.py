@@ -34,9 +34,9 @@ def _load_splits(args: argparse.Namespace, meta: dict, img_size: int):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..bootstrap import bootstrap_intervals
     from ..distill import checkpoint as ckpt
     from ..distill.ddp import DistContext
-    from ..bootstrap import bootstrap_intervals
     from ..distill.evaluate import eval_loader, predict, predictions_csv, scaled_metrics
     from ..distill.temperature import (fit_temperature, reliability_diagrams,
                                        scaled_probabilities, store_temperature)

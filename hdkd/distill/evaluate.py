@@ -22,8 +22,9 @@ def eval_loader(dataset: Dataset, batch_size: int, ctx: DistContext, workers: in
 def predict(model: nn.Module, loader: DataLoader, ctx: DistContext,
             autocast=contextlib.nullcontext, channels_last: bool = False):
     """(labels int64 [N], logits float64 [N, classes], mean cross-entropy) over the whole split,
-    every sample exactly once across ranks. The model is put in eval mode (the HDKD student then
-    predicts with the mean of its two heads) and restored afterwards."""
+    every sample exactly once across ranks, in the dataset's order (loader from eval_loader).
+    The model is put in eval mode (the HDKD student then predicts with the mean of its two
+    heads) and restored afterwards."""
     was_training = model.training
     model.eval()
     labels, logit_batches, loss_sum = [], [], 0.0
@@ -44,10 +45,15 @@ def predict(model: nn.Module, loader: DataLoader, ctx: DistContext,
     local = (torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
              torch.cat(logit_batches).numpy() if logit_batches else None, loss_sum)
     parts = ctx.all_gather(local)
-    all_labels = np.concatenate([p[0] for p in parts])
+    # rank r evaluated items r, r + world, ... (ShardSampler): put them back in dataset order
+    n = sum(len(p[0]) for p in parts)
+    order = np.concatenate([np.arange(r, n, len(parts)) for r in range(len(parts))])
+    all_labels = np.empty(n, np.int64)
+    all_labels[order] = np.concatenate([p[0] for p in parts])
     all_logits = np.concatenate([p[1] for p in parts if p[1] is not None])
+    all_logits[order] = all_logits.copy()
     total = sum(p[2] for p in parts)
-    return all_labels, all_logits, total / max(len(all_labels), 1)
+    return all_labels, all_logits, total / max(n, 1)
 
 
 def scaled_metrics(labels: np.ndarray, logits: np.ndarray, classes, temperature: float = 1.0) -> dict:
