@@ -279,8 +279,11 @@ class Trainer:
         return predict(model, loader, self.ctx, self._autocast, self.cfg.channels_last)
 
     def _evaluate(self, dataset, model: Optional[nn.Module] = None) -> tuple[dict, float]:
+        from ..metrics import classification_metrics
+        from .temperature import scaled_probabilities
+
         labels, logits, loss = self._predict(dataset, model)
-        return scaled_metrics(labels, logits, self.classes), loss
+        return classification_metrics(labels, scaled_probabilities(logits), self.classes), loss
 
     def _improved(self, record: dict) -> bool:
         key = self.cfg.select_metric
