@@ -80,5 +80,5 @@ def bootstrap_intervals(labels, probs, resamples: int = RESAMPLES, seed: int = 0
         low, high = np.percentile(defined, [tail, 100 - tail]) if len(defined) else (None, None)
         out[name] = {"low": None if low is None else float(low),
                      "high": None if high is None else float(high),
-                     "resamples": int(len(defined))}
+                     "resamples": len(defined)}
     return out

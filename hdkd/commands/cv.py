@@ -43,8 +43,8 @@ def collect_folds(run_dirs: list[str]) -> tuple[list[dict], int]:
         raise ValueError(f"not trained with --folds K --fold I: {', '.join(plain)}")
     repeated = sorted({f for f in folds if folds.count(f) > 1})
     if repeated:
-        raise ValueError(f"fold(s) {repeated} given more than once: "
-                         f"{', '.join(r['run'] for r in runs if r['settings']['fold'] in repeated)}")
+        twice = [r["run"] for r in runs if r["settings"]["fold"] in repeated]
+        raise ValueError(f"fold(s) {repeated} given more than once: {', '.join(twice)}")
     total = runs[0]["settings"]["folds"]
     for r in runs:
         r["fold"] = r.pop("settings")["fold"]
@@ -60,7 +60,7 @@ def summarise(runs: list[dict]) -> dict:
                           dtype=np.float64)
         out[key] = {"mean": float(values.mean()) if len(values) else None,
                     "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-                    "folds": int(len(values))}
+                    "folds": len(values)}
     return out
 
 

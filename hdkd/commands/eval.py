@@ -140,8 +140,9 @@ def register(sub) -> None:
     p.add_argument("--bootstrap-seed", type=int, default=0,
                    help="seed of the bootstrap resampling (default: %(default)s)")
     p.add_argument("--json", default=None,
-                   help="where to write the metrics (default: eval_SPLIT.json next to the checkpoint); "
-                        "the per-image predictions go next to it as NAME_predictions.csv")
+                   help="where to write the metrics (default: eval_SPLIT.json next to the "
+                        "checkpoint); the per-image predictions go next to it as "
+                        "NAME_predictions.csv")
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="skip reliability_SPLIT.png, written next to the JSON (default: written)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")

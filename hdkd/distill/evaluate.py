@@ -56,7 +56,8 @@ def predict(model: nn.Module, loader: DataLoader, ctx: DistContext,
     return all_labels, all_logits, total / max(n, 1)
 
 
-def scaled_metrics(labels: np.ndarray, logits: np.ndarray, classes, temperature: float = 1.0) -> dict:
+def scaled_metrics(labels: np.ndarray, logits: np.ndarray, classes,
+                   temperature: float = 1.0) -> dict:
     """classification_metrics of softmax(logits / temperature), plus "temperature"; with a
     temperature other than 1 also "uncalibrated": the calibration metrics at temperature 1, so
     that a report shows them before and after the scaling."""
