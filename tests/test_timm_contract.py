@@ -143,7 +143,7 @@ def test_features_only_and_intermediates(name, backend):
         torch.testing.assert_close(final, model.forward_features(x))
     assert [tuple(m.shape) for m in maps] == [(BATCH, 64, 16, 16), (BATCH, 96, 8, 8),
                                                (BATCH, 192, 4, 4)]
-    for a, b in zip(maps, intermediates):
+    for a, b in zip(maps, intermediates, strict=True):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(last_two, intermediates[1:])
     with pytest.raises(ValueError, match="stage indices"):
@@ -174,7 +174,8 @@ def test_fx_trace_matches_eager(name, backend):
 
     stages = build(name, backend, num_classes=3, features_only=True, feature_cls="fx").eval()
     with torch.inference_mode():
-        for a, b in zip(stages(x), model.forward_intermediates(x, intermediates_only=True)):
+        stage_maps = model.forward_intermediates(x, intermediates_only=True)
+        for a, b in zip(stages(x), stage_maps, strict=True):
             assert torch.equal(a, b)
 
 
@@ -219,10 +220,16 @@ def test_pretrained_from_an_original_state_dict(name, tmp_path):
     overlay = dict(file=str(path))
     _same_weights(timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay),
                   trained)
-    # a new task: the body loads, the classifier is new
-    backbone = timm.create_model(name, pretrained=True, num_classes=0,
-                                 pretrained_cfg_overlay=overlay)
-    for k, v in backbone.state_dict().items():
+
+
+def test_pretrained_backbone_for_a_new_task(tmp_path):
+    trained = create_model("hdkd", num_classes=3, img_size=SIZE)
+    path = tmp_path / "original.pth"
+    torch.save(to_original_state_dict(trained), path)
+    backbone = timm.create_model("hdkd", pretrained=True, num_classes=0,
+                                 pretrained_cfg_overlay=dict(file=str(path)))
+    assert backbone.num_classes == 0
+    for k, v in backbone.state_dict().items():  # everything but the heads
         torch.testing.assert_close(v, trained.state_dict()[k], msg=k)
 
 
@@ -242,6 +249,31 @@ def test_hdkd_imports_without_timm():
     assert run.returncode == 0, run.stderr
 
 
-def test_torchscript_is_refused_with_the_alternatives():
-    with pytest.raises(RuntimeError, match="use torch.compile, torch.export or torch.fx"):
+@pytest.mark.parametrize("name", NAMES)
+def test_scriptable_models_compile_with_torchscript(name):
+    fused = build(name, num_classes=3).eval()
+    plain = build(name, num_classes=3, scriptable=True).eval()
+    assert plain.state_dict().keys() == fused.state_dict().keys()
+    plain.load_state_dict(fused.state_dict())
+    x = images()
+    with torch.inference_mode():
+        expected = fused(x)
+        torch.testing.assert_close(torch.jit.script(plain)(x), expected)
+        if name == "hdkd":  # fx, then TorchScript
+            traced = torch.jit.script(fx_trace(plain, ["head"], ["truediv"]).eval())
+            torch.testing.assert_close(traced(x)["truediv"], expected)
+
+
+def test_scriptable_blocks_train_as_the_fused_ones():
+    fused = build("hdkd", num_classes=3).train()
+    plain = build("hdkd", num_classes=3, scriptable=True).train()
+    plain.load_state_dict(fused.state_dict())
+    x = images()
+    for a, b in zip(fused(x), plain(x), strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(plain.state_dict(), fused.state_dict())  # BN statistics
+
+
+def test_torchscript_of_a_fused_model_says_what_to_do():
+    with pytest.raises(RuntimeError, match="needs a model built with scriptable=True"):
         torch.jit.script(build("hdkd_student"))

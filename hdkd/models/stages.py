@@ -1,26 +1,35 @@
 """The three convolutional stages shared by the teacher and the students, and the feature API
 built on them (forward_features, forward_intermediates, feature_info: what timm's feature tools
 call)."""
-from __future__ import annotations
-
+# no `from __future__ import annotations`: torch.fx copies forward's annotations into the code it
+# generates, which TorchScript then compiles and where string annotations do not resolve
+from functools import partial
 from typing import Optional, Sequence, Union
 
+import torch
 from torch import Tensor, nn
 
 from ..nn import MBCSA, ConvBNGELU
+from .scriptable import ScriptableConvBNGELU, ScriptableMBCSA
 
 STAGE_NAMES = ("stage1", "stage2", "stage3")
 
 
-def make_stages(in_chans: int, depths, widths, backend: str) -> tuple[nn.Sequential, ...]:
+def make_stages(in_chans: int, depths, widths, backend: str,
+                scriptable: bool = False) -> tuple[nn.Sequential, ...]:
     """stage1: ConvBNGELU blocks, stages 2 and 3: MBCSA blocks; the first block of each stage
-    halves the resolution."""
-    stem = [ConvBNGELU(in_chans if j == 0 else widths[0], widths[0], 3, downsample=j == 0,
-                       backend=backend) for j in range(depths[0])]
+    halves the resolution. scriptable: their TorchScript-compatible twins (same parameters)."""
+    if scriptable:
+        stem_block, block = ScriptableConvBNGELU, ScriptableMBCSA
+    else:
+        stem_block = partial(ConvBNGELU, backend=backend)
+        block = partial(MBCSA, backend=backend)
+    stem = [stem_block(in_chans if j == 0 else widths[0], widths[0], 3, downsample=j == 0)
+            for j in range(depths[0])]
     stages = [nn.Sequential(*stem)]
     for s in (1, 2):
-        blocks = [MBCSA(widths[s - 1] if j == 0 else widths[s], widths[s], 3, downsample=j == 0,
-                        backend=backend) for j in range(depths[s])]
+        blocks = [block(widths[s - 1] if j == 0 else widths[s], widths[s], 3, downsample=j == 0)
+                  for j in range(depths[s])]
         stages.append(nn.Sequential(*blocks))
     return tuple(stages)
 
@@ -80,17 +89,26 @@ def take_indices(indices: Optional[Union[int, Sequence[int]]]) -> list[int]:
 
 class StagedModel(nn.Module):
     """Base of the teacher and the students: stage1..3 (reductions 2, 4, 8) and the feature API.
-    Subclasses build the stages with init_stages and define forward_head."""
+    Subclasses build the stages with init_stages and define forward_head.
 
-    def init_stages(self, img_size: int, in_chans: int, depths, widths, backend: str) -> None:
-        self.img_size, self.in_chans = img_size, in_chans
-        self.stage1, self.stage2, self.stage3 = make_stages(in_chans, depths, widths, backend)
+    scriptable=True builds plain-PyTorch twins of the blocks (same parameters, no backend), which
+    torch.jit.script compiles."""
+
+    def init_stages(self, img_size: int, in_chans: int, depths, widths, backend: str,
+                    scriptable: bool) -> None:
+        if scriptable and backend != "auto":
+            raise ValueError(f"{type(self).__name__}: scriptable=True builds plain-PyTorch blocks, "
+                             f"which have no backend; got backend={backend!r}")
+        self.img_size, self.in_chans, self.scriptable = img_size, in_chans, scriptable
+        self.stage1, self.stage2, self.stage3 = make_stages(in_chans, depths, widths, backend,
+                                                            scriptable)
         self.num_features = widths[2]
         self.feature_info = [dict(num_chs=w, reduction=2 ** (i + 1), module=name)
-                             for i, (w, name) in enumerate(zip(widths, STAGE_NAMES))]
+                             for i, (w, name) in enumerate(zip(widths, STAGE_NAMES, strict=True))]
 
     def stage_outputs(self, x: Tensor) -> list[Tensor]:
-        check_input(type(self).__name__, x, self.in_chans, self.img_size)
+        if not torch.jit.is_scripting():
+            check_input(type(self).__name__, x, self.in_chans, self.img_size)
         f1 = self.stage1(x)
         f2 = self.stage2(f1)
         return [f1, f2, self.stage3(f2)]
@@ -104,9 +122,10 @@ class StagedModel(nn.Module):
         outputs]) from the same single pass."""
         features = self.stage_outputs(x)
         out = self.forward_head(features[-1])
-        # isinstance, not truth: under torch.fx the flag is a Proxy, and the plain forward is traced
-        if isinstance(return_features, bool) and return_features:
-            return out, features
+        if not torch.jit.is_scripting():
+            # isinstance, not truth: under torch.fx the flag is a Proxy; the plain forward is traced
+            if isinstance(return_features, bool) and return_features:
+                return out, features
         return out
 
     def forward_intermediates(self, x: Tensor, indices=None, norm: bool = False,
@@ -128,11 +147,13 @@ class StagedModel(nn.Module):
         return intermediates if intermediates_only else (x, intermediates)
 
     def __prepare_scriptable__(self):
-        # torch.jit.script calls this first: fail with a pointer to what works instead of
-        # TorchScript's error deep inside a block
-        raise RuntimeError(f"{type(self).__name__} cannot be compiled with torch.jit.script: its "
-                           f"blocks dispatch their fused ops in Python; use torch.compile, "
-                           f"torch.export or torch.fx (timm's fx feature extraction) instead")
+        # torch.jit.script calls this first: say what to do instead of failing deep in a block
+        if not self.scriptable:
+            raise RuntimeError(f"{type(self).__name__}: torch.jit.script needs a model built with "
+                               f"scriptable=True (plain-PyTorch blocks); the fused blocks "
+                               f"dispatch in Python (torch.compile, torch.export and torch.fx "
+                               f"take them as they are)")
+        return self
 
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from ..nn import DFLT
 from ..nn._validate import positive_int
+from .scriptable import ScriptableDFLT
 from .stages import StagedModel, check_global_pool, check_num_classes, stage_output_size
 
 _POOLS = ("token", "")
@@ -24,12 +26,14 @@ class HDKDStudent(StagedModel):
     into token features); global_pool="" leaves out the DFLT and the heads (the output is the
     stage-3 map), num_classes=0 the heads (the output is the token features)."""
 
+    __constants__ = ["distillation"]  # TorchScript compiles only the branches that apply
+
     def __init__(self, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
                  distillation: bool = True, depths=(2, 2, 3), widths=(64, 96, 192),
                  dim: int = 256, depth: int = 3, heads: int = 8, head_dim: int = 32,
                  mlp_ratio: int = 4, dropout: float = 0.0, emb_dropout: float = 0.0,
                  global_pool: str = "token", distilled_training: bool = True,
-                 backend: str = "auto"):
+                 backend: str = "auto", scriptable: bool = False):
         super().__init__()
         positive_int("HDKDStudent", "img_size", img_size)
         if img_size % 16:
@@ -38,9 +42,10 @@ class HDKDStudent(StagedModel):
         self.global_pool = check_global_pool("HDKDStudent", global_pool, _POOLS)
         self.num_classes = check_num_classes("HDKDStudent", num_classes, global_pool)
         self.distillation, self.distilled_training = distillation, distilled_training
-        self.init_stages(img_size, in_chans, depths, widths, backend)
+        self.init_stages(img_size, in_chans, depths, widths, backend, scriptable)
         feat = stage_output_size(img_size)
-        self.dflt = DFLT(widths[2], (feat, feat), 2, dim, depth, heads, head_dim, mlp_ratio,
+        dflt = ScriptableDFLT if scriptable else DFLT
+        self.dflt = dflt(widths[2], (feat, feat), 2, dim, depth, heads, head_dim, mlp_ratio,
                          distillation, dropout, emb_dropout)
         self.head_hidden_size = dim
         self.head = self._new_head(num_classes)
@@ -58,8 +63,9 @@ class HDKDStudent(StagedModel):
         if pre_logits:
             return (cls_token + dist_token) / 2
         cls, dist = self.head(cls_token), self.head_dist(dist_token)
-        if self.training and self.distilled_training:
-            return cls, dist
+        if not torch.jit.is_scripting():  # TorchScript: one output type, the mean (as timm's DeiT)
+            if self.training and self.distilled_training:
+                return cls, dist
         return (cls + dist) / 2
 
     def set_distilled_training(self, enable: bool = True) -> None:

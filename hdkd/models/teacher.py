@@ -20,12 +20,12 @@ class HDKDTeacher(StagedModel):
 
     def __init__(self, num_classes: int = 7, img_size: int = 224, in_chans: int = 3,
                  depths=(6, 6, 9), widths=(64, 96, 192), global_pool: str = "avg",
-                 backend: str = "auto"):
+                 backend: str = "auto", scriptable: bool = False):
         super().__init__()
         positive_int("HDKDTeacher", "img_size", img_size)
         self.global_pool = check_global_pool("HDKDTeacher", global_pool, _POOLS)
         self.num_classes = check_num_classes("HDKDTeacher", num_classes, global_pool)
-        self.init_stages(img_size, in_chans, depths, widths, backend)
+        self.init_stages(img_size, in_chans, depths, widths, backend, scriptable)
         self.fc = nn.Linear(widths[2], 128)
         self.head_hidden_size = 128
         self.classifier = nn.Linear(128, num_classes) if num_classes else nn.Identity()

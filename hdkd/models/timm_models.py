@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import register_notrace_function, register_notrace_module
+from timm.layers import is_scriptable, register_notrace_function, register_notrace_module
 from timm.models import (build_model_with_cfg, generate_default_cfgs, register_model,
                          resolve_pretrained_cfg)
 from torch import nn
@@ -60,7 +60,8 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module) -> Mapping:
 
 def _build(name: str, img_size=_IMG_SIZE, drop_rate: float = 0.0, **kwargs) -> nn.Module:
     """hdkd's create_model with timm's arguments: img_size may be an (H, W) pair (timm passes
-    the cfg's input size so), drop_rate is the students' dropout."""
+    the cfg's input size so), drop_rate is the students' dropout, and timm's scriptable setting
+    (create_model(scriptable=True), set_scriptable) builds the TorchScript-compatible blocks."""
     if not isinstance(img_size, int):
         if len(img_size) != 2 or img_size[0] != img_size[1]:
             raise ValueError(f"{name}: expected a square img_size, got {tuple(img_size)}")
@@ -69,6 +70,7 @@ def _build(name: str, img_size=_IMG_SIZE, drop_rate: float = 0.0, **kwargs) -> n
         if name == "hdkd_teacher":
             raise ValueError(f"hdkd_teacher has no dropout; got drop_rate={drop_rate}")
         kwargs.setdefault("dropout", drop_rate)
+    kwargs.setdefault("scriptable", is_scriptable())
     return create_model(name, img_size=img_size, **kwargs)
 
 
