@@ -70,14 +70,15 @@ def _register_info(sub) -> None:
 from .commands import flops as _flops  # noqa: E402
 from .commands import convert as _convert, demo as _demo, eval as _eval, train as _train  # noqa: E402
 from .commands import cv as _cv  # noqa: E402
-from .commands import export as _export, predict as _predict  # noqa: E402
+from .commands import explain as _explain, export as _export, predict as _predict  # noqa: E402
 from .distill.run_folder import RunFolderError  # noqa: E402
 from .distill.trainer import NonFiniteLossError  # noqa: E402
 from .ops import BackendUnavailableError  # noqa: E402
 
 COMMANDS = [_register_info, _flops.register, _train.register, _eval.register, _cv.register,
             _demo.register,
-            _convert.register, _predict.register, _export.register]
+            _convert.register, _predict.register, _export.register,
+            _explain.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,97 @@
+"""`hdkd explain`: a heatmap PNG per image of where a checkpoint looked."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+from ..models import list_models
+
+
+def _png_names(paths: list[str], method: str) -> list[str]:
+    """<image name>.<method>.png; images of the same name in different folders get their
+    position in the input order as well, so that no heatmap overwrites another."""
+    stems = [Path(p).stem for p in paths]
+    repeated = {s for s, n in Counter(stems).items() if n > 1}
+    tag = method.replace("+", "p")
+    return [f"{s}-{i}.{tag}.png" if s in repeated else f"{s}.{tag}.png"
+            for i, s in enumerate(stems)]
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.folders import ImageReadError, read_image
+    from ..data.transforms import finish, resize, to_three_channels
+    from ..distill import checkpoint as ckpt
+    from ..distill.ddp import DistContext
+    from ..explain import heatmaps, missing_packages, render, resolve_class
+    from ..predict import find_images
+
+    missing = missing_packages(args.method)
+    if missing:
+        print(f"hdkd explain: error: --method {args.method} needs {', '.join(missing)}: "
+              f"pip install 'hdkd[explain]'", file=sys.stderr)
+        return 2
+    paths = find_images(args.images)
+    model, meta = ckpt.load_model(args.checkpoint, args.model, backend=args.backend)
+    classes = list(meta["classes"] or (f"class_{i}" for i in range(model.num_classes)))
+    target = resolve_class(args.target_class, classes)
+    if args.method == "attention" and getattr(model, "dflt", None) is None:
+        raise ValueError(f"--method attention needs a transformer; {meta['model_name']} has "
+                         f"none (use gradcam or gradcam++)")
+    device = DistContext.from_env(args.device).device
+    model.to(device).eval()
+    temperature = meta.get("temperature", 1.0)
+    os.makedirs(args.out, exist_ok=True)
+    failures, written = [], 0
+    for path, name in zip(paths, _png_names(paths, args.method)):
+        try:
+            image = read_image(path)
+            shown = to_three_channels(resize(image, model.img_size))
+            x = finish(image, model.img_size)[None].to(device)
+        except (ImageReadError, ValueError) as e:
+            failures.append((path, str(e)))
+            continue
+        with torch.no_grad():
+            probs = torch.softmax(model(x).float() / temperature, dim=1)[0].cpu()
+        cls = int(probs.argmax()) if target is None else target
+        heatmap = heatmaps(model, x, args.method, [cls])[0]
+        title = (f"{Path(path).name}: predicted {classes[int(probs.argmax())]} "
+                 f"({float(probs.max()):.1%})")
+        if target is not None:
+            title += f"\n{args.method} for {classes[cls]} ({float(probs[cls]):.1%})"
+        ckpt.write_bytes_atomic(render(shown, heatmap, title), Path(args.out) / name)
+        written += 1
+    print(f"{written} heatmaps ({args.method}, {meta['model_name']}) -> {args.out}")
+    if failures:
+        print(f"hdkd explain: {len(failures)} of {len(paths)} files could not be read:",
+              file=sys.stderr)
+        for path, why in failures:
+            print(f"  {path}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "explain", help="heatmaps of where a checkpoint looked (Grad-CAM, Grad-CAM++, attention)",
+        description="For each image, a PNG with a heatmap over the image and the predicted class "
+                    "and probability in the title: Grad-CAM or Grad-CAM++ on the last "
+                    "convolutional stage (any model), or attention rollout through the "
+                    "transformer (students).")
+    p.add_argument("checkpoint", help="hdkd checkpoint (best.pt, last.pt) or a state_dict")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--method", choices=("gradcam", "gradcam++", "attention"), default="gradcam",
+                   help="(default: %(default)s)")
+    p.add_argument("--target-class", default=None,
+                   help="class name to explain (default: each image's predicted class)")
+    p.add_argument("--model", choices=list_models(), default=None,
+                   help="model held by a plain state_dict (default: read from an hdkd checkpoint)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--backend", default="auto",
+                   help="hdkd op backend: auto, torch, ext or triton (default: %(default)s)")
+    p.set_defaults(func=_run)
