@@ -1,4 +1,5 @@
-"""`hdkd convert`: checkpoints of the original HDKD code <-> hdkd checkpoints, both ways."""
+"""`hdkd convert`: between the original HDKD code's checkpoints, hdkd checkpoints and shareable
+safetensors folders (save_pretrained), in any direction."""
 from __future__ import annotations
 
 import argparse
@@ -8,14 +9,16 @@ from ..models import list_models
 
 def _run(args: argparse.Namespace) -> int:
     from ..distill import checkpoint as ckpt
-    from ..models import to_original_state_dict
+    from ..models import save_pretrained, to_original_state_dict
 
     kwargs = {k: v for k, v in (("num_classes", args.num_classes), ("img_size", args.img_size))
               if v is not None}
     model, meta = ckpt.load_model(args.input, args.model, what="input checkpoint", **kwargs)
-    target = args.to or ("hdkd" if meta["layout"] == "original" else "original")
+    target = args.to or ("original" if meta["layout"] == "hdkd" else "hdkd")
     temperature = meta["temperature"]
-    if target == "original":
+    if target == "pretrained":
+        save_pretrained(model, args.output, classes=meta["classes"], temperature=temperature)
+    elif target == "original":
         ckpt.save_atomic(to_original_state_dict(model), args.output)
         if temperature != 1.0:
             print(f"note: the original layout has no place for the checkpoint's temperature "
@@ -33,17 +36,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "convert", help="original HDKD checkpoint <-> hdkd checkpoint",
+        "convert", help="original HDKD checkpoint <-> hdkd checkpoint <-> safetensors folder",
         description="Convert a state_dict saved by the original HDKD code into an hdkd checkpoint "
-                    "(usable with --teacher, hdkd eval, create_model) or an hdkd checkpoint into "
-                    "the original layout. Strict: every missing, unexpected or mis-shaped key is "
-                    "reported and nothing is written.")
-    p.add_argument("input", help="checkpoint to read")
-    p.add_argument("output", help="file to write")
+                    "(usable with --teacher, hdkd eval, create_model), an hdkd checkpoint into "
+                    "the original layout, or either into a folder to share (--to pretrained: "
+                    "config.json + model.safetensors, loaded by hdkd.models.from_pretrained and "
+                    "by every hdkd command). Strict: every missing, unexpected or mis-shaped key "
+                    "is reported and nothing is written.")
+    p.add_argument("input", help="checkpoint file or save_pretrained folder to read")
+    p.add_argument("output", help="file to write (a folder for --to pretrained)")
     p.add_argument("--model", choices=list_models(), default=None,
                    help="model held by a plain state_dict (default: read from an hdkd checkpoint)")
-    p.add_argument("--to", choices=("hdkd", "original"), default=None,
-                   help="target layout (default: the other one than the input's)")
+    p.add_argument("--to", choices=("hdkd", "original", "pretrained"), default=None,
+                   help="target layout (default: original for an hdkd checkpoint, else hdkd)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="(default: read from the checkpoint)")
     p.add_argument("--img-size", type=int, default=None,

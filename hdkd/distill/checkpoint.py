@@ -17,6 +17,7 @@ from torch import nn
 
 from ..models import (CheckpointMismatchError, check_state_dict, create_model,
                       from_original_state_dict)
+from ..models.pretrained import is_pretrained_folder, load_pretrained
 
 FORMAT = "hdkd-checkpoint"
 VERSION = 1
@@ -123,14 +124,18 @@ def load_model(path: str | os.PathLike, model_name: Optional[str] = None, *,
                what: str = "checkpoint", **create_kwargs) -> tuple[nn.Module, dict]:
     """Build a model and load the weights of `path` into it, strictly.
 
-    Accepts an hdkd checkpoint (best.pt, last.pt, `hdkd convert` output), a plain hdkd state_dict,
-    or a state_dict of the original HDKD code (optionally under "model"). model_name is required
+    Accepts an hdkd checkpoint (best.pt, last.pt, `hdkd convert` output), a save_pretrained
+    folder, a plain hdkd state_dict, or a state_dict of the original HDKD code (optionally under
+    "model"). model_name is required
     for plain state_dicts and must match an hdkd checkpoint's own. create_kwargs (num_classes,
     img_size, backend, ...) override what the checkpoint says; a checkpoint that does not fit them
     raises CheckpointMismatchError naming every bad key. Returns (model, metadata) where metadata
-    has "model_name", "classes" (None when unknown), "layout" ("hdkd" or "original"), "config"
+    has "model_name", "classes" (None when unknown), "layout" ("hdkd", "pretrained" or "original"),
+    "config"
     and "temperature" (the fitted temperature scaling; 1.0 when there is none).
     """
+    if is_pretrained_folder(path):
+        return _load_pretrained_folder(path, model_name, what, create_kwargs)
     obj = read_checkpoint(path)
     label = f"{what} {str(path)!r}"
     if is_hdkd_checkpoint(obj):
@@ -166,3 +171,17 @@ def load_model(path: str | os.PathLike, model_name: Optional[str] = None, *,
         layout = "hdkd"
     return model, {"model_name": model_name, "classes": None, "layout": layout, "config": None,
                    "temperature": 1.0}
+
+
+def _load_pretrained_folder(path, model_name, what, create_kwargs) -> tuple[nn.Module, dict]:
+    """load_model of a save_pretrained folder: its sizes are fixed by its weights."""
+    model, config = load_pretrained(path, backend=create_kwargs.pop("backend", "auto"))
+    if model_name is not None and config["model"] != model_name:
+        raise ValueError(f"{what} {str(path)!r} holds a {config['model']!r} model, expected "
+                         f"{model_name!r}")
+    for key, value in create_kwargs.items():
+        if getattr(model, key, value) != value:
+            raise ValueError(f"{what} {str(path)!r} has {key}={getattr(model, key)}, not {value}")
+    return model.train(), {"model_name": config["model"], "classes": config.get("classes"),
+                           "layout": "pretrained", "config": None,
+                           "temperature": float(config.get("temperature", 1.0))}
