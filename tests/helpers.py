@@ -1,4 +1,5 @@
-"""Shared test helpers: tolerances by dtype, relative-error comparison, memory layouts."""
+"""Shared test helpers: tolerances by dtype, relative-error comparison, memory layouts, twin
+leaves (the tensors under test and their float64 twins)."""
 from __future__ import annotations
 
 import torch
@@ -28,6 +29,22 @@ def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
         assert not view.is_contiguous()
         return view
     return t.contiguous()
+
+
+def twins(values, dtype: torch.dtype, device, kind: str = "contiguous"):
+    """(leaves for the code under test, float64 leaves holding exactly the same values).
+
+    values: float64 tensors; each is rounded to dtype first, so a comparison measures the code
+    under test, not the rounding of its inputs. The first (the activation) is put in memory
+    layout `kind`; the float64 twins are contiguous, on the same device."""
+    ours, refs = [], []
+    for i, t in enumerate(values):
+        low = t.to(dtype)
+        if i == 0:
+            low = layout(low, kind)
+        ours.append(low.to(device).detach().requires_grad_())
+        refs.append(low.double().contiguous().to(device).detach().requires_grad_())
+    return ours, refs
 
 
 def assert_close_rel(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:

@@ -70,19 +70,21 @@ def triton_cases(layout):
     return cases
 
 
-def ext_cases(layout, spatial: int = 1):
-    """(name, op, args) for every hdkd op; `spatial` scales the images' height and width (large
-    enough images split into several parallel tasks)."""
+def ext_cases(layout, spatial: int = 1, ops=None, device="cpu"):
+    """(name, op, args) for every op of the extension's schemas, in namespace `ops` (default
+    torch.ops.hdkd; the CUDA emulation's has the same ops) on `device`; `spatial` scales the
+    images' height and width (large enough images split into several parallel tasks)."""
     g = torch.Generator().manual_seed(1)
-    f = lambda t: to_layout(t, layout)  # noqa: E731
-    ops = torch.ops.hdkd
+    f = lambda t: to_layout(t.to(device), layout)  # noqa: E731
+    ops = ops or torch.ops.hdkd
     h = f(torch.randn(2, 20, 5 * spatial, 7 * spatial, generator=g))
     fc1 = f(torch.randn(1, 20, 1, 1, generator=g) * 0.3)
     fc2 = f(torch.randn(20, 1, 1, 1, generator=g) * 0.3)
     sa = f(torch.randn(1, 2, 7, 7, generator=g) * 0.3)
     x = f(torch.randn(2, 13, 6 * spatial, 5 * spatial, generator=g))
     w = f(torch.randn(13, 1, 3, 3, generator=g) * 0.4)
-    gamma, beta = torch.rand(13, generator=g) + 0.5, torch.randn(13, generator=g) * 0.1
+    gamma = (torch.rand(13, generator=g) + 0.5).to(device)
+    beta = (torch.randn(13, generator=g) * 0.1).to(device)
     cases = []
     out, ca, s = ops.csa_forward(h, fc1, fc2, sa)
     cases.append(("csa_forward", ops.csa_forward.default, (h, fc1, fc2, sa)))
@@ -101,7 +103,7 @@ def ext_cases(layout, spatial: int = 1):
     cases.append(("dwconv_bn_gelu_backward[train]", ops.dwconv_bn_gelu_backward.default,
                   (torch.randn_like(y), torch.randn_like(avg), torch.randn_like(mx), x, w, conv,
                    scale, beta - mean * scale, y, mx, ties, mean, invstd)))
-    block = hdkd.nn.MBCSA(8, 12, downsample=True).eval()
+    block = hdkd.nn.MBCSA(8, 12, downsample=True).to(device).eval()
     if layout == "channels_last":
         block = block.to(memory_format=torch.channels_last)
     folded = [None if t is None else f(t.detach())
