@@ -15,6 +15,7 @@ from hdkd.data import (IMAGENET_MEAN, IMAGENET_STD, ImageReadError, TrainAugment
                        class_balanced_sampler, load_dataset, read_smote_targets, smote_oversample,
                        stratified_split)
 from hdkd.data.smote_targets import resolve_smote_targets
+from hdkd.data.splits import named_classes
 from hdkd.data import augment as A
 
 PIL = pytest.importorskip("PIL.Image")
@@ -342,3 +343,28 @@ def test_train_augment_keeps_range_shape_and_varies():
     assert len({o.sum().item() for o in outs}) == 6
     torch.manual_seed(0)
     assert all(torch.equal(o, aug(x)) for o in outs)
+
+
+def test_medmnist_archives_named_after_their_dataset_get_its_class_names(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, count in (("train", 12), ("val", 4), ("test", 4)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(count) % 2)[:, None]
+    for name in ("breastmnist_64.npz", "unknown.npz"):
+        np.savez(tmp_path / name, **arrays)
+    named = load_dataset(str(tmp_path / "breastmnist_64.npz"), 28, augment=False)
+    assert named.classes == ["malignant", "normal, benign"]
+    assert load_dataset(str(tmp_path / "unknown.npz"), 28, augment=False).classes == ["0", "1"]
+    # a dermamnist-named file with 3 classes is not DermaMNIST: no names are guessed
+    _npz(tmp_path / "dermamnist.npz")
+    assert load_dataset(str(tmp_path / "dermamnist.npz"), 28, augment=False).classes == [
+        "0", "1", "2"]
+
+
+def test_named_classes():
+    assert named_classes(["a", "b"], None) == ["a", "b"]
+    assert named_classes(["0", "1"], [" benign", "malignant "]) == ["benign", "malignant"]
+    for bad in (["x"], ["x", "x"], ["x", ""]):
+        with pytest.raises(ValueError, match="expected 2 distinct non-empty names"):
+            named_classes(["0", "1"], bad)

@@ -14,6 +14,7 @@ def _load_splits(args: argparse.Namespace, meta: dict, img_size: int):
     """The splits the model was trained with: the run's own split settings (its fold and groups
     file too) unless overridden."""
     from ..data import load_dataset
+    from ..data.splits import named_classes
 
     saved = meta.get("config") or {}
 
@@ -26,10 +27,11 @@ def _load_splits(args: argparse.Namespace, meta: dict, img_size: int):
                           test_fraction=setting("test_fraction", 0.2), augment=False,
                           folds=saved.get("folds"), fold=saved.get("fold"),
                           groups=saved.get("groups"))
-    classes = list(splits.classes)
-    if meta["classes"] is not None and list(meta["classes"]) != classes:
+    # the names the run gave the data's classes (train --classes), else the data's own
+    splits.classes = named_classes(splits.classes, saved.get("classes"))
+    if meta["classes"] is not None and list(meta["classes"]) != splits.classes:
         raise ValueError(f"checkpoint {args.checkpoint!r} was trained on classes "
-                         f"{meta['classes']}, but {args.data!r} has {classes}")
+                         f"{meta['classes']}, but {args.data!r} has {splits.classes}")
     return splits
 
 

@@ -71,6 +71,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="SMOTE to per-class counts instead of to the largest class: a JSON object "
                         "class name -> training images wanted (classes not named keep theirs; "
                         "implies --smote; default: none)")
+    g.add_argument("--classes", type=_class_list, default=None, metavar="NAME,NAME,...",
+                   help="names for the data's classes, in their order (folder names sorted, "
+                        "label 0, 1, ...), stored in checkpoints and used in reports (default: "
+                        "folder names, MedMNIST label names, else the label numbers; "
+                        "--smote-targets names classes as the data does)")
     g.add_argument("--balanced-sampler", action="store_true",
                    help="draw training batches class-balanced (default: off)")
     g.add_argument("--workers", type=int, default=_D.workers,
@@ -133,6 +138,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="hide the progress bars (default: shown when stderr is a terminal)")
     g.add_argument("--no-plots", dest="plots", action="store_false",
                    help="skip the PNG plots (default: written)")
+
+
+def _class_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")]
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

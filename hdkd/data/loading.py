@@ -15,6 +15,7 @@ from .folders import class_folders, load_images, scan_split
 from .folds import check_folds, split_indices
 from .groups import image_key
 from .medmnist import read_npz
+from .medmnist_labels import medmnist_class_names
 from .sampling import smote_oversample
 from .smote_targets import resolve_smote_targets
 from .splits import DatasetSplits, check_fraction, require_nonempty, stratified_split
@@ -61,7 +62,8 @@ def load_dataset(source: str, img_size: int, seed: int = 0, val_fraction: float 
         if "val" not in splits:
             splits["train"], splits["val"] = _split_val(*splits["train"], val_fraction, seed)
         num_classes = 1 + max(max(labels, default=0) for _, labels in splits.values())
-        classes = [str(i) for i in range(num_classes)]  # .npz archives carry no class names
+        # .npz archives carry no class names; MedMNIST's are known by the file's name
+        classes = medmnist_class_names(source, num_classes) or [str(i) for i in range(num_classes)]
         splits = {name: (prepare_array(im, img_size), y) for name, (im, y) in splits.items()}
     elif not os.path.exists(source):
         raise FileNotFoundError(f"load_dataset: source {source!r} does not exist (expected "

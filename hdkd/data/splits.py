@@ -77,3 +77,16 @@ def require_nonempty(split: str, indices: np.ndarray, fraction: float, total: in
         raise ValueError(f"load_dataset: the {split} split is empty ({split}_fraction={fraction} "
                          f"of {total} images leaves none, as every class needs a training "
                          f"image); raise {split}_fraction or add images")
+
+
+def named_classes(data_classes, names) -> list[str]:
+    """The class names a run uses: `names` (renaming the data's classes, in the same order) when
+    given, else the data's own. Each name must be distinct and non-empty, one per class."""
+    data_classes = list(data_classes)
+    if names is None:
+        return data_classes
+    names = [str(n).strip() for n in names]
+    if len(names) != len(data_classes) or not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"classes: expected {len(data_classes)} distinct non-empty names for the "
+                         f"data's classes {data_classes}, got {names}")
+    return names

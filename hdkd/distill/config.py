@@ -68,6 +68,7 @@ class TrainConfig:
     progress: Optional[bool] = None
     plots: bool = True
     calibrate: bool = False  # fit temperature scaling on the val split into best.pt
+    classes: Optional[list[str]] = None  # names for the data's classes, in their order
 
     def resolved(self) -> "TrainConfig":
         """A copy with the recipe filled in, validated; raises ValueError naming the bad field."""

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from ..data.splits import named_classes
 from ..models import create_model
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -106,7 +107,7 @@ class Trainer:
         if len(self.splits.train) < self.cfg.batch_size:
             raise ValueError(f"batch_size {self.cfg.batch_size} is larger than the training split "
                              f"({len(self.splits.train)} images)")
-        self.classes = list(self.splits.classes)
+        self.classes = named_classes(self.splits.classes, self.cfg.classes)
         self.raw_model = create_model(self.cfg.model, num_classes=len(self.classes),
                                       img_size=self.cfg.img_size, backend=self.cfg.backend)
         self.raw_model.to(self.ctx.device)
