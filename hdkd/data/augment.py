@@ -1,4 +1,4 @@
-"""The original training augmentations (MODEL.md, "Original training recipe") on tensors.
+"""The original training augmentations (docs/model.md, section 13) on tensors.
 
 Random rotation up to 180 degrees (nearest-neighbour), horizontal and vertical flips, brightness
 and contrast jitter 0.3 (in random order), sharpness adjustment with factor 2 (half the time) and a

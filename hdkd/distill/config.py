@@ -11,7 +11,7 @@ KD_KINDS = ("soft", "hard")
 SELECT_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "val_loss")
 OPTIMIZERS = ("adam", "adamw")
 
-# The original recipe per model (MODEL.md, "Original training recipe").
+# The original recipe per model (docs/model.md, section 13).
 RECIPES = {
     "hdkd_teacher": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant",
                          warmup_epochs=0),

@@ -1,8 +1,8 @@
 """The HDKD training loss: logit distillation (DeiT style) plus stage-wise feature distillation.
 
 Every input comes from ONE student pass and ONE teacher pass (forward_with_features); the values
-equal the original's, which re-ran partial forwards once per distilled stage (MODEL.md,
-"Distillation losses").
+equal the original's, which re-ran partial forwards once per distilled stage (docs/model.md,
+section 11).
 """
 from __future__ import annotations
 

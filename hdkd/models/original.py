@@ -1,6 +1,6 @@
 """Checkpoints of the original HDKD code: its state_dict layout <-> hdkd's module names.
 
-The layout is in MODEL.md ("Original checkpoint layout"). Conversion is strict both ways: a key that
+The layout is in docs/model.md, section 12. Conversion is strict both ways: a key that
 is missing, unexpected or of the wrong shape is reported, all of them in one error, and nothing is
 loaded unless everything matches.
 """

@@ -1,4 +1,4 @@
-"""The hybrid CNN + transformer student (MODEL.md, "Student")."""
+"""The hybrid CNN + transformer student (docs/model.md, section 10)."""
 from __future__ import annotations
 
 from typing import Optional

@@ -1,4 +1,4 @@
-"""The CNN teacher (MODEL.md, "Teacher")."""
+"""The CNN teacher (docs/model.md, section 10)."""
 from __future__ import annotations
 
 from typing import Optional
