@@ -129,6 +129,8 @@ def test_export_command(tmp_path, capsys):
                                    model(x).numpy() / 2.0, rtol=0, atol=1e-4)
     assert main(["export", str(tmp_path / "missing.pt"), "--format", "pt2"]) == 2
     assert "missing.pt" in capsys.readouterr().err
+    assert main(["export", "hdkd_student", "--format", "pt2"]) == 2
+    assert "'hdkd_student' is a model name, not a trained model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(path), "--format", "onnx", "--batch", "0"])
     assert "expected 'dynamic' or a positive batch size" in capsys.readouterr().err

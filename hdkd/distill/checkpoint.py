@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..models import (CheckpointMismatchError, check_state_dict, create_model,
-                      from_original_state_dict)
+                      from_original_state_dict, list_models)
 from ..models.pretrained import is_pretrained_folder, load_pretrained
 
 FORMAT = "hdkd-checkpoint"
@@ -136,6 +136,10 @@ def load_model(path: str | os.PathLike, model_name: Optional[str] = None, *,
     """
     if is_pretrained_folder(path):
         return _load_pretrained_folder(path, model_name, what, create_kwargs)
+    if str(path) in list_models() and not Path(path).exists():
+        raise FileNotFoundError(f"{what} {str(path)!r} is a model name, not a trained model: "
+                                f"give a checkpoint (hdkd train writes OUT/best.pt) or a "
+                                f"save_pretrained folder")
     obj = read_checkpoint(path)
     label = f"{what} {str(path)!r}"
     if is_hdkd_checkpoint(obj):
