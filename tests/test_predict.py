@@ -113,6 +113,7 @@ def test_stdout_and_class_names(tmp_path, model, capsys):
     (["{ck}", "{tmp}/missing"], "input '{tmp}/missing' does not exist"),
     (["{ck}", "{tmp}/empty"], "no images"),
     (["{tmp}/nothing.pt", "{tmp}/in"], "nothing.pt"),
+    (["{tmp}/in/sub/im0.png", "{tmp}/in"], "im0.png' is not"),  # an image as the checkpoint
     (["{ck}", "{tmp}/in", "--out", "{tmp}/p.xlsx"], "must end in .csv or .json"),
     (["{ck}", "{tmp}/in", "--top-k", "4"], "--top-k 4: must be between 1 and 3"),
     (["{ck}", "{tmp}/in", "--classes", "a,b"], "expected 3 distinct non-empty names"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -80,8 +81,15 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the file's code
+        raise ValueError(f"{str(path)!r} is not a checkpoint hdkd can read: not written by "
+                         f"torch.save, or it holds objects other than tensors and plain values "
+                         f"(hdkd never unpickles code)") from None
     except Exception as e:  # noqa: BLE001  (torch raises many types for a bad file)
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from None
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: "
+                         f"{first_line}") from None
 
 
 def rng_state() -> dict:
