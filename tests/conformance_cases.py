@@ -109,9 +109,10 @@ GRID = [
     Shape("interior_k7", (1, 9, 9, 8), k=7),
     Shape("266_pixels", (1, 6, 19, 14), k=3),
     Shape("c70_k1", (1, 70, 5, 3), k=1),
-    # 11 channels: the CPU kernels' 8-wide vector loops and their scalar tails see ties and NaN
-    Shape("ties", (2, 11, 6, 7), values="ties"),
-    Shape("nan", (2, 11, 6, 7), values="nan"),
+    # 19 channels: the CPU kernels' 8-wide vector loops and their scalar tails, and more than one
+    # tile of pixels and of channels in the Triton interpreter (32 x 16), see ties and NaN
+    Shape("ties", (2, 19, 6, 7), values="ties"),
+    Shape("nan", (2, 19, 6, 7), values="nan"),
 ]
 
 
@@ -188,7 +189,7 @@ BLOCKS = [
 
 
 def alternating_training(params: list) -> list:
-    """params with a last value `training` alternating from one to the next: every entry and
-    every dtype run both in training and in eval."""
+    """params with a last value `training` alternating from one to the next: every entry (its
+    three params alternate) and every dtype and layout run both in training and in eval."""
     return [pytest.param(*p.values, k % 2 == 0, id=f"{p.id}-{('eval', 'train')[k % 2 == 0]}")
             for k, p in enumerate(params)]

@@ -47,6 +47,16 @@ def twins(values, dtype: torch.dtype, device, kind: str = "contiguous"):
     return ours, refs
 
 
+def reference_max(y_ref: torch.Tensor, y: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+    """The per-channel max of the float64 reference output y_ref, its gradient split evenly among
+    the pixels where the output y under test, as stored, equals its max mx: torch.amax's rule
+    applied to the values a backend returns. In a low-precision dtype, rounding can tie pixels
+    whose float64 values differ, and then amax of the returned y splits the gradient where the
+    float64 reference would give it to one pixel."""
+    tied = y.detach().to(y_ref) == mx.detach().to(y_ref)[:, :, None, None]
+    return (y_ref * tied).sum((2, 3)) / tied.sum((2, 3))
+
+
 def assert_close_rel(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
     assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     err = rel_err(out, ref)

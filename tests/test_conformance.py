@@ -13,7 +13,7 @@ import torch
 import hdkd
 from conformance_cases import (BACKEND_PARAMS, BLOCKS, GRID, Block, Shape, alternating_training,
                                attention_inputs, dwconv_inputs, with_dtypes_and_layouts)
-from helpers import REL_TOL, layout, rel_err, twins
+from helpers import REL_TOL, layout, reference_max, rel_err, twins
 from hdkd.ops import reference as R
 from triton_env import no_tf32  # noqa: F401 (fixture)
 
@@ -88,16 +88,6 @@ def test_channel_spatial_attention(backend, shape: Shape, dtype, kind):
     assert_grads(ours, refs, dtype, ("h", "fc1", "fc2", "sa_weight"))
 
 
-def reference_max(y_ref, y, mx):
-    """The per-channel max of the float64 reference output y_ref, its gradient split evenly among
-    the pixels where the output y under test, as stored, equals its max mx: torch.amax's rule
-    applied to the values a backend returns. In a low-precision dtype, rounding can tie pixels
-    whose float64 values differ, and then amax of the returned y splits the gradient where the
-    float64 reference would give it to one pixel."""
-    tied = y.detach().to(y_ref) == mx.detach().to(y_ref)[:, :, None, None]
-    return (y_ref * tied).sum((2, 3)) / tied.sum((2, 3))
-
-
 def _dwconv_twins(shape, dtype, device, kind):
     base = dwconv_inputs(shape)
     ours, refs = twins(base[:4], dtype, device, kind)
@@ -107,9 +97,10 @@ def _dwconv_twins(shape, dtype, device, kind):
     return ours, refs, bn, bn_ref
 
 
-@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-@pytest.mark.parametrize("shape,dtype,kind", with_dtypes_and_layouts(GRID))
+@pytest.mark.parametrize("shape,dtype,kind,training",
+                         alternating_training(with_dtypes_and_layouts(GRID)))
 def test_dwconv_bn_gelu(backend, shape: Shape, dtype, kind, training):
+    """In training (batch statistics, running statistics) or eval (BN folded)."""
     ours, refs, bn, bn_ref = _dwconv_twins(shape, dtype, backend.device, kind)
     y, avg, mx = hdkd.ops.dwconv_bn_gelu(ours[0], ours[1], bn, training, 0.1, 1e-5,
                                          backend=backend.registry)

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from triton_env import (DEVICE, batch_norm_leaves, leaf, no_tf32,  # noqa: F401
-                        requires_triton)
-from helpers import REL_TOL, layout, rel_err
+from triton_env import DEVICE, no_tf32, requires_triton  # noqa: F401
+from helpers import REL_TOL, layout, rel_err, twins
 
 from hdkd.ops import reference, triton_backend
+from hdkd.ops.reference import BatchNormState
 
 pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
 
@@ -28,9 +28,15 @@ def _gen(*key):
 def test_expand_bn_gelu(shape, hidden, dtype, kind, training, stride):
     g = _gen(shape, hidden, dtype, kind, training, stride)
     cin = shape[1]
-    z, zr = leaf((torch.randn(*shape, generator=g) + 0.3).to(DEVICE), dtype, kind)
-    w, wr = leaf((torch.randn(hidden, cin, 1, 1, generator=g) * 0.4).to(DEVICE), dtype)
-    bn, bn_ref = batch_norm_leaves(hidden, dtype, g)
+    base = [torch.randn(*shape, generator=g) + 0.3,
+            torch.randn(hidden, cin, 1, 1, generator=g) * 0.4,
+            torch.rand(hidden, generator=g) + 0.5, torch.randn(hidden, generator=g) * 0.1]
+    (z, w, gamma, beta), (zr, wr, gamma_ref, beta_ref) = twins([t.double() for t in base], dtype,
+                                                               DEVICE, kind)
+    rm = (torch.randn(hidden, generator=g) * 0.1).to(DEVICE, dtype)
+    rv = (torch.rand(hidden, generator=g) + 0.5).to(DEVICE, dtype)
+    bn = BatchNormState(gamma, beta, rm.clone(), rv.clone())
+    bn_ref = BatchNormState(gamma_ref, beta_ref, rm.double(), rv.double())
 
     e = triton_backend.expand_bn_gelu(z, w, bn, training, 0.1, 1e-5, stride)
     er = F.gelu(reference.batch_norm(F.conv2d(zr, wr, stride=stride), bn_ref, training))
@@ -62,11 +68,9 @@ def test_attention_project(shape, cout, dtype, kind):
         d0 = torch.randint(-2, 3, shape, generator=g).float()
     else:
         d0 = torch.randn(*shape, generator=g)
-    pairs = [leaf(d0.to(DEVICE), dtype, kind)]
-    for size, scale in (((r, C, 1, 1), 0.5), ((C, r, 1, 1), 0.5), ((1, 2, 7, 7), 0.2),
-                     ((cout, C, 1, 1), 0.3)):
-        pairs.append(leaf((torch.randn(*size, generator=g) * scale).to(DEVICE), dtype))
-    fast, ref = [p[0] for p in pairs], [p[1] for p in pairs]
+    weights = [torch.randn(*size, generator=g) * scale for size, scale in (
+        ((r, C, 1, 1), 0.5), ((C, r, 1, 1), 0.5), ((1, 2, 7, 7), 0.2), ((cout, C, 1, 1), 0.3))]
+    fast, ref = twins([t.double() for t in (d0, *weights)], dtype, DEVICE, kind)
     d = fast[0]
     mx = d.float().amax((2, 3))  # the depthwise pass's statistics, differentiable here
     ties = (d.float() == mx[:, :, None, None]).sum((2, 3)).float()

@@ -9,8 +9,6 @@ import sys
 import pytest
 import torch
 
-from helpers import layout
-
 ON_CUDA = torch.cuda.is_available()
 _set_here = not ON_CUDA and "TRITON_INTERPRET" not in os.environ
 # triton's own tl.* helpers are decorated when triton is imported, so the interpreter works only
@@ -46,27 +44,3 @@ def no_tf32():
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 cuda_only = pytest.mark.skipif(INTERPRET, reason="realistic shapes run on a CUDA GPU only")
-
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-def leaf(t: torch.Tensor, dtype, kind: str = "contiguous"):
-    """(the tensor in dtype and layout, requiring grad; its float64 twin with the same values)."""
-    low = t.to(dtype)
-    fast = layout(low, kind).detach().requires_grad_()
-    ref = low.double().detach().requires_grad_()
-    return fast, ref
-
-
-def batch_norm_leaves(channels: int, dtype, g: torch.Generator):
-    """(bn, bn_ref): a BatchNormState in dtype whose weight and bias require grad, and its float64
-    twin holding the same values (own copies of the running statistics, so both can be updated
-    and compared)."""
-    from hdkd.ops.reference import BatchNormState
-
-    gamma, gamma_ref = leaf((torch.rand(channels, generator=g) + 0.5).to(DEVICE), dtype)
-    beta, beta_ref = leaf((torch.randn(channels, generator=g) * 0.1).to(DEVICE), dtype)
-    rm = (torch.randn(channels, generator=g) * 0.1).to(DEVICE, dtype)
-    rv = (torch.rand(channels, generator=g) + 0.5).to(DEVICE, dtype)
-    return (BatchNormState(gamma, beta, rm.clone(), rv.clone()),
-            BatchNormState(gamma_ref, beta_ref, rm.double(), rv.double()))
