@@ -182,7 +182,6 @@ BLOCKS = [
     Block("down_c4_c6", (2, 4, 9, 9), 6, downsample=True),
     Block("h1_c16", (2, 16, 1, 5), 16),
     Block("266_pixels", (1, 6, 19, 14), 6),
-    Block("down_c10_c20", (2, 10, 11, 6), 20, downsample=True),
     Block("expansion1", (2, 6, 7, 6), 6, expansion=1),
     Block("expansion1_down", (2, 4, 9, 8), 6, downsample=True, expansion=1),
 ]
