@@ -20,6 +20,12 @@ from triton_env import no_tf32  # noqa: F401 (fixture)
 pytestmark = pytest.mark.usefixtures("no_tf32")
 
 
+def float32_nan_only(params):
+    """NaN propagation does not depend on the dtype's rounding: the NaN entry in float32 only
+    (the depthwise op keeps all three, for its NaN case in eval and in training)."""
+    return [p for p in params if p.values[0].values != "nan" or p.values[1] == torch.float32]
+
+
 @pytest.fixture(params=BACKEND_PARAMS)
 def backend(request, monkeypatch):
     under_test = request.param
@@ -70,7 +76,7 @@ def assert_channels_last(out, kind):
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("shape,dtype,kind", with_dtypes_and_layouts(GRID))
+@pytest.mark.parametrize("shape,dtype,kind", float32_nan_only(with_dtypes_and_layouts(GRID)))
 def test_channel_spatial_attention(backend, shape: Shape, dtype, kind):
     ours, refs = twins(attention_inputs(shape), dtype, backend.device, kind)
     out = hdkd.ops.channel_spatial_attention(*ours, backend=backend.registry)
