@@ -26,9 +26,7 @@ class BackendUnderTest:
     device: where the inputs live; unavailable: the reason to skip, or None; namespace: the
     torch.ops namespace put in place of torch.ops.hdkd while the test runs (the CUDA emulation
     runs the ext backend's Python on the emulated kernels); custom_ops(layout): (name, op, args)
-    of the backend's custom ops for torch.library.opcheck; dtypes: the dtypes it is held to;
-    known_bugs: (test name or "test name::custom op", reason) of what is expected to fail until a
-    bug is fixed."""
+    of the backend's custom ops for torch.library.opcheck; dtypes: the dtypes it is held to."""
     name: str
     registry: str
     device: str
@@ -36,7 +34,6 @@ class BackendUnderTest:
     namespace: Optional[Callable[[], object]] = None
     custom_ops: Optional[Callable[[str], list]] = None
     dtypes: tuple = (torch.float32, torch.float16, torch.bfloat16)
-    known_bugs: tuple = ()
 
 
 def _ext_reason() -> Optional[str]:
@@ -57,16 +54,6 @@ def _emulation_reason() -> Optional[str]:
         f"no hdkd._C, so no C++ toolchain assumed for the emulation: {EXT_REASON}")
 
 
-# csrc/cuda/dwconv.cu:dwconv_bn_gelu_backward returns the weight gradient as a transposed view
-# (`dw_grad(...).t().reshape(...)`, strides (1, k*k*C, ...)) where its fake (hdkd/ops/ext_ops.py:
-# _dw_backward_fake) promises a contiguous one, so opcheck's fake-tensor test and inductor's
-# stride assertions fail on the CUDA kernels (and their emulation).
-_CUDA_DW_GRAD_STRIDES = "CUDA dwconv backward: weight gradient strides differ from its fake"
-_CUDA_KNOWN_BUGS = (
-    ("test_custom_ops_pass_opcheck::dwconv_bn_gelu_backward", _CUDA_DW_GRAD_STRIDES),
-    ("test_custom_ops_pass_opcheck::dwconv_bn_gelu_backward[train]", _CUDA_DW_GRAD_STRIDES),
-    ("test_ops_compiled_by_inductor", _CUDA_DW_GRAD_STRIDES))
-
 BACKENDS = [
     # the reference itself: in half precision it is eager PyTorch rounding at every step, the
     # yardstick the compiled backends' blocks are measured against, not a subject
@@ -76,12 +63,10 @@ BACKENDS = [
     BackendUnderTest("ext_cpu", "ext", "cpu", _ext_reason,
                      custom_ops=lambda layout: ext_cases(layout)),
     BackendUnderTest("ext_cuda", "ext", "cuda", _ext_cuda_reason,
-                     custom_ops=lambda layout: ext_cases(layout, device="cuda"),
-                     known_bugs=_CUDA_KNOWN_BUGS),
+                     custom_ops=lambda layout: ext_cases(layout, device="cuda")),
     BackendUnderTest("cuda_emulation", "ext", "cpu", _emulation_reason,
                      namespace=cuda_emulation.load,
-                     custom_ops=lambda layout: ext_cases(layout, ops=cuda_emulation.load()),
-                     known_bugs=_CUDA_KNOWN_BUGS),
+                     custom_ops=lambda layout: ext_cases(layout, ops=cuda_emulation.load())),
 ]
 BACKEND_PARAMS = [pytest.param(b, id=b.name) for b in BACKENDS]
 

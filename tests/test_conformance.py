@@ -35,9 +35,6 @@ def backend(request, monkeypatch):
     dtype = request.node.callspec.params.get("dtype", torch.float32)
     if dtype not in under_test.dtypes:
         pytest.skip(f"{under_test.name} is not held to {dtype}")
-    for test, bug in under_test.known_bugs:
-        if request.node.originalname == test:
-            request.applymarker(pytest.mark.xfail(reason=bug, strict=True))
     if under_test.namespace is not None:
         monkeypatch.setattr(torch.ops, "hdkd", under_test.namespace())
     return under_test
@@ -237,16 +234,8 @@ def test_custom_ops_pass_opcheck(backend, kind, autocast):
         args = tuple(a.detach().requires_grad_() if i in grads else a
                      for i, a in enumerate(args))
         utils = _UTILS.get(name, torch.library._OPCHECK_DEFAULT_UTILS)
-        bug = dict(backend.known_bugs).get(f"test_custom_ops_pass_opcheck::{name}")
-        with _autocast(autocast, backend.device), _fails_while(bug):
+        with _autocast(autocast, backend.device):
             torch.library.opcheck(op, args, test_utils=utils)
-
-
-def _fails_while(bug):
-    """Expects the check to fail while a known bug (a reason, or None) is there."""
-    if bug is None:
-        return contextlib.nullcontext()
-    return pytest.raises(torch.testing._internal.optests.OpCheckError)
 
 
 # The inputs of each differentiable forward op that carry gradients (not the running

@@ -449,7 +449,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
     conv_nhwc<float>(dz_t, w.flip({2, 3}), dx.data_ptr<scalar_t>());
   });
   const int64_t k = w.size(-1);
-  const Tensor dw = dw_grad(x, dz, k).t().reshape({C, 1, k, k});
+  const Tensor dw = dw_grad(x, dz, k).t().contiguous().view({C, 1, k, k});  // as its fake: contiguous
   return {in_format_of(dx, x_in), dw.to(w.scalar_type()), dscale.to(scale_in.scalar_type()),
           dsum.to(shift_in.scalar_type())};
 }
