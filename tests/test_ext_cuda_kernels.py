@@ -342,7 +342,7 @@ requires_cuda = pytest.mark.skipif(_cuda_unavailable_reason() is not None,
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_realistic_shapes_on_cuda(dtype):
-    """An MBCSA stage-3 hidden activation (PERFORMANCE.md), channels_last, against the float64
+    """An MBCSA stage-3 hidden activation (docs/performance.md), channels_last, against the float64
     reference computed on the GPU."""
     base = _random([(8, 384, 28, 28), (24, 384, 1, 1), (384, 24, 1, 1), (1, 2, 7, 7),
                     (384, 1, 3, 3), (384,), (384,)], seed=7,
