@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .data.folders import IMAGE_EXTENSIONS, ImageReadError, read_image
+from .data.folders import IMAGE_EXTENSIONS, ImageReadError, images_under, read_image
 from .data.transforms import finish
 
 
@@ -38,11 +38,7 @@ def find_images(inputs: Sequence[str]) -> list[str]:
         if os.path.isfile(item):
             found.append(item)
         elif os.path.isdir(item):
-            under = []
-            for dirpath, dirnames, filenames in os.walk(item):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                under += [os.path.join(dirpath, f) for f in sorted(filenames)
-                          if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+            under = images_under(item)
             if not under:
                 raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under folder "
                                         f"{item!r}")
@@ -77,9 +73,9 @@ def predict_files(model: nn.Module, paths: Iterable[str], *, batch_size: int = 3
     pending: list[tuple[str, torch.Tensor]] = []
 
     def run() -> Iterator[tuple[str, object]]:
-        x = torch.stack([image for _, image in pending]).to(device)
-        probs = sum(torch.softmax(model(v).float() / temperature, dim=1) for v in _views(x, tta))
-        probs = (probs / len(_views(x, tta))).cpu().tolist()
+        views = _views(torch.stack([image for _, image in pending]).to(device), tta)
+        probs = sum(torch.softmax(model(v).float() / temperature, dim=1) for v in views)
+        probs = (probs / len(views)).cpu().tolist()
         yield from ((path, p) for (path, _), p in zip(pending, probs))
         if progress:
             progress(len(pending))

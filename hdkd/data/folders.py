@@ -62,7 +62,9 @@ def class_folders(root: str) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-def _images_under(folder: str) -> list[str]:
+def images_under(folder: str) -> list[str]:
+    """The image files (by extension) under `folder`, recursively, in sorted order; hidden files
+    and folders are skipped."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -82,7 +84,7 @@ def scan_split(root: str, classes: list[str], require_all: bool) -> tuple[list[s
                          f"data does not have (classes: {classes})")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        found = _images_under(os.path.join(root, name)) if name in present else []
+        found = images_under(os.path.join(root, name)) if name in present else []
         if require_all and not found:
             raise ValueError(f"load_dataset: no images ({', '.join(IMAGE_EXTENSIONS)}) in "
                              f"{os.path.join(root, name)}")
