@@ -56,10 +56,8 @@ def attention_rollout(model: nn.Module, images: Tensor) -> np.ndarray:
     through every transformer layer: the product over layers of (mean-over-heads attention + I),
     rows renormalised, read at the output tokens' rows and upsampled from the patch grid to the
     image. Only models with a transformer (the students' DFLT) have one."""
-    dflt = getattr(model, "dflt", None)
-    if dflt is None:
-        raise ValueError(f"--method attention needs a transformer; {type(model).__name__} has "
-                         f"none (use gradcam or gradcam++)")
+    require_transformer(model, type(model).__name__)
+    dflt = model.dflt
     probabilities: list[Tensor] = []
 
     def record(attn: nn.Module, args) -> None:
@@ -88,6 +86,13 @@ def attention_rollout(model: nn.Module, images: Tensor) -> np.ndarray:
     maps = F.interpolate(grid, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     maps = maps - maps.amin((1, 2), keepdim=True)
     return (maps / maps.amax((1, 2), keepdim=True).clamp_min(1e-12)).cpu().numpy()
+
+
+def require_transformer(model: nn.Module, name: str) -> None:
+    """Attention rollout needs a transformer (the students' DFLT); `name` names the model."""
+    if getattr(model, "dflt", None) is None:
+        raise ValueError(f"--method attention needs a transformer; {name} has none (use gradcam "
+                         f"or gradcam++)")
 
 
 def render(image: Tensor, heatmap: np.ndarray, title: str) -> bytes:

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..models import list_models
+from .unreadable import report_unreadable
 
 
 def _png_names(paths: list[str], method: str) -> list[str]:
@@ -27,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..data.transforms import finish, resize, to_three_channels
     from ..distill import checkpoint as ckpt
     from ..distill.ddp import DistContext
-    from ..explain import heatmaps, missing_packages, render, resolve_class
+    from ..explain import heatmaps, missing_packages, render, require_transformer, resolve_class
     from ..predict import find_images
 
     missing = missing_packages(args.method)
@@ -39,9 +40,8 @@ def _run(args: argparse.Namespace) -> int:
     model, meta = ckpt.load_model(args.checkpoint, args.model, backend=args.backend)
     classes = list(meta["classes"] or (f"class_{i}" for i in range(model.num_classes)))
     target = resolve_class(args.target_class, classes)
-    if args.method == "attention" and getattr(model, "dflt", None) is None:
-        raise ValueError(f"--method attention needs a transformer; {meta['model_name']} has "
-                         f"none (use gradcam or gradcam++)")
+    if args.method == "attention":
+        require_transformer(model, meta["model_name"])  # before any heatmap is written
     device = DistContext.from_env(args.device).device
     model.to(device).eval()
     temperature = meta.get("temperature", 1.0)
@@ -66,13 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         ckpt.write_bytes_atomic(render(shown, heatmap, title), Path(args.out) / name)
         written += 1
     print(f"{written} heatmaps ({args.method}, {meta['model_name']}) -> {args.out}")
-    if failures:
-        print(f"hdkd explain: {len(failures)} of {len(paths)} files could not be read:",
-              file=sys.stderr)
-        for path, why in failures:
-            print(f"  {path}: {why}", file=sys.stderr)
-        return 1
-    return 0
+    return report_unreadable("explain", failures, len(paths))
 
 
 def register(sub) -> None:

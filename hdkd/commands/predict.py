@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..models import list_models
+from .unreadable import report_unreadable
 
 
 def _class_names(args: argparse.Namespace, saved, num_classes: int) -> list[str]:
@@ -59,13 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         ckpt.write_text_atomic(text, args.out)
         print(f"{len(run.predictions)} images predicted -> {args.out}", file=sys.stderr)
-    if run.failures:
-        print(f"hdkd predict: {len(run.failures)} of {len(paths)} files could not be read:",
-              file=sys.stderr)
-        for path, why in run.failures:
-            print(f"  {path}: {why}", file=sys.stderr)
-        return 1
-    return 0
+    return report_unreadable("predict", run.failures, len(paths))
 
 
 def register(sub) -> None:
