@@ -10,9 +10,7 @@ import torch
 
 from hdkd.bootstrap import BOOTSTRAP_METRICS, bootstrap_intervals, resample_metrics
 from hdkd.cli import main
-from hdkd.distill import checkpoint as ckpt
 from hdkd.metrics import classification_metrics
-from hdkd.models import create_model
 
 sk = pytest.importorskip("sklearn.metrics")
 
@@ -64,15 +62,10 @@ def test_intervals_hold_the_estimate_shrink_with_more_images_and_repeat():
 
 
 def test_eval_prints_and_writes_intervals_and_a_predictions_csv(tmp_path, capsys):
-    from test_calibration import _image_folder
+    from test_calibration import _image_folder, _teacher_checkpoint
 
     data = _image_folder(tmp_path / "data")
-    torch.manual_seed(0)
-    model = create_model("hdkd_teacher", num_classes=2, img_size=16)
-    path = tmp_path / "best.pt"
-    ckpt.save_atomic(ckpt.make_model_checkpoint("hdkd_teacher", model, ["benign", "malignant"],
-                                                config={"val_fraction": 0.3, "test_fraction": 0.3}),
-                     path)
+    path = _teacher_checkpoint(tmp_path)
     assert main(["eval", str(path), "--data", data, "--no-plots"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "eval_test.json").read_text())

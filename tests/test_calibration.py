@@ -77,15 +77,21 @@ def _image_folder(root, per_class=6, size=12):
     return str(root)
 
 
-@pytest.mark.filterwarnings("ignore:temperature scaling")  # tiny val split
-def test_eval_calibrate_stores_the_temperature_and_eval_applies_it(tmp_path, capsys):
-    data = _image_folder(tmp_path / "data")
+def _teacher_checkpoint(tmp_path):
+    """An untrained 2-class teacher's best.pt, with the split settings of a training run."""
     torch.manual_seed(0)
     model = create_model("hdkd_teacher", num_classes=2, img_size=16)
     path = tmp_path / "best.pt"
     ckpt.save_atomic(ckpt.make_model_checkpoint("hdkd_teacher", model, ["benign", "malignant"],
                                                 config={"val_fraction": 0.3, "test_fraction": 0.3}),
                      path)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:temperature scaling")  # tiny val split
+def test_eval_calibrate_stores_the_temperature_and_eval_applies_it(tmp_path, capsys):
+    data = _image_folder(tmp_path / "data")
+    path = _teacher_checkpoint(tmp_path)
     # an old checkpoint has no temperature: 1.0, reported without a before/after
     assert main(["eval", str(path), "--data", data, "--json", str(tmp_path / "plain.json")]) == 0
     plain = json.loads((tmp_path / "plain.json").read_text())
