@@ -13,10 +13,13 @@
 namespace hdkd {
 
 inline void define_schemas(torch::Library& m) {
-  m.def("csa_forward(Tensor h, Tensor fc1_weight, Tensor fc2_weight, Tensor sa_weight) "
-        "-> (Tensor out, Tensor ca, Tensor sa)");
-  m.def("csa_backward(Tensor grad, Tensor h, Tensor fc1_weight, Tensor fc2_weight, "
-        "Tensor sa_weight, Tensor ca, Tensor sa) "
+  // Saves only the two gates; the backward recomputes the channel statistics and their ties in a
+  // pass over h. The Triton family (hdkd/ops/triton) returns them instead, because its fused
+  // attention + project op consumes them from the depthwise pass (docs/architecture.md, 4).
+  m.def("channel_spatial_attention_forward(Tensor h, Tensor fc1_weight, Tensor fc2_weight, "
+        "Tensor sa_weight) -> (Tensor out, Tensor ca, Tensor sa)");
+  m.def("channel_spatial_attention_backward(Tensor grad, Tensor h, Tensor fc1_weight, "
+        "Tensor fc2_weight, Tensor sa_weight, Tensor ca, Tensor sa) "
         "-> (Tensor grad_h, Tensor grad_fc1, Tensor grad_fc2, Tensor grad_sa)");
   // Eval: GELU(conv(x, w) * scale + shift), scale/shift the folded BN affine.
   m.def("dwconv_bn_gelu_eval(Tensor x, Tensor weight, Tensor scale, Tensor shift) "

@@ -5,8 +5,8 @@ counts an op it does not know as zero. hdkd's fused ops (torch.ops.hdkd.*, Trito
 with torch.library) are therefore given handles here that return exactly what fvcore counts for the
 reference computation of the same op (hdkd.ops.reference), so a fused path reports the same FLOPs
 as the reference. Handles are found by op family from the op's name (e.g. hdkd::mbcsa_eval,
-hdkd_triton::csa_forward), for every op registered, at the time of counting, in a namespace that
-starts with "hdkd": an op that does not exist yet simply never matches.
+hdkd_triton::channel_spatial_attention_forward), for every op registered, at the time of
+counting, in a namespace that starts with "hdkd": an op that does not exist yet simply never matches.
 
 Conventions per reference op (fvcore's own rules): conv = N * Cout * Cin/groups * k*k * Hout*Wout;
 linear = rows * in * out; batch norm = 2 per element in eval, 5 per element in training (with
@@ -103,7 +103,7 @@ def _weights(inputs: list) -> list[list[int]]:
     return [s for s in shapes if s is not None and len(s) == 4]
 
 
-def _csa_handle(op_name: str) -> Handle:
+def _channel_spatial_attention_handle(op_name: str) -> Handle:
     """The attention; with "project" in the name, followed by the 1x1 project conv (its output
     is the op's first output)."""
     def handle(inputs: list, outputs: list) -> int:
@@ -160,7 +160,7 @@ def _mbcsa_handle(op_name: str) -> Handle:
 FAMILIES: list[tuple[tuple[str, ...], Callable[[str], Handle]]] = [
     (("mbcsa",), _mbcsa_handle),
     (("dwconv",), _dwconv_handle),
-    (("channel_spatial_attention", "cbam", "csa"), _csa_handle),
+    (("channel_spatial_attention", "cbam", "csa"), _channel_spatial_attention_handle),
     (("expand",), _expand_handle),
 ]
 

@@ -36,9 +36,10 @@ def triton_cases(layout):
     pw = f(_randn(g, 5, 12, 1, 1, scale=0.3))
     cases = []
 
-    out = tb._csa_forward(h, fc1, fc2, sa)
-    cases.append(("csa_forward", tb._csa_forward, (h, fc1, fc2, sa)))
-    cases.append(("csa_backward", tb._csa_backward,
+    out = tb._channel_spatial_attention_forward(h, fc1, fc2, sa)
+    cases.append(("channel_spatial_attention_forward", tb._channel_spatial_attention_forward,
+                  (h, fc1, fc2, sa)))
+    cases.append(("channel_spatial_attention_backward", tb._channel_spatial_attention_backward,
                   (torch.randn_like(out[0]), h, fc1, fc2, sa, *out[1:])))
     for training in (True, False):
         args = (h, dw, gamma, beta, rm, rv, training, 1e-5, 1)
@@ -56,9 +57,11 @@ def triton_cases(layout):
     mx = h.amax((2, 3))
     ties = (h == mx[:, :, None, None]).sum((2, 3)).float()
     args = (h, h.mean((2, 3)), mx, ties, fc1, fc2, sa, pw)
-    v, *saved = tb._csa_project_forward(*args)
-    cases.append(("csa_project_forward", tb._csa_project_forward, args))
-    cases.append(("csa_project_backward", tb._csa_project_backward,
+    v, *saved = tb._channel_spatial_attention_project_forward(*args)
+    cases.append(("channel_spatial_attention_project_forward",
+                  tb._channel_spatial_attention_project_forward, args))
+    cases.append(("channel_spatial_attention_project_backward",
+                  tb._channel_spatial_attention_project_backward,
                   (torch.randn_like(v), h, mx, ties, fc1, fc2, sa, pw, *saved)))
     block = hdkd.nn.MBCSA(4, 6, downsample=True).to(DEVICE).eval()
     if layout == "channels_last":
@@ -86,9 +89,11 @@ def ext_cases(layout, spatial: int = 1, ops=None, device="cpu"):
     gamma = (torch.rand(13, generator=g) + 0.5).to(device)
     beta = (torch.randn(13, generator=g) * 0.1).to(device)
     cases = []
-    out, ca, s = ops.csa_forward(h, fc1, fc2, sa)
-    cases.append(("csa_forward", ops.csa_forward.default, (h, fc1, fc2, sa)))
-    cases.append(("csa_backward", ops.csa_backward.default,
+    out, ca, s = ops.channel_spatial_attention_forward(h, fc1, fc2, sa)
+    cases.append(("channel_spatial_attention_forward", ops.channel_spatial_attention_forward.default,
+                  (h, fc1, fc2, sa)))
+    cases.append(("channel_spatial_attention_backward",
+                  ops.channel_spatial_attention_backward.default,
                   (torch.randn_like(out), h, fc1, fc2, sa, ca, s)))
     y, avg, mx, ties = ops.dwconv_bn_gelu_eval(x, w, gamma, beta)
     cases.append(("dwconv_bn_gelu_eval", ops.dwconv_bn_gelu_eval.default, (x, w, gamma, beta)))

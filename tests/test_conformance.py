@@ -240,9 +240,10 @@ def test_custom_ops_pass_opcheck(backend, kind, autocast):
 
 # The inputs of each differentiable forward op that carry gradients (not the running
 # statistics, flags or tie counts); backward ops are checked without gradients.
-_GRAD_INPUTS = {name: range(4) for name in ("csa_forward", "dwconv_forward", "expand_forward",
-                                            "dwconv_bn_gelu_eval", "dwconv_bn_gelu_train")}
-_GRAD_INPUTS["csa_project_forward"] = (0, 1, 2, 4, 5, 6, 7)
+_GRAD_INPUTS = {name: range(4) for name in (
+    "channel_spatial_attention_forward", "dwconv_forward", "expand_forward", "dwconv_bn_gelu_eval",
+    "dwconv_bn_gelu_train")}
+_GRAD_INPUTS["channel_spatial_attention_project_forward"] = (0, 1, 2, 4, 5, 6, 7)
 # inference-only ops: no autograd registration to check
 _UTILS = {"mbcsa_eval_fused": ("test_schema", "test_faketensor"),
           "mbcsa_eval": ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")}

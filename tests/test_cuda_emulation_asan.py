@@ -27,8 +27,8 @@ for shape in [(2, 16, 5, 7), (1, 24, 3, 1), (3, 13, 6, 5), (1, 8, 1, 1)]:
     for fmt in (torch.contiguous_format, torch.channels_last):
         x = r(*shape).contiguous(memory_format=fmt)
         fc1, fc2, sa = r(1, c, 1, 1), r(c, 1, 1, 1), r(1, 2, 7, 7)
-        out, ca, s = ops.csa_forward(x, fc1, fc2, sa)
-        ops.csa_backward(torch.randn_like(out), x, fc1, fc2, sa, ca, s)
+        out, ca, s = ops.channel_spatial_attention_forward(x, fc1, fc2, sa)
+        ops.channel_spatial_attention_backward(torch.randn_like(out), x, fc1, fc2, sa, ca, s)
         for k in (1, 3, 5, 7):
             wt, gamma, beta = r(c, 1, k, k), r(c).abs() + 0.5, r(c)
             y, avg, mx, ties = ops.dwconv_bn_gelu_eval(x, wt, gamma, beta)

@@ -168,13 +168,14 @@ def test_packed_attention_path_matches_the_element_path(target, shape, dtype):
                    scales=[1, 0.3, 0.3, 0.3, 1])
     h_, fc1, fc2, sa_w, g = [t.to(dtype).to(device) for t in base]
     h_, g = (t.contiguous(memory_format=torch.channels_last) for t in (h_, g))
-    packed = ops.csa_forward(h_, fc1, fc2, sa_w)
-    elementwise = ops.csa_forward(_misaligned(h_), fc1, fc2, sa_w)
+    packed = ops.channel_spatial_attention_forward(h_, fc1, fc2, sa_w)
+    elementwise = ops.channel_spatial_attention_forward(_misaligned(h_), fc1, fc2, sa_w)
     for a_, b_ in zip(packed, elementwise):
         _assert_same_path_result(a_, b_)
     _, ca, sa = packed
-    packed = ops.csa_backward(g, h_, fc1, fc2, sa_w, ca, sa)
-    elementwise = ops.csa_backward(_misaligned(g), _misaligned(h_), fc1, fc2, sa_w, ca, sa)
+    packed = ops.channel_spatial_attention_backward(g, h_, fc1, fc2, sa_w, ca, sa)
+    elementwise = ops.channel_spatial_attention_backward(_misaligned(g), _misaligned(h_), fc1,
+                                                         fc2, sa_w, ca, sa)
     for a_, b_ in zip(packed, elementwise):
         _assert_same_path_result(a_, b_)
 
@@ -222,8 +223,8 @@ def test_packed_paths_on_16_but_not_32_byte_aligned_memory(target, dtype):
     h = h.contiguous(memory_format=torch.channels_last)
     fc1, fc2, sa_w = [t.to(dtype).to(device) for t in _random(
         [(1, 16, 1, 1), (16, 1, 1, 1), (1, 2, 7, 7)], seed=7, scales=[0.3, 0.3, 0.3])]
-    for a_, b_ in zip(ops.csa_forward(h, fc1, fc2, sa_w),
-                      ops.csa_forward(_aligned_16_not_32(h), fc1, fc2, sa_w)):
+    for a_, b_ in zip(ops.channel_spatial_attention_forward(h, fc1, fc2, sa_w),
+                      ops.channel_spatial_attention_forward(_aligned_16_not_32(h), fc1, fc2, sa_w)):
         _assert_same_path_result(a_, b_)
 
 
@@ -258,14 +259,14 @@ def test_errors_name_the_argument(target):
     fc1, fc2 = torch.randn(2, 8, 1, 1, device=device), torch.randn(8, 2, 1, 1, device=device)
     sa = torch.randn(1, 2, 7, 7, device=device)
     with pytest.raises(RuntimeError, match="fc2_weight of shape"):
-        ops.csa_forward(h, fc1, fc2[:4], sa)
+        ops.channel_spatial_attention_forward(h, fc1, fc2[:4], sa)
     with pytest.raises(RuntimeError, match="weight of shape"):
         ops.dwconv_bn_gelu_eval(h, torch.ones(8, 1, 3, 2, device=device),
                                 torch.ones(8, device=device), torch.zeros(8, device=device))
     with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
-        ops.csa_forward(h.double(), fc1, fc2, sa)
+        ops.channel_spatial_attention_forward(h.double(), fc1, fc2, sa)
     with pytest.raises(RuntimeError, match="at least one pixel"):
-        ops.csa_forward(h[:, :, :0], fc1, fc2, sa)
+        ops.channel_spatial_attention_forward(h[:, :, :0], fc1, fc2, sa)
     with pytest.raises(RuntimeError, match="expected cin == cout"):
         hid = torch.randn(32, device=device)
         ops.mbcsa_eval(h, torch.randn(32, 8, 1, 1, device=device), hid,
@@ -298,7 +299,7 @@ def test_saved_inputs_are_checked(target):
     sa = torch.randn(1, 2, 7, 7, device=device)
     ca, s = torch.rand(2, 8, device=device), torch.rand(2, 5, 4, device=device)
     with pytest.raises(RuntimeError, match="sa of shape"):
-        ops.csa_backward(h, h, fc1, fc2, sa, ca, s[:, :4])
+        ops.channel_spatial_attention_backward(h, h, fc1, fc2, sa, ca, s[:, :4])
     hid = torch.randn(32, device=device)
     with pytest.raises(RuntimeError, match="sa_weight of shape"):
         ops.mbcsa_eval(x, torch.randn(32, 8, 1, 1, device=device), hid,
@@ -332,7 +333,7 @@ def test_cuda_weights_on_another_device_are_named():
     h = torch.randn(1, 8, 4, 4, device="cuda")
     fc1, fc2, sa = torch.randn(2, 8, 1, 1), torch.randn(8, 2, 1, 1), torch.randn(1, 2, 7, 7)
     with pytest.raises(RuntimeError, match="expected fc1_weight on cuda"):
-        torch.ops.hdkd.csa_forward(h, fc1, fc2, sa)
+        torch.ops.hdkd.channel_spatial_attention_forward(h, fc1, fc2, sa)
 
 
 requires_cuda = pytest.mark.skipif(_cuda_unavailable_reason() is not None,
@@ -350,7 +351,7 @@ def test_realistic_shapes_on_cuda(dtype):
     base[5] = base[5].abs() + 0.5
     h = layout(base[0].to(dtype), "channels_last").cuda()
     weights = [t.to(dtype).cuda() for t in base[1:4]]
-    out = torch.ops.hdkd.csa_forward(h, *weights)[0]
+    out = torch.ops.hdkd.channel_spatial_attention_forward(h, *weights)[0]
     ref = R.channel_spatial_attention(h.double(), *[w.double() for w in weights])
     assert rel_err(out, ref) < REL_TOL[dtype]
     dw = [t.to(dtype).cuda() for t in base[4:]]

@@ -52,12 +52,12 @@ def test_float64_runs_the_reference():
 def test_kernel_errors_name_the_argument():
     h, fc1, fc2, sa = [t.float() for t in _attention_inputs((1, 8, 4, 4), seed=2)]
     with pytest.raises(RuntimeError, match="fc2_weight of shape"):
-        torch.ops.hdkd.csa_forward(h, fc1, fc2[:4], sa)
+        torch.ops.hdkd.channel_spatial_attention_forward(h, fc1, fc2[:4], sa)
     with pytest.raises(RuntimeError, match="weight of shape"):
         torch.ops.hdkd.dwconv_bn_gelu_eval(h, torch.ones(8, 1, 3, 2), torch.ones(8),
                                            torch.zeros(8))
     with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
-        torch.ops.hdkd.csa_forward(h.int(), fc1, fc2, sa)
+        torch.ops.hdkd.channel_spatial_attention_forward(h.int(), fc1, fc2, sa)
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["fused", "composed"])

@@ -29,9 +29,10 @@ def test_opcheck_csa(channels_last):
     h, fc1, fc2, sa = _attention_args()
     if channels_last:
         h = h.detach().to(memory_format=torch.channels_last).requires_grad_()
-    _opcheck(torch.ops.hdkd.csa_forward.default, (h, fc1, fc2, sa))
-    out, ca, s = torch.ops.hdkd.csa_forward(h.detach(), fc1.detach(), fc2.detach(), sa.detach())
-    _opcheck(torch.ops.hdkd.csa_backward.default,
+    _opcheck(torch.ops.hdkd.channel_spatial_attention_forward.default, (h, fc1, fc2, sa))
+    out, ca, s = torch.ops.hdkd.channel_spatial_attention_forward(
+        h.detach(), fc1.detach(), fc2.detach(), sa.detach())
+    _opcheck(torch.ops.hdkd.channel_spatial_attention_backward.default,
              (torch.randn_like(out), h.detach(), fc1.detach(), fc2.detach(), sa.detach(), ca, s))
 
 

@@ -37,7 +37,7 @@ def test_mbcsa_formula_equals_fvcore(cin, cout, downsample, expansion, training)
     assert flops.count_flops(m, (x,)) == expected
 
 
-def _csa_args(b=2, c=40, h=9, w=7):
+def _channel_spatial_attention_args(b=2, c=40, h=9, w=7):
     return (torch.randn(b, c, h, w), torch.randn(max(c // 16, 1), c, 1, 1),
             torch.randn(c, max(c // 16, 1), 1, 1), torch.randn(1, 2, 7, 7))
 
@@ -47,7 +47,7 @@ def _bn(c):
 
 
 def test_attention_and_dwconv_formulas_equal_fvcore():
-    args = _csa_args()
+    args = _channel_spatial_attention_args()
     assert flops.count_flops(reference.channel_spatial_attention, args) == \
         flops.channel_spatial_attention_flops(2, 40, 9, 7, 2)
     x, w = torch.randn(2, 40, 9, 7), torch.randn(40, 1, 5, 5)
@@ -60,7 +60,7 @@ def test_attention_and_dwconv_formulas_equal_fvcore():
 # Test ops registered like the extension's / Triton's: opaque to fvcore, so only a handle counts
 # them. Names follow the families hdkd.flops recognises.
 @torch.library.custom_op(f"{NS}::channel_spatial_attention", mutates_args=())
-def _csa_op(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor) -> Tensor:
+def _channel_spatial_attention_op(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor) -> Tensor:
     return reference.channel_spatial_attention(h, fc1, fc2, sa)
 
 
@@ -193,7 +193,7 @@ def test_triton_backend_counted_as_the_reference():
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     for row in rows:
         assert row["triton"] == row["torch"] > 0
-        assert any(op.startswith(("mbcsa", "csa", "dwconv")) for op in row["triton_ops"]), row
+        assert any(op.startswith(("mbcsa", "channel_spatial_attention", "dwconv")) for op in row["triton_ops"]), row
 
 
 def test_ext_backend_counted_as_the_reference():

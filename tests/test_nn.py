@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import hdkd
-from hdkd.nn import CBAM, DFLT, MBCSA, ChannelAttention, ConvBNGELU, SpatialAttention
+from hdkd.nn import (DFLT, MBCSA, ChannelAttention, ChannelSpatialAttention, ConvBNGELU,
+                     SpatialAttention)
 from hdkd.ops import reference as R
 
 from helpers import assert_close_rel
@@ -100,12 +101,12 @@ def test_mbcsa_autocast_cpu():
 def test_modules_equal_reference_functions():
     torch.manual_seed(0)
     h = torch.randn(2, 40, 6, 5)
-    ca, sa, cbam = ChannelAttention(40), SpatialAttention(7), CBAM(40)
+    ca, sa, attention = ChannelAttention(40), SpatialAttention(7), ChannelSpatialAttention(40)
     torch.testing.assert_close(ca(h), R.channel_attention(h, ca.fc1.weight, ca.fc2.weight))
     torch.testing.assert_close(sa(h), R.spatial_attention(h, sa.conv.weight))
-    torch.testing.assert_close(cbam(h), R.channel_spatial_attention(
-        h, cbam.channel_attention.fc1.weight, cbam.channel_attention.fc2.weight,
-        cbam.spatial_attention.conv.weight))
+    torch.testing.assert_close(attention(h), R.channel_spatial_attention(
+        h, attention.channel_attention.fc1.weight, attention.channel_attention.fc2.weight,
+        attention.spatial_attention.conv.weight))
     assert ChannelAttention(8).fc1.out_channels == 1  # C // 16, at least 1
     stem = ConvBNGELU(3, 8, 3, downsample=True).eval()
     x = torch.randn(1, 3, 9, 9)
@@ -177,3 +178,7 @@ def test_explicit_backend_unavailable_is_an_error():
             m(torch.randn(1, 8, 4, 4))
     finally:
         hdkd.ops.unregister_backend("test_missing")
+
+
+def test_cbam_is_the_papers_name_for_channel_spatial_attention():
+    assert hdkd.nn.CBAM is ChannelSpatialAttention

@@ -65,7 +65,7 @@ def test_dwconv_bn_gelu_stats_and_running_update():
     torch.testing.assert_close(state.running_var, bn.running_var)
 
 
-def test_cbam_matches_layers():
+def test_channel_spatial_attention_matches_layers():
     m = Cbam(40)
     h = torch.randn(2, 40, 7, 5)
     out = R.channel_spatial_attention(h, m.channel_attention.fc[0].weight,

@@ -1,4 +1,4 @@
-"""Triton channel-spatial attention: realistic shapes on a GPU, the CBAM module under autocast,
+"""Triton channel-spatial attention: realistic shapes on a GPU, the module under autocast,
 the interpreter on CPU tensors. The numerics on the shared grid (dtypes, layouts, ties) are in
 tests/test_conformance.py."""
 import zlib
@@ -45,10 +45,10 @@ def test_forward_backward_realistic(shape, dtype, kind):
         assert rel_err(a.grad, b.grad) < REL_TOL[dtype], name
 
 
-def test_cbam_module_and_autocast():
+def test_channel_spatial_attention_module_and_autocast():
     torch.manual_seed(0)
-    m = hdkd.nn.CBAM(20, backend="triton").to(DEVICE)
-    ref = hdkd.nn.CBAM(20, backend="torch").to(DEVICE).double()
+    m = hdkd.nn.ChannelSpatialAttention(20, backend="triton").to(DEVICE)
+    ref = hdkd.nn.ChannelSpatialAttention(20, backend="torch").to(DEVICE).double()
     ref.load_state_dict(m.state_dict())
     h = torch.randn(2, 20, 7, 6, device=DEVICE)
     expect = ref(h.double())

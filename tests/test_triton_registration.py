@@ -39,7 +39,7 @@ def test_unavailable_reason_without_gpu_or_interpreter(monkeypatch):
                                            backend="triton")
 
 
-def _csa_args():
+def _channel_spatial_attention_args():
     g = torch.Generator().manual_seed(0)
     return (torch.randn(2, 12, 5, 4, generator=g).to(DEVICE).requires_grad_(),
             torch.randn(1, 12, 1, 1, generator=g).to(DEVICE).requires_grad_(),
@@ -48,7 +48,8 @@ def _csa_args():
 
 
 def test_opcheck_channel_spatial_attention():
-    torch.library.opcheck(triton_backend._csa_forward, _csa_args())
+    torch.library.opcheck(triton_backend._channel_spatial_attention_forward,
+                          _channel_spatial_attention_args())
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -74,12 +75,12 @@ def test_opcheck_expand(training, stride):
 
 
 def test_opcheck_attention_project():
-    d, fc1, fc2, sa = _csa_args()
+    d, fc1, fc2, sa = _channel_spatial_attention_args()
     project = torch.randn(5, 12, 1, 1, device=DEVICE).requires_grad_()
     mx = d.detach().amax((2, 3))
     ties = (d.detach() == mx[:, :, None, None]).sum((2, 3)).float()
     avg = d.detach().mean((2, 3)).requires_grad_()
-    torch.library.opcheck(triton_backend._csa_project_forward,
+    torch.library.opcheck(triton_backend._channel_spatial_attention_project_forward,
                           (d, avg, mx.requires_grad_(), ties, fc1, fc2, sa, project))
 
 

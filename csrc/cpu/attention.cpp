@@ -1,4 +1,4 @@
-// CPU kernels of the channel-spatial attention (CBAM with its residual):
+// CPU kernels of the channel-spatial attention (with its residual):
 //   u = h * ca(h); out = u * sa(u) + h = h * (ca * sa + 1).
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -73,10 +73,10 @@ void spatial_gate_backward(const float* dpre, const float* pooled, const float* 
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h_in, const Tensor& fc1,
-                                               const Tensor& fc2, const Tensor& sa_weight) {
+std::tuple<Tensor, Tensor, Tensor> channel_spatial_attention_forward(
+    const Tensor& h_in, const Tensor& fc1, const Tensor& fc2, const Tensor& sa_weight) {
   const NoAutocast no_autocast;
-  check_weights("hdkd::csa_forward", h_in, fc1, fc2, sa_weight);
+  check_weights("hdkd::channel_spatial_attention_forward", h_in, fc1, fc2, sa_weight);
   const Tensor h = nhwc_float(h_in);
   const Dims d = dims_of(h);
   const auto opts = at::TensorOptions().dtype(at::kFloat);
@@ -107,12 +107,11 @@ std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h_in, const Tensor&
 //   dh = g + du * ca + davg / P + [h == max_p h] * dmx / ties_p   (davg, dmx: grads of the
 //                                                                 channel stats)
 // A max's gradient is split evenly among the values tied at it, as torch.amax does.
-std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, const Tensor& h_in,
-                                                        const Tensor& fc1, const Tensor& fc2,
-                                                        const Tensor& sa_weight,
-                                                        const Tensor& ca_in, const Tensor& sa_in) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> channel_spatial_attention_backward(
+    const Tensor& grad, const Tensor& h_in, const Tensor& fc1, const Tensor& fc2,
+    const Tensor& sa_weight, const Tensor& ca_in, const Tensor& sa_in) {
   const NoAutocast no_autocast;
-  const char* op = "hdkd::csa_backward";
+  const char* op = "hdkd::channel_spatial_attention_backward";
   check_weights(op, h_in, fc1, fc2, sa_weight);
   check_input(op, "grad", grad, 4);
   TORCH_CHECK(grad.sizes() == h_in.sizes(), op, ": expected grad of shape ", h_in.sizes(),
@@ -243,8 +242,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hdkd, CPU, m) {
-  m.impl("csa_forward", &csa_forward);
-  m.impl("csa_backward", &csa_backward);
+  m.impl("channel_spatial_attention_forward", &channel_spatial_attention_forward);
+  m.impl("channel_spatial_attention_backward", &channel_spatial_attention_backward);
 }
 
 }  // namespace hdkd::cpu

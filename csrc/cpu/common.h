@@ -1,5 +1,6 @@
 // Shared pieces of the CPU kernels: float32 channels_last staging, output layout, vectorised
-// GELU/sigmoid, per-channel statistics and the CBAM gates used by both attention.cpp and mbcsa.cpp.
+// GELU/sigmoid, per-channel statistics and the channel-spatial attention gates used by both
+// attention.cpp and mbcsa.cpp.
 //
 // Every kernel computes in float32 on B x H x W x C (channels_last) buffers: bfloat16/float16
 // inputs are widened once on entry and the result narrowed once on exit.
@@ -130,7 +131,7 @@ template <class F>
 void for_pixel_chunks(int64_t B, int64_t P, const F& fn);
 int64_t chunks_per_image(int64_t P);
 
-// CBAM pieces on float32 B x P x C data.
+// Channel-spatial attention pieces on float32 B x P x C data.
 // pooled[b, 0|1, p] = mean|max over c of u = h[b, p, c] * ca[b, c]   (pooled: B x 2 x H x W);
 // ties (when not null, B x H*W): the number of channels whose u equals the max.
 void channel_pool(const float* h, const float* ca, Dims d, float* pooled, float* ties);

@@ -2,7 +2,7 @@
 // image at a time (each pass split over the thread pool):
 //   e = GELU(x[::s, ::s] We^T + be)           GEMM, GELU fused per row block
 //   d = GELU(dwconv(e, Wd) + bd)               one pass, with per-channel sum / max of d
-//   h = d * (ca * sa + 1)                      CBAM gates and residual, per row block, then
+//   h = d * (ca * sa + 1)                      attention gates and residual, per row block, then
 //   out = shortcut(x) + bp + h Wp^T            the project GEMM accumulating into out
 #include <ATen/ThreadLocalState.h>
 #include <ATen/ops/addmm.h>

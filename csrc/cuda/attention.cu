@@ -1,4 +1,4 @@
-// CUDA kernels of the channel-spatial attention (CBAM with its residual):
+// CUDA kernels of the channel-spatial attention (with its residual):
 //   u = h * ca(h); out = u * sa(u) + h = h * (ca * sa + 1),
 //   ca = sigmoid(MLP(avg_p h) + MLP(max_p h)), sa = sigmoid(conv_kxk([mean_c u, max_c u])).
 // The channel MLP (B x C, tiny) runs on ATen in float32.
@@ -24,9 +24,9 @@ void check_attention(const char* op, const Tensor& h, const Tensor& fc1, const T
               h.sizes());
 }
 
-std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h, const Tensor& fc1,
-                                               const Tensor& fc2, const Tensor& sa_weight) {
-  check_attention("hdkd::csa_forward", h, fc1, fc2, sa_weight);
+std::tuple<Tensor, Tensor, Tensor> channel_spatial_attention_forward(
+    const Tensor& h, const Tensor& fc1, const Tensor& fc2, const Tensor& sa_weight) {
+  check_attention("hdkd::channel_spatial_attention_forward", h, fc1, fc2, sa_weight);
   const OpScope scope(h);
   const ChannelStats stats = channel_stats(h);
   const Tensor ca = channel_gate(stats.sum.div(double(h.size(2) * h.size(3))), stats.max, fc1, fc2);
@@ -42,11 +42,10 @@ std::tuple<Tensor, Tensor, Tensor> csa_forward(const Tensor& h, const Tensor& fc
 //   dh = g + du * ca + davg / P + [h == max_p h] * dmx / ties_p   (davg, dmx: grads of the
 //                                                                 channel stats)
 // A max's gradient is split evenly among the values tied at it, as torch.amax does.
-std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, const Tensor& h,
-                                                        const Tensor& fc1, const Tensor& fc2,
-                                                        const Tensor& sa_weight,
-                                                        const Tensor& ca_in, const Tensor& sa_in) {
-  const char* op = "hdkd::csa_backward";
+std::tuple<Tensor, Tensor, Tensor, Tensor> channel_spatial_attention_backward(
+    const Tensor& grad, const Tensor& h, const Tensor& fc1, const Tensor& fc2,
+    const Tensor& sa_weight, const Tensor& ca_in, const Tensor& sa_in) {
+  const char* op = "hdkd::channel_spatial_attention_backward";
   check_attention(op, h, fc1, fc2, sa_weight);
   check_4d(op, "grad", grad, h);
   TORCH_CHECK(grad.sizes() == h.sizes() && grad.scalar_type() == h.scalar_type(), op,
@@ -171,8 +170,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> csa_backward(const Tensor& grad, cons
 }  // namespace
 
 HDKD_CUDA_IMPL(m) {
-  m.impl("csa_forward", &csa_forward);
-  m.impl("csa_backward", &csa_backward);
+  m.impl("channel_spatial_attention_forward", &channel_spatial_attention_forward);
+  m.impl("channel_spatial_attention_backward", &channel_spatial_attention_backward);
 }
 
 }  // namespace hdkd::cuda

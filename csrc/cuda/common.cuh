@@ -339,7 +339,7 @@ struct PixelWalk {
   }
 };
 
-// The CBAM gates on h (B x C x H x W, any layout and dtype), ca B x C float32:
+// The channel-spatial attention gates on h (B x C x H x W, any layout and dtype), ca B x C float32:
 //   pooled[b, 0|1, p] = mean|max over c of u = h * ca (ties, when not null: B x H*W, the number of
 //   channels whose u equals the max; gu, when g is given: B x H*W, sum over c of g * u, g laid
 //   out like h or not, of h's dtype);

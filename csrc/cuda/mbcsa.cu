@@ -3,7 +3,7 @@
 //   e = GELU(x[::s, ::s] We^T + be)             GEMM, then GELU in place
 //   d = GELU(dwconv(e, Wd) + bd)                 the depthwise kernel, with the channel stats
 //                                                of d as stored (as the other backends)
-//   ca, sa                                       the CBAM gates (sa from one pass over d)
+//   ca, sa                                       the attention gates (sa from one pass over d)
 //   out = shortcut(x) + bp + (d * (ca * sa + 1)) Wp^T
 // The gates are folded into the project GEMM instead of being applied to d: per pixel,
 //   (d * (ca * sa + 1)) Wp^T = sa * (d (Wp diag ca)^T) + d Wp^T,

@@ -47,8 +47,8 @@ class _SpatialGate(nn.Module):
         return torch.sigmoid(self.conv(pooled))
 
 
-class _CBAM(nn.Module):
-    """h * ca * sa + h, with hdkd.nn.CBAM's parameter names."""
+class _ChannelSpatialAttention(nn.Module):
+    """h * ca * sa + h, with hdkd.nn.ChannelSpatialAttention's parameter names."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -65,7 +65,7 @@ class ScriptableMBCSA(MBCSA):
 
     def __init__(self, inp: int, oup: int, kernel_size: int = 3, downsample: bool = False):
         super().__init__(inp, oup, kernel_size, downsample)
-        self.attention = _CBAM(self.hidden)
+        self.attention = _ChannelSpatialAttention(self.hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.gelu(self.expand_norm(self.expand(self.pre_norm(x))))

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops.reference import BatchNormState, MBCSAWeights, fold_mbcsa_float32
 from ._validate import odd_kernel, positive_int
-from .attention import CBAM
+from .channel_spatial_attention import ChannelSpatialAttention
 from .eval_cache import EvalCache, caching_allowed, records_grad
 
 
@@ -19,7 +19,8 @@ class MBCSA(nn.Module):
     """out = shortcut(x) + body(BN(x)), constructor as the original's MBCSA.
 
     body (expansion > 1): 1x1 expand (stride 2 when downsampling) -> BN -> GELU -> depthwise
-    k x k -> BN -> GELU -> CBAM -> 1x1 project -> BN. Expansion 1: depthwise k x k (strided when
+    k x k -> BN -> GELU -> channel-spatial attention (the `attention` submodule, named as in the
+    original checkpoints) -> 1x1 project -> BN. Expansion 1: depthwise k x k (strided when
     downsampling) -> BN -> GELU -> 1x1 project -> BN, no attention. shortcut: identity, or
     MaxPool(3, 2, 1) -> 1x1 conv when downsampling.
 
@@ -60,7 +61,7 @@ class MBCSA(nn.Module):
                                 bias=False)
         self.dw_norm = nn.BatchNorm2d(hidden)
         if expansion != 1:
-            self.attention = CBAM(hidden, backend=backend)
+            self.attention = ChannelSpatialAttention(hidden, backend=backend)
         self.project = nn.Conv2d(hidden, oup, 1, bias=False)
         self.project_norm = nn.BatchNorm2d(oup)
         self.shortcut = nn.Conv2d(inp, oup, 1, bias=False) if downsample else None

@@ -70,7 +70,7 @@ def _kernels_for(x: Tensor, dw: Tensor) -> bool:
 def channel_spatial_attention(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor) -> Tensor:
     if h.dtype == torch.float64:
         return reference.channel_spatial_attention(h, fc1, fc2, sa)
-    return torch.ops.hdkd.csa_forward(h, fc1, fc2, sa)[0]
+    return torch.ops.hdkd.channel_spatial_attention_forward(h, fc1, fc2, sa)[0]
 
 
 def _update_running(bn: BatchNormState, mean: Tensor, var: Tensor, count: int,

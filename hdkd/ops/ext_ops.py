@@ -26,12 +26,12 @@ def _new(t: Tensor, shape, dtype=None) -> Tensor:
     return torch.empty(shape, dtype=dtype or t.dtype, device=t.device)
 
 
-def _csa_forward_fake(h, fc1, fc2, sa):
+def _channel_spatial_attention_forward_fake(h, fc1, fc2, sa):
     b, c, hh, ww = h.shape
     return _like(h), _new(h, (b, c), torch.float32), _new(h, (b, hh, ww), torch.float32)
 
 
-def _csa_backward_fake(grad, h, fc1, fc2, sa, ca, s):
+def _channel_spatial_attention_backward_fake(grad, h, fc1, fc2, sa, ca, s):
     return _like(h), _new(fc1, fc1.shape), _new(fc2, fc2.shape), _new(sa, sa.shape)
 
 
@@ -65,7 +65,7 @@ def _mbcsa_eval_fake(x, expand_w, expand_b, dw_w, dw_b, fc1, fc2, sa, project_w,
     return _like(x, (b, project_w.shape[0], h, w))
 
 
-def _csa_setup(ctx, inputs, output):
+def _channel_spatial_attention_setup(ctx, inputs, output):
     h, fc1, fc2, sa_w = inputs
     _, ca, sa = output
     ctx.mark_non_differentiable(ca, sa)
@@ -91,8 +91,8 @@ def register(namespace: str = "hdkd") -> None:
     """Fake kernels and autograd for the ops of `namespace` (schemas of csrc/schemas.h)."""
     ops = getattr(torch.ops, namespace)
 
-    def csa_backward(ctx, grad_out, _grad_ca, _grad_sa):
-        return ops.csa_backward(grad_out, *ctx.saved_tensors)
+    def channel_spatial_attention_backward(ctx, grad_out, _grad_ca, _grad_sa):
+        return ops.channel_spatial_attention_backward(grad_out, *ctx.saved_tensors)
 
     def dw_eval_backward(ctx, grad_y, grad_avg, grad_max, _grad_ties):
         x, w, scale, shift, y, mx, ties = ctx.saved_tensors
@@ -109,13 +109,13 @@ def register(namespace: str = "hdkd") -> None:
                                                             mean, invstd)
         return dx, dw, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), None
 
-    fakes = {"csa_forward": _csa_forward_fake, "csa_backward": _csa_backward_fake,
+    fakes = {"channel_spatial_attention_forward": _channel_spatial_attention_forward_fake, "channel_spatial_attention_backward": _channel_spatial_attention_backward_fake,
              "dwconv_bn_gelu_eval": _dw_eval_fake, "dwconv_bn_gelu_train": _dw_train_fake,
              "dwconv_bn_gelu_backward": _dw_backward_fake, "mbcsa_eval": _mbcsa_eval_fake}
     for name, fake in fakes.items():
         torch.library.register_fake(f"{namespace}::{name}", fake)
-    torch.library.register_autograd(f"{namespace}::csa_forward", csa_backward,
-                                    setup_context=_csa_setup)
+    torch.library.register_autograd(f"{namespace}::channel_spatial_attention_forward", channel_spatial_attention_backward,
+                                    setup_context=_channel_spatial_attention_setup)
     torch.library.register_autograd(f"{namespace}::dwconv_bn_gelu_eval", dw_eval_backward,
                                     setup_context=_dw_eval_setup)
     torch.library.register_autograd(f"{namespace}::dwconv_bn_gelu_train", dw_train_backward,

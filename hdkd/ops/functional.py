@@ -17,7 +17,8 @@ from .reference import BatchNormState, MBCSAWeights
 
 def channel_spatial_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
                               sa_weight: Tensor, *, backend: Optional[str] = "auto") -> Tensor:
-    """CBAM with its residual: h * ca(h) * sa(h * ca(h)) + h (docs/model.md, section 5)."""
+    """Channel-spatial attention with its residual: h * ca(h) * sa(h * ca(h)) + h
+    (docs/model.md, section 5)."""
     op = "hdkd.channel_spatial_attention"
     check_activation(op, "h", h)
     c = h.shape[1]

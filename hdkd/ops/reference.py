@@ -46,7 +46,7 @@ def fold_conv_batch_norm(conv_weight: Tensor, bn: BatchNormState,
     return conv_weight * scale.view(-1, *([1] * (conv_weight.dim() - 1))), shift
 
 
-# ---------------------------------------------------------------- channel-spatial attention (CBAM)
+# ---------------------------------------------------------------- channel-spatial attention
 
 def channel_gate(avg: Tensor, mx: Tensor, fc1_weight: Tensor, fc2_weight: Tensor) -> Tensor:
     """sigmoid(MLP(avg) + MLP(max)) from the pooled statistics (B x C) -> B x C.
@@ -68,13 +68,14 @@ def channel_stats(h: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def channel_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor) -> Tensor:
-    """The channel half of CBAM: B x C x 1 x 1 gate."""
+    """The channel half of the channel-spatial attention: B x C x 1 x 1 gate."""
     avg, mx = channel_stats(h)
     return channel_gate(avg, mx, fc1_weight, fc2_weight)[:, :, None, None]
 
 
 def spatial_attention(u: Tensor, conv_weight: Tensor) -> Tensor:
-    """The spatial half of CBAM: sigmoid(conv7x7([mean_c(u), max_c(u)])), B x 1 x H x W."""
+    """The spatial half of the channel-spatial attention: sigmoid(conv7x7([mean_c(u),
+    max_c(u)])), B x 1 x H x W."""
     pooled = torch.cat([u.mean(dim=1, keepdim=True), u.amax(dim=1, keepdim=True)], dim=1)
     return torch.sigmoid(F.conv2d(pooled, conv_weight, padding=conv_weight.shape[-1] // 2))
 
@@ -82,7 +83,7 @@ def spatial_attention(u: Tensor, conv_weight: Tensor) -> Tensor:
 def channel_spatial_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
                               sa_weight: Tensor, avg: Optional[Tensor] = None,
                               mx: Optional[Tensor] = None) -> Tensor:
-    """CBAM with its residual: u = h*ca(h); out = u*sa(u) + h.
+    """Channel-spatial attention with its residual: u = h*ca(h); out = u*sa(u) + h.
 
     avg / mx: the per-channel statistics of h when already known (the fused depthwise path emits
     them); computed from h when omitted.

@@ -147,24 +147,24 @@ def _op_body(fn):
 
 # ------------------------------------------------------------------ channel-spatial attention
 
-@torch.library.custom_op(f"{_NS}::csa_forward", mutates_args=())
+@torch.library.custom_op(f"{_NS}::channel_spatial_attention_forward", mutates_args=())
 @_op_body
-def _csa_forward(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor
+def _channel_spatial_attention_forward(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(out, ch_sum, ch_max, ch_ties, ca, pooled, pixel_ties, sa_map)."""
     return tuple(_kernels()[0].forward(h, fc1, fc2, sa))
 
 
-@_csa_forward.register_fake
+@_channel_spatial_attention_forward.register_fake
 def _(h, fc1, fc2, sa):
     B, C, H, W = h.shape
     return (torch.empty_like(h), *(_stats_like(h, B, C) for _ in range(4)),
             _stats_like(h, B, 2, H, W), _stats_like(h, B, H, W), _stats_like(h, B, H, W))
 
 
-@torch.library.custom_op(f"{_NS}::csa_backward", mutates_args=())
+@torch.library.custom_op(f"{_NS}::channel_spatial_attention_backward", mutates_args=())
 @_op_body
-def _csa_backward(grad: Tensor, h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor, ch_sum: Tensor,
+def _channel_spatial_attention_backward(grad: Tensor, h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor, ch_sum: Tensor,
                   ch_max: Tensor, ch_cnt: Tensor, ca: Tensor, pooled: Tensor, pcnt: Tensor,
                   s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     dh, *dweights = _kernels()[0].backward(grad, h, fc1, fc2, sa, ch_sum, ch_max, ch_cnt, ca,
@@ -172,30 +172,30 @@ def _csa_backward(grad: Tensor, h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor,
     return dh, *(g.contiguous() for g in dweights)
 
 
-@_csa_backward.register_fake
+@_channel_spatial_attention_backward.register_fake
 def _(grad, h, fc1, fc2, sa, *saved):
     return torch.empty_like(h), _grad_like(fc1), _grad_like(fc2), _grad_like(sa)
 
 
-def _csa_setup(ctx, inputs, output):
+def _channel_spatial_attention_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs, *output[1:])
 
 
-def _csa_grad(ctx, grad, *_unused):
+def _channel_spatial_attention_grad(ctx, grad, *_unused):
     h, fc1, fc2, sa, *saved = ctx.saved_tensors
     if grad is None:
         grad = torch.zeros_like(h)
-    return _csa_backward(grad, h, fc1, fc2, sa, *saved)
+    return _channel_spatial_attention_backward(grad, h, fc1, fc2, sa, *saved)
 
 
-_csa_forward.register_autograd(_csa_grad, setup_context=_csa_setup)
+_channel_spatial_attention_forward.register_autograd(_channel_spatial_attention_grad, setup_context=_channel_spatial_attention_setup)
 
 
 def channel_spatial_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
                               sa_weight: Tensor) -> Tensor:
     if h.dtype == torch.float64:
         return reference.channel_spatial_attention(h, fc1_weight, fc2_weight, sa_weight)
-    return _csa_forward(_autocast(h), fc1_weight, fc2_weight, sa_weight)[0]
+    return _channel_spatial_attention_forward(_autocast(h), fc1_weight, fc2_weight, sa_weight)[0]
 
 
 # ------------------------------------------------------------------ depthwise conv + BN + GELU
@@ -378,12 +378,12 @@ def expand_bn_gelu(z: Tensor, weight: Tensor, bn: BatchNormState, training: bool
 
 # ------------------------------------------------------------------ attention + project conv
 
-@torch.library.custom_op(f"{_NS}::csa_project_forward", mutates_args=())
+@torch.library.custom_op(f"{_NS}::channel_spatial_attention_project_forward", mutates_args=())
 @_op_body
-def _csa_project_forward(d: Tensor, avg: Tensor, mx: Tensor, ties: Tensor, fc1: Tensor,
+def _channel_spatial_attention_project_forward(d: Tensor, avg: Tensor, mx: Tensor, ties: Tensor, fc1: Tensor,
                          fc2: Tensor, sa: Tensor, project: Tensor
                          ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(conv1x1(CBAM(d), project) without bias, ch_sum, ca, pooled, pixel_ties, sa_map);
+    """(conv1x1(channel_spatial_attention(d), project) without bias, ch_sum, ca, pooled, pixel_ties, sa_map);
     avg, mx, ties: d's per-channel statistics from the depthwise pass (float32)."""
     from hdkd.kernels import attention_project
     v, ch_sum, _, _, ca, pooled, pcnt, s = attention_project.forward(d, avg, mx, ties, fc1, fc2,
@@ -391,7 +391,7 @@ def _csa_project_forward(d: Tensor, avg: Tensor, mx: Tensor, ties: Tensor, fc1: 
     return v, ch_sum, ca, pooled, pcnt, s
 
 
-@_csa_project_forward.register_fake
+@_channel_spatial_attention_project_forward.register_fake
 def _(d, avg, mx, ties, fc1, fc2, sa, project):
     from hdkd.kernels._config import empty_like_format
     B, C, H, W = d.shape
@@ -400,9 +400,9 @@ def _(d, avg, mx, ties, fc1, fc2, sa, project):
             _stats_like(d, B, H, W), _stats_like(d, B, H, W))
 
 
-@torch.library.custom_op(f"{_NS}::csa_project_backward", mutates_args=())
+@torch.library.custom_op(f"{_NS}::channel_spatial_attention_project_backward", mutates_args=())
 @_op_body
-def _csa_project_backward(grad: Tensor, d: Tensor, mx: Tensor, ties: Tensor, fc1: Tensor,
+def _channel_spatial_attention_project_backward(grad: Tensor, d: Tensor, mx: Tensor, ties: Tensor, fc1: Tensor,
                           fc2: Tensor, sa: Tensor, project: Tensor, ch_sum: Tensor, ca: Tensor,
                           pooled: Tensor, pcnt: Tensor, s: Tensor
                           ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -413,30 +413,30 @@ def _csa_project_backward(grad: Tensor, d: Tensor, mx: Tensor, ties: Tensor, fc1
     return dd, davg, dmax, *(g.contiguous() for g in dweights)
 
 
-@_csa_project_backward.register_fake
+@_channel_spatial_attention_project_backward.register_fake
 def _(grad, d, mx, ties, fc1, fc2, sa, project, *saved):
     return (torch.empty_like(d), torch.empty_like(mx), torch.empty_like(mx),
             *(_grad_like(t) for t in (fc1, fc2, sa, project)))
 
 
-def _csa_project_setup(ctx, inputs, output):
+def _channel_spatial_attention_project_setup(ctx, inputs, output):
     d, _, mx, ties, fc1, fc2, sa, project = inputs
     ctx.save_for_backward(d, mx, ties, fc1, fc2, sa, project, *output[1:])
 
 
-def _csa_project_grad(ctx, grad, *_unused):
-    dd, davg, dmax, dfc1, dfc2, dsa, dproject = _csa_project_backward(grad, *ctx.saved_tensors)
+def _channel_spatial_attention_project_grad(ctx, grad, *_unused):
+    dd, davg, dmax, dfc1, dfc2, dsa, dproject = _channel_spatial_attention_project_backward(grad, *ctx.saved_tensors)
     return dd, davg, dmax, None, dfc1, dfc2, dsa, dproject
 
 
-_csa_project_forward.register_autograd(_csa_project_grad, setup_context=_csa_project_setup)
+_channel_spatial_attention_project_forward.register_autograd(_channel_spatial_attention_project_grad, setup_context=_channel_spatial_attention_project_setup)
 
 
 def attention_project(d: Tensor, avg: Tensor, mx: Tensor, ties: Tensor, fc1_weight: Tensor,
                       fc2_weight: Tensor, sa_weight: Tensor, project_weight: Tensor) -> Tensor:
-    """conv1x1(CBAM(d), project_weight), the attention output never stored; avg, mx, ties: d's
+    """conv1x1(channel_spatial_attention(d), project_weight), the attention output never stored; avg, mx, ties: d's
     per-channel average, max and number of pixels at the max (float32, B x C)."""
-    return _csa_project_forward(d, avg, mx, ties, fc1_weight, fc2_weight, sa_weight,
+    return _channel_spatial_attention_project_forward(d, avg, mx, ties, fc1_weight, fc2_weight, sa_weight,
                                 project_weight)[0]
 
 

@@ -1,5 +1,5 @@
-"""CBAM and its two halves (docs/model.md, section 5): ChannelAttention, SpatialAttention, CBAM
-with residual."""
+"""Channel-spatial attention with its residual (docs/model.md, section 5) and its two halves,
+ChannelAttention and SpatialAttention."""
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -40,9 +40,10 @@ class SpatialAttention(nn.Module):
         return reference.spatial_attention(u, self.conv.weight)
 
 
-class CBAM(nn.Module):
+class ChannelSpatialAttention(nn.Module):
     """Channel then spatial attention, with the residual: h * ca * sa + h. The fused op runs on
-    the selected backend ("auto", "torch", "triton", "ext")."""
+    the selected backend ("auto", "torch", "triton", "ext"). The paper calls it CBAM; hdkd.nn.CBAM
+    is this class under that name."""
 
     def __init__(self, channels: int, ratio: int = 16, kernel_size: int = 7,
                  backend: str = "auto"):
@@ -52,7 +53,8 @@ class CBAM(nn.Module):
         self.backend = ops.validate_backend_name(backend)
 
     def forward(self, h: Tensor) -> Tensor:
-        check_activation("CBAM", "input", h, channels=self.channel_attention.fc1.in_channels)
+        check_activation("ChannelSpatialAttention", "input", h,
+                         channels=self.channel_attention.fc1.in_channels)
         return ops.channel_spatial_attention(h, self.channel_attention.fc1.weight,
                                              self.channel_attention.fc2.weight,
                                              self.spatial_attention.conv.weight,
