@@ -42,6 +42,11 @@ def next_pow2(n: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
+def strides(name: str, t: torch.Tensor) -> dict[str, int]:
+    """A B x C x H x W tensor's strides as the keyword arguments stride_<name>_b, _c, _y, _x."""
+    return {f"stride_{name}_{dim}": step for dim, step in zip("bcyx", t.stride(), strict=True)}
+
+
 def empty_like_format(x: torch.Tensor, shape, dtype=None) -> torch.Tensor:
     """An empty tensor of `shape` in x's memory format (channels_last stays channels_last)."""
     cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from . import channel_spatial_attention as csa
-from ._config import configs, dot_dtype
+from ._config import configs, dot_dtype, strides
 from .pointwise_conv import _mma, pointwise_conv
 
 
@@ -26,8 +26,10 @@ from .pointwise_conv import _mma, pointwise_conv
                  key=["N", "K", "HW"])
 @triton.jit
 def _gated_weight_grad_kernel(g_ptr, d_ptr, ca_ptr, s_ptr, part_ptr, N, K, HW, W,
-                              gb, gc, gh, gw, db, dc, dh, dw, DOT_DTYPE: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr):
+                              stride_g_b, stride_g_c, stride_g_y, stride_g_x,
+                              stride_d_b, stride_d_c, stride_d_y, stride_d_x,
+                              DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr):
     """part[b, n, k] = sum_p g[b, n, p] * d[b, k, p] * (ca[b, k] * sa[b, p] + 1): one image per
     program column, summed over the batch on the host."""
     b = tl.program_id(2)
@@ -42,11 +44,13 @@ def _gated_weight_grad_kernel(g_ptr, d_ptr, ca_ptr, s_ptr, part_ptr, N, K, HW, W
         pmask = offs_p < HW
         py = offs_p // W
         px = offs_p % W
-        g = tl.load(g_ptr + b * gb + offs_n[:, None] * gc + (py * gh + px * gw)[None, :],
+        g = tl.load(g_ptr + b * stride_g_b + offs_n[:, None] * stride_g_c
+                    + (py * stride_g_y + px * stride_g_x)[None, :],
                     mask=nmask[:, None] & pmask[None, :], other=0.0)
         s = tl.load(s_ptr + b * HW + offs_p, mask=pmask, other=0.0)
-        d = tl.load(d_ptr + b * db + (py * dh + px * dw)[:, None] + offs_k[None, :] * dc,
-                    mask=pmask[:, None] & kmask[None, :], other=0.0)
+        d = tl.load(d_ptr + b * stride_d_b + (py * stride_d_y + px * stride_d_x)[:, None]
+                    + offs_k[None, :] * stride_d_c, mask=pmask[:, None] & kmask[None, :],
+                    other=0.0)
         h = d.to(tl.float32) * (ca[None, :] * s[:, None] + 1.0)
         acc = _mma(g, h, acc, DOT_DTYPE)
     tl.store(part_ptr + (b * N + offs_n[:, None]) * K + offs_k[None, :], acc,
@@ -66,7 +70,7 @@ def forward(d, avg, mx, ties, fc1_weight, fc2_weight, sa_weight, project_weight)
 
 
 def backward(grad_v, d, fc1_weight, fc2_weight, sa_weight, project_weight, ch_sum, ch_max,
-             ch_cnt, ca, pooled, pcnt, s):
+             ch_ties, ca, pooled, pixel_ties, s):
     """(dd, d avg, d max, d fc1, d fc2, d sa_weight, d project_weight); dd leaves out the
     share that flows through avg and max."""
     B, C, H, W = d.shape
@@ -74,11 +78,13 @@ def backward(grad_v, d, fc1_weight, fc2_weight, sa_weight, project_weight, ch_su
     grad_v = grad_v.to(d.dtype)
     part = torch.empty(B, N, C, device=d.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_N"]), B)
-    _gated_weight_grad_kernel[grid](grad_v, d, ca, s, part, N, C, H * W, W, *grad_v.stride(),
-                                    *d.stride(), DOT_DTYPE=dot_dtype(d.dtype))
+    _gated_weight_grad_kernel[grid](g_ptr=grad_v, d_ptr=d, ca_ptr=ca, s_ptr=s, part_ptr=part,
+                                    N=N, K=C, HW=H * W, W=W, **strides("g", grad_v),
+                                    **strides("d", d), DOT_DTYPE=dot_dtype(d.dtype))
     grad_w = part.sum(0).view_as(project_weight).to(project_weight.dtype)
     zero_bias = torch.zeros(C, device=d.device, dtype=torch.float32)
     grad_h = pointwise_conv(grad_v, project_weight.reshape(N, C).t(), zero_bias, (H, W))
     dd, dfc1, dfc2, dsa, davg, dmax = csa.backward_with_stats_grad(
-        grad_h, d, fc1_weight, fc2_weight, sa_weight, ch_sum, ch_max, ch_cnt, ca, pooled, pcnt, s)
+        grad_h, d, fc1_weight, fc2_weight, sa_weight, ch_sum, ch_max, ch_ties, ca, pooled,
+        pixel_ties, s)
     return dd, davg, dmax, dfc1, dfc2, dsa, grad_w

@@ -17,8 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._config import configs, dot_dtype, empty_like_format
-from ._math import gelu, gelu_grad
+from ._config import configs, dot_dtype, empty_like_format, strides
+from ._math import gelu, gelu_grad, tile
 
 _NEG_INF = tl.constexpr(float("-inf"))
 RES_NONE, RES_IDENTITY, RES_POOL_GEMM = 0, 1, 2
@@ -45,26 +45,27 @@ def _mma(a, w, acc, DOT_DTYPE: tl.constexpr):
     key=["K", "N", "HWo", "GATED", "EPILOGUE", "RESIDUAL"])
 @triton.jit
 def _pointwise_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, ca_ptr, s_ptr, x_ptr, scw_ptr,
-                      K, N, Wo, HWo, Hx, Wx, CX, ab, ac, ah, aw, ob, oc, oh, ow,
-                      xb, xc, xh, xw, IN_STRIDE: tl.constexpr, GATED: tl.constexpr,
+                      K, N, Wo, HWo, Hx, Wx, CX,
+                      stride_a_b, stride_a_c, stride_a_y, stride_a_x,
+                      stride_out_b, stride_out_c, stride_out_y, stride_out_x,
+                      stride_x_b, stride_x_c, stride_x_y, stride_x_x,
+                      IN_STRIDE: tl.constexpr, GATED: tl.constexpr,
                       EPILOGUE: tl.constexpr, RESIDUAL: tl.constexpr,
                       DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr):
-    b = tl.program_id(0)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = offs_m < HWo
-    nmask = offs_n < N
+    b, offs_m, offs_n, mmask, nmask = tile(HWo, N, BLOCK_M, BLOCK_N)
     py = offs_m // Wo
     px = offs_m % Wo
-    a_rows = a_ptr + b * ab + (py * IN_STRIDE * ah + px * IN_STRIDE * aw)[:, None]
+    a_rows = a_ptr + b * stride_a_b + (py * IN_STRIDE * stride_a_y
+                                       + px * IN_STRIDE * stride_a_x)[:, None]
     if GATED:
         s = tl.load(s_ptr + b * HWo + offs_m, mask=mmask, other=0.0)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         kmask = offs_k < K
-        a = tl.load(a_rows + offs_k[None, :] * ac, mask=mmask[:, None] & kmask[None, :], other=0.0)
+        a = tl.load(a_rows + offs_k[None, :] * stride_a_c, mask=mmask[:, None] & kmask[None, :],
+                    other=0.0)
         if GATED:
             ca = tl.load(ca_ptr + b * K + offs_k, mask=kmask, other=0.0)
             a = a.to(tl.float32) * (ca[None, :] * s[:, None] + 1.0)
@@ -76,12 +77,12 @@ def _pointwise_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, ca_ptr, s_ptr, x_ptr, scw
     if EPILOGUE == 1:
         acc = gelu(acc)
     if EPILOGUE == 2:  # x_ptr holds the gradient at the output
-        g = tl.load(x_ptr + b * xb + (py * xh + px * xw)[:, None] + offs_n[None, :] * xc,
-                    mask=omask, other=0.0)
+        g = tl.load(x_ptr + b * stride_x_b + (py * stride_x_y + px * stride_x_x)[:, None]
+                    + offs_n[None, :] * stride_x_c, mask=omask, other=0.0)
         acc = gelu_grad(acc) * g.to(tl.float32)
     if RESIDUAL == 1:
-        r = tl.load(x_ptr + b * xb + (py * xh + px * xw)[:, None] + offs_n[None, :] * xc,
-                    mask=omask, other=0.0)
+        r = tl.load(x_ptr + b * stride_x_b + (py * stride_x_y + px * stride_x_x)[:, None]
+                    + offs_n[None, :] * stride_x_c, mask=omask, other=0.0)
         acc += r.to(tl.float32)
     if RESIDUAL == 2:  # 16-channel steps: nine pooled loads per step stay in registers
         for k0 in range(0, CX, 16):
@@ -94,7 +95,9 @@ def _pointwise_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, ca_ptr, s_ptr, x_ptr, scw
                 for dx in tl.static_range(3):
                     ix = px * 2 + dx - 1
                     ok = (iy >= 0) & (iy < Hx) & (ix >= 0) & (ix < Wx)
-                    v = tl.load(x_ptr + b * xb + (iy * xh + ix * xw)[:, None] + offs_k[None, :] * xc,
+                    v = tl.load(x_ptr + b * stride_x_b
+                                + (iy * stride_x_y + ix * stride_x_x)[:, None]
+                                + offs_k[None, :] * stride_x_c,
                                 mask=lmask & ok[:, None], other=_NEG_INF)
                     pooled = tl.maximum(pooled, v.to(tl.float32),  # NaN as max_pool2d
                                         propagate_nan=tl.PropagateNan.ALL)
@@ -102,8 +105,8 @@ def _pointwise_kernel(a_ptr, w_ptr, bias_ptr, out_ptr, ca_ptr, s_ptr, x_ptr, scw
             w = tl.load(scw_ptr + offs_n[None, :] * CX + offs_k[:, None],
                         mask=kmask[:, None] & nmask[None, :], other=0.0)
             acc = _mma(pooled, w, acc, DOT_DTYPE)
-    tl.store(out_ptr + b * ob + (py * oh + px * ow)[:, None] + offs_n[None, :] * oc,
-             acc.to(out_ptr.dtype.element_ty), mask=omask)
+    tl.store(out_ptr + b * stride_out_b + (py * stride_out_y + px * stride_out_x)[:, None]
+             + offs_n[None, :] * stride_out_c, acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 
 def pointwise_conv(a, weight, bias, out_hw, *, in_stride=1, gelu_out=False, gate=None,
@@ -133,8 +136,10 @@ def pointwise_conv(a, weight, bias, out_hw, *, in_stride=1, gelu_out=False, gate
         mode, x = RES_POOL_GEMM, residual
         scw = shortcut_weight.reshape(N, -1).to(a.dtype).contiguous()
     grid = lambda meta: (B, triton.cdiv(Ho * Wo, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
-    _pointwise_kernel[grid](a, w, bias, out, ca, s, x, scw, K, N, Wo, Ho * Wo, x.shape[2],
-                            x.shape[3], x.shape[1], *a.stride(), *out.stride(), *x.stride(),
-                            IN_STRIDE=in_stride, GATED=gate is not None, EPILOGUE=epilogue,
-                            RESIDUAL=mode, DOT_DTYPE=dot_dtype(a.dtype))
+    _pointwise_kernel[grid](
+        a_ptr=a, w_ptr=w, bias_ptr=bias, out_ptr=out, ca_ptr=ca, s_ptr=s, x_ptr=x, scw_ptr=scw,
+        K=K, N=N, Wo=Wo, HWo=Ho * Wo, Hx=x.shape[2], Wx=x.shape[3], CX=x.shape[1],
+        **strides("a", a), **strides("out", out), **strides("x", x),
+        IN_STRIDE=in_stride, GATED=gate is not None, EPILOGUE=epilogue, RESIDUAL=mode,
+        DOT_DTYPE=dot_dtype(a.dtype))
     return out

@@ -35,10 +35,10 @@ ACT = "*bf16"  # the activation type the GPU runs use; float32 is one extra GEMM
 # stay unspecialised.
 HIDDEN, CIN, SIDE, BATCH = 384, 96, 56, 64
 TARGET_ARGS = dict(C=HIDDEN, N=HIDDEN, K=CIN, CX=CIN, B=BATCH, H=SIDE, W=SIDE, Ho=SIDE, Wo=SIDE,
-                   Hx=SIDE, Wx=SIDE, HW=SIDE * SIDE, HWo=SIDE * SIDE, dh_=SIDE * HIDDEN)
-for _prefix in ("a", "d", "g", "o", "s", "x", "y"):  # a channels_last tensor's b, c, h, w strides
-    TARGET_ARGS.update({_prefix + "b": HIDDEN * SIDE * SIDE, _prefix + "c": 1,
-                        _prefix + "h": SIDE * HIDDEN, _prefix + "w": HIDDEN})
+                   Hx=SIDE, Wx=SIDE, HW=SIDE * SIDE, HWo=SIDE * SIDE)
+# Every stride argument, stride_<tensor>_<b|c|y|x> (hdkd.kernels._config.strides), as a
+# channels_last tensor's.
+CHANNELS_LAST_STRIDES = dict(b=HIDDEN * SIDE * SIDE, c=1, y=SIDE * HIDDEN, x=HIDDEN)
 
 
 def cases():
@@ -89,7 +89,10 @@ def _specialise(fn, ptrs, constexprs):
     sig, consts, attrs = {}, dict(constexprs), {}
     aligned = [["tt.divisibility", 16]]
     for i, name in enumerate(fn.arg_names):
-        value = TARGET_ARGS.get(name)
+        if name.startswith("stride_"):
+            value = CHANNELS_LAST_STRIDES[name.rsplit("_", 1)[1]]
+        else:
+            value = TARGET_ARGS.get(name)
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
