@@ -1,10 +1,13 @@
-"""`hdkd convert`: between the original HDKD code's checkpoints, hdkd checkpoints and shareable
-safetensors folders (save_pretrained), in any direction."""
+"""Convert a state_dict saved by the original HDKD code into an hdkd checkpoint (usable with
+--teacher, hdkd eval, create_model), an hdkd checkpoint into the original layout, or either into a
+folder to share (--to pretrained: config.json + model.safetensors, loaded by
+hdkd.models.from_pretrained and by every hdkd command). Strict: every missing, unexpected or
+mis-shaped key is reported and nothing is written."""
 from __future__ import annotations
 
 import argparse
 
-from ..models import list_models
+from .arguments import add_command, add_model_option
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -35,18 +38,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "convert", help="original HDKD checkpoint <-> hdkd checkpoint <-> safetensors folder",
-        description="Convert a state_dict saved by the original HDKD code into an hdkd checkpoint "
-                    "(usable with --teacher, hdkd eval, create_model), an hdkd checkpoint into "
-                    "the original layout, or either into a folder to share (--to pretrained: "
-                    "config.json + model.safetensors, loaded by hdkd.models.from_pretrained and "
-                    "by every hdkd command). Strict: every missing, unexpected or mis-shaped key "
-                    "is reported and nothing is written.")
+    p = add_command(sub, "convert", _run, description=__doc__,
+                    help="original HDKD checkpoint <-> hdkd checkpoint <-> safetensors folder")
     p.add_argument("input", help="checkpoint file or save_pretrained folder to read")
     p.add_argument("output", help="file to write (a folder for --to pretrained)")
-    p.add_argument("--model", choices=list_models(), default=None,
-                   help="model held by a plain state_dict (default: read from an hdkd checkpoint)")
+    add_model_option(p)
     p.add_argument("--to", choices=("hdkd", "original", "pretrained"), default=None,
                    help="target layout (default: original for an hdkd checkpoint, else hdkd)")
     p.add_argument("--num-classes", type=int, default=None,
@@ -54,4 +50,3 @@ def register(sub) -> None:
     p.add_argument("--img-size", type=int, default=None,
                    help="(default: read from the checkpoint; the student's position embedding "
                         "fixes it)")
-    p.set_defaults(func=_run)

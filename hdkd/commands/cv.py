@@ -1,5 +1,6 @@
-"""`hdkd cv`: the folds of a cross-validation study (one `hdkd train --folds K --fold I` run
-folder each) as mean +- std over the folds, printed as a table and written as JSON."""
+"""Read test_metrics.json of each run folder (hdkd train --folds K --fold I), check that they are
+distinct folds of one study (same data, seed, K and groups file) and report accuracy, balanced
+accuracy, macro-F1, macro AUROC, ECE, Brier and NLL as mean +- std over the folds."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from .arguments import add_command
 
 REPORT_NAME = "test_metrics.json"
 CV_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_ovr", "ece", "brier", "nll")
@@ -79,7 +82,7 @@ def format_table(runs: list[dict], summary: dict) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..distill.checkpoint import write_text_atomic
+    from ..distill.checkpoint import write_json_atomic
 
     runs, total = collect_folds(args.runs)
     summary = summarise(runs)
@@ -90,20 +93,15 @@ def _run(args: argparse.Namespace) -> int:
         [os.path.abspath(d) for d in args.runs])) / "cv_report.json"
     report = {"folds_total": total, "missing_folds": absent, "summary": summary,
               "folds": runs}
-    write_text_atomic(json.dumps(report, indent=2), out)
+    write_json_atomic(report, out)
     print(f"wrote {out}")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("cv", help="aggregate the folds of a cross-validation study",
-                       description="Read test_metrics.json of each run folder (hdkd train "
-                                   "--folds K --fold I), check that they are distinct folds of "
-                                   "one study (same data, seed, K and groups file) and report "
-                                   "accuracy, balanced accuracy, macro-F1, macro AUROC, ECE, "
-                                   "Brier and NLL as mean +- std over the folds.")
+    p = add_command(sub, "cv", _run, description=__doc__,
+                    help="aggregate the folds of a cross-validation study")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="the folds' --out folders")
     p.add_argument("--json", default=None,
                    help="where to write the report (default: cv_report.json in the folders' "
                         "common parent)")
-    p.set_defaults(func=_run)

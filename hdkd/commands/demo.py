@@ -1,9 +1,6 @@
-"""`hdkd demo`: the teacher, the student from scratch and HDKD on the embedded digits data, one
-table (parameters, GFLOPs, accuracy, macro-F1, inference img/s), results.json and a markdown report.
-
-The demo's recipe is shortened for a few epochs on a CPU (the original recipe's lr 5e-5 needs
-hundreds of epochs); every setting is printed in the report.
-"""
+"""Train the teacher, the student from scratch and the HDKD student on scikit-learn's digits
+(nothing downloaded), then print parameters, GFLOPs, test accuracy, macro-F1 and inference img/s,
+and write OUT/results.json and OUT/report.md with the plots. A few minutes on a 2-core CPU."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +10,8 @@ import os
 import statistics
 import time
 from pathlib import Path
+
+from .arguments import add_command
 
 COLUMNS = [("model", "model", "s"), ("params", "params", ",d"), ("gflops", "GFLOPs", ".4f"),
            ("accuracy", "accuracy", ".4f"), ("macro_f1", "macro-F1", ".4f"),
@@ -85,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     common = dict(data="digits", img_size=args.img_size, batch_size=args.batch_size,
                   seed=args.seed, backend=args.backend, device=args.device,
                   augment=args.augment, progress=args.progress)
+    # shortened for a few epochs on a CPU (the original recipe's lr 5e-5 needs hundreds of
+    # epochs); every setting is printed in the report
     student_recipe = dict(optimizer="adamw", lr=args.student_lr, weight_decay=0.05,
                           schedule="cosine", warmup_epochs=1, warmup_lr=args.student_lr / 10,
                           min_lr=args.student_lr / 100, epochs=args.epochs)
@@ -170,12 +171,8 @@ def _refuse_earlier_demo(out: Path, overwrite: bool) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "demo", help="train teacher, student and HDKD on the embedded digits data; one table",
-        description="Train the teacher, the student from scratch and the HDKD student on "
-                    "scikit-learn's digits (nothing downloaded), then print parameters, GFLOPs, "
-                    "test accuracy, macro-F1 and inference img/s, and write OUT/results.json and "
-                    "OUT/report.md with the plots. A few minutes on a 2-core CPU.")
+    p = add_command(sub, "demo", _run, description=__doc__,
+                    help="train teacher, student and HDKD on the embedded digits data; one table")
     p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier demo in --out (default: such a folder is refused)")
@@ -199,4 +196,3 @@ def register(sub) -> None:
                    help="hdkd op backend; auto picks the fastest available (default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                    help="hide the progress bars (default: shown when stderr is a terminal)")
-    p.set_defaults(func=_run)

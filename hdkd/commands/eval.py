@@ -1,13 +1,13 @@
-"""`hdkd eval`: metrics of a checkpoint on a split of a dataset, with bootstrap confidence
-intervals; prints a table, writes JSON, per-image predictions (CSV) and a reliability diagram;
---calibrate fits temperature scaling on the validation split first."""
+"""Evaluate a checkpoint (hdkd best.pt / last.pt, or a state_dict of the original code with
+--model) on one split: accuracy, balanced accuracy, per-class precision/recall/F1, macro-F1,
+one-vs-rest AUROC, the confusion matrix and calibration (ECE, Brier score, NLL, reliability
+diagram). The checkpoint's temperature scaling, if any, is applied."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from ..models import list_models
+from .arguments import add_command, add_device_options, add_model_option
 
 
 def _load_splits(args: argparse.Namespace, meta: dict, img_size: int):
@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     if ctx.is_main:
         print(f"{meta['model_name']} on {args.data} ({args.split}, {len(labels)} images)")
         print(format_metrics_table(metrics))
-        ckpt.write_text_atomic(json.dumps(result, indent=2, default=_plain), out)
+        ckpt.write_json_atomic(result, out)
         images = getattr(dataset, "paths", range(len(labels)))
         ckpt.write_text_atomic(predictions_csv(labels, probs, classes, images), csv_path)
         print(f"wrote {out} and {csv_path}")
@@ -97,31 +97,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plain(o):
-    import numpy as np
-
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="metrics of a checkpoint on a dataset split (table + JSON)",
-                       description="Evaluate a checkpoint (hdkd best.pt / last.pt, or a state_dict "
-                                   "of the original code with --model) on one split: accuracy, "
-                                   "balanced accuracy, per-class precision/recall/F1, macro-F1, "
-                                   "one-vs-rest AUROC, the confusion matrix and calibration "
-                                   "(ECE, Brier score, NLL, reliability diagram). The "
-                                   "checkpoint's temperature scaling, if any, is applied.")
+    p = add_command(sub, "eval", _run, description=__doc__,
+                    help="metrics of a checkpoint on a dataset split (table + JSON)")
     p.add_argument("checkpoint", help="checkpoint file")
     p.add_argument("--data", required=True,
                    help="the dataset: 'digits', an image folder or a MedMNIST .npz")
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="(default: %(default)s)")
-    p.add_argument("--model", choices=list_models(), default=None,
-                   help="model held by a plain state_dict (default: read from an hdkd checkpoint)")
+    add_model_option(p)
     p.add_argument("--img-size", type=int, default=None,
                    help="input size (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
@@ -147,7 +131,4 @@ def register(sub) -> None:
                         "NAME_predictions.csv")
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="skip reliability_SPLIT.png, written next to the JSON (default: written)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--backend", default="auto",
-                   help="hdkd op backend: auto, torch, ext or triton (default: %(default)s)")
-    p.set_defaults(func=_run)
+    add_device_options(p)

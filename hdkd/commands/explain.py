@@ -1,4 +1,6 @@
-"""`hdkd explain`: a heatmap PNG per image of where a checkpoint looked."""
+"""For each image, a PNG with a heatmap over the image and the predicted class and probability in
+the title: Grad-CAM or Grad-CAM++ on the last convolutional stage (any model), or attention rollout
+through the transformer (students)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..models import list_models
+from .arguments import add_checkpoint_argument, add_command, add_device_options, add_model_option
 from .unreadable import report_unreadable
 
 
@@ -70,22 +72,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "explain", help="heatmaps of where a checkpoint looked (Grad-CAM, Grad-CAM++, attention)",
-        description="For each image, a PNG with a heatmap over the image and the predicted class "
-                    "and probability in the title: Grad-CAM or Grad-CAM++ on the last "
-                    "convolutional stage (any model), or attention rollout through the "
-                    "transformer (students).")
-    p.add_argument("checkpoint", help="hdkd checkpoint (best.pt, last.pt) or a state_dict")
+    p = add_command(sub, "explain", _run, description=__doc__,
+                    help="heatmaps of where a checkpoint looked (Grad-CAM, Grad-CAM++, attention)")
+    add_checkpoint_argument(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.add_argument("--method", choices=("gradcam", "gradcam++", "attention"), default="gradcam",
                    help="(default: %(default)s)")
     p.add_argument("--target-class", default=None,
                    help="class name to explain (default: each image's predicted class)")
-    p.add_argument("--model", choices=list_models(), default=None,
-                   help="model held by a plain state_dict (default: read from an hdkd checkpoint)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--backend", default="auto",
-                   help="hdkd op backend: auto, torch, ext or triton (default: %(default)s)")
-    p.set_defaults(func=_run)
+    add_model_option(p)
+    add_device_options(p)

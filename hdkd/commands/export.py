@@ -1,11 +1,14 @@
-"""`hdkd export`: a checkpoint as an ONNX file or a torch.export program, checked against PyTorch."""
+"""Export a checkpoint for deployment: ONNX (opset 18, for ONNX Runtime) or a torch.export
+program. The file holds standard operators only (hdkd's reference composition), so it runs without
+hdkd. Before the file is written, it is run (onnxruntime, or the loaded program) against PyTorch on
+random images; a max abs difference above the tolerance fails and writes nothing."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from ..models import list_models
+from .arguments import add_checkpoint_argument, add_command, add_model_option
 
 
 def _batch(text: str):
@@ -51,22 +54,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "export", help="export a checkpoint to ONNX or a torch.export program (.pt2)",
-        description="Export a checkpoint for deployment: ONNX (opset 18, for ONNX Runtime) or a "
-                    "torch.export program. The file holds standard operators only (hdkd's "
-                    "reference composition), so it runs without hdkd. Before the file is written, "
-                    "it is run (onnxruntime, or the loaded program) against PyTorch on random "
-                    "images; a max abs difference above the tolerance fails and writes nothing.")
-    p.add_argument("checkpoint", help="hdkd checkpoint (best.pt, last.pt) or a state_dict")
+    p = add_command(sub, "export", _run, description=__doc__,
+                    help="export a checkpoint to ONNX or a torch.export program (.pt2)")
+    add_checkpoint_argument(p)
     p.add_argument("--format", choices=("onnx", "pt2"), required=True)
     p.add_argument("--out", default=None,
                    help="file to write (default: the checkpoint's name with .onnx / .pt2)")
     p.add_argument("--batch", type=_batch, default=None, metavar="dynamic|N",
                    help="batch size the file accepts (default: dynamic, any size)")
-    p.add_argument("--model", choices=list_models(), default=None,
-                   help="model held by a plain state_dict (default: read from an hdkd checkpoint)")
+    add_model_option(p)
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest max abs difference (float32) the check accepts "
                         "(default: %(default)s)")
-    p.set_defaults(func=_run)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .arguments import add_command
+
 
 def _run(args: argparse.Namespace) -> int:
     import torch
@@ -25,11 +27,11 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     from hdkd.models import list_models
 
-    p = sub.add_parser("flops", help="parameters and GFLOPs per stage and in total (fvcore)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(sub, "flops", _run,
+                    help="parameters and GFLOPs per stage and in total (fvcore)",
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", choices=list_models())
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--num-classes", type=int, default=4)
     p.add_argument("--backend", default="torch",
                    help="backend whose ops are traced (fused ops count as the reference)")
-    p.set_defaults(func=_run)

@@ -1,11 +1,14 @@
-"""`hdkd predict`: class probabilities of a checkpoint for image files and folders."""
+"""Predict image files and folders (searched recursively) with a checkpoint: one row per image
+with its path, the predicted class, its probability and every class's probability (or the top k).
+Files that cannot be read are listed at the end and the exit code is 1; the others are still
+predicted. The output file is written whole or not at all."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from ..models import list_models
+from .arguments import add_checkpoint_argument, add_command, add_device_options, add_model_option
 from .unreadable import report_unreadable
 
 
@@ -64,14 +67,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "predict", help="class probabilities of a checkpoint for image files and folders",
-        description="Predict image files and folders (searched recursively) with a checkpoint: "
-                    "one row per image with its path, the predicted class, its probability and "
-                    "every class's probability (or the top k). Files that cannot be read are "
-                    "listed at the end and the exit code is 1; the others are still predicted. "
-                    "The output file is written whole or not at all.")
-    p.add_argument("checkpoint", help="hdkd checkpoint (best.pt, last.pt) or a state_dict")
+    p = add_command(sub, "predict", _run, description=__doc__,
+                    help="class probabilities of a checkpoint for image files and folders")
+    add_checkpoint_argument(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("--out", default=None,
                    help="predictions file, .csv or .json (default: CSV on standard output)")
@@ -83,13 +81,9 @@ def register(sub) -> None:
     p.add_argument("--classes", default=None,
                    help="comma-separated class names, in the model's order (default: the names "
                         "stored in the checkpoint)")
-    p.add_argument("--model", choices=list_models(), default=None,
-                   help="model held by a plain state_dict (default: read from an hdkd checkpoint)")
+    add_model_option(p)
     p.add_argument("--num-classes", type=int, default=None,
                    help="classes of a plain state_dict's model (default: the checkpoint's)")
     p.add_argument("--img-size", type=int, default=None,
                    help="input size of a plain state_dict's model (default: the checkpoint's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--backend", default="auto",
-                   help="hdkd op backend: auto, torch, ext or triton (default: %(default)s)")
-    p.set_defaults(func=_run)
+    add_device_options(p)

@@ -1,4 +1,6 @@
-"""`hdkd train`: train the teacher, the student from scratch or the HDKD student."""
+"""Train one model. Writes OUT/last.pt after every epoch (atomically; --resume continues from it
+exactly), OUT/best.pt (chosen on the validation split), OUT/log.jsonl, plots and the test metrics
+of best.pt. Multi-GPU: torchrun --nproc-per-node N -m hdkd train ..."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +10,7 @@ from pathlib import Path
 
 from ..distill.config import AMP_MODES, KD_KINDS, RECIPES, SELECT_METRICS, TrainConfig
 from ..models import list_models
+from .arguments import add_command
 
 _D = TrainConfig()
 
@@ -21,6 +24,14 @@ def _recipe_help() -> str:
 
 def _optional_float(text: str):
     return None if text.lower() in ("none", "off", "") else float(text)
+
+
+def _config_flag(group, flag: str, help: str = "", **kwargs) -> None:
+    """A flag that sets the TrainConfig field of its name (--img-size: img_size), with that field's
+    default, which its help shows."""
+    default = getattr(_D, flag.removeprefix("--").replace("-", "_"))
+    shown = "(default: %(default)s)"
+    group.add_argument(flag, default=default, help=f"{help} {shown}" if help else shown, **kwargs)
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,22 +48,19 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="teacher checkpoint for --model hdkd: an hdkd best.pt/last.pt or a "
                         "state_dict of the original HDKD code; loaded strictly (required by "
                         "--model hdkd, not used otherwise; default: none)")
-    g.add_argument("--out", default=_D.out,
-                   help="output folder: last.pt, best.pt, log.jsonl, plots, metrics (default: %(default)s)")
+    _config_flag(g, "--out", help="output folder: last.pt, best.pt, log.jsonl, plots, metrics")
     g.add_argument("--resume", default=None, metavar="PATH",
                    help="continue exactly from a last.pt (default: start fresh)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (default: such a folder is refused)")
     g = p.add_argument_group("data")
-    g.add_argument("--img-size", type=int, default=_D.img_size,
-                   help="images are resized to this square size; the student needs a multiple "
-                        "of 16 (default: %(default)s)")
-    g.add_argument("--val-fraction", type=float, default=_D.val_fraction,
-                   help="share of the training data held out for validation when the data has "
-                        "no val split (default: %(default)s)")
-    g.add_argument("--test-fraction", type=float, default=_D.test_fraction,
-                   help="share held out for testing when the data has no test split (default: "
-                        "%(default)s)")
+    _config_flag(g, "--img-size", type=int,
+                 help="images are resized to this square size; the student needs a multiple of 16")
+    _config_flag(g, "--val-fraction", type=float,
+                 help="share of the training data held out for validation when the data has no "
+                      "val split")
+    _config_flag(g, "--test-fraction", type=float,
+                 help="share held out for testing when the data has no test split")
     g.add_argument("--folds", type=int, default=None, metavar="K",
                    help="cross-validation: split the data into K stratified folds (with --fold; "
                         "the validation split is held out of the other folds; --test-fraction "
@@ -78,12 +86,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "--smote-targets names classes as the data does)")
     g.add_argument("--balanced-sampler", action="store_true",
                    help="draw training batches class-balanced (default: off)")
-    g.add_argument("--workers", type=int, default=_D.workers,
-                   help="data-loading worker processes (default: %(default)s)")
+    _config_flag(g, "--workers", type=int, help="data-loading worker processes")
     g = p.add_argument_group("optimisation (defaults: the original recipe, " + _recipe_help() + ")")
-    g.add_argument("--epochs", type=int, default=_D.epochs, help="(default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=_D.batch_size,
-                   help="images per step and per process (default: %(default)s)")
+    _config_flag(g, "--epochs", type=int)
+    _config_flag(g, "--batch-size", type=int, help="images per step and per process")
     g.add_argument("--optimizer", choices=("adam", "adamw"), default=None,
                    help="(default: the recipe's for the model)")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
@@ -92,10 +98,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="(default: the recipe's: constant for the teacher, cosine otherwise)")
     g.add_argument("--warmup-epochs", type=int, default=None,
                    help="linear warm-up epochs of the cosine schedule (default: the recipe's)")
-    g.add_argument("--warmup-lr", type=float, default=_D.warmup_lr,
-                   help="learning rate at the start of the warm-up (default: %(default)s)")
-    g.add_argument("--min-lr", type=float, default=_D.min_lr,
-                   help="floor of the cosine schedule (default: %(default)s)")
+    _config_flag(g, "--warmup-lr", type=float, help="learning rate at the start of the warm-up")
+    _config_flag(g, "--min-lr", type=float, help="floor of the cosine schedule")
     g.add_argument("--clip-grad", type=_optional_float, default=_D.clip_grad,
                    help="clip the gradient norm to this value (default: no clipping)")
     g.add_argument("--ema-decay", type=_optional_float, default=_D.ema_decay,
@@ -105,32 +109,30 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="after training, fit temperature scaling on the validation split, store "
                         "it in best.pt and report the test calibration before and after "
                         "(default: off)")
-    g.add_argument("--select-metric", choices=SELECT_METRICS, default=_D.select_metric,
-                   help="validation metric that picks best.pt (default: %(default)s)")
+    _config_flag(g, "--select-metric", choices=SELECT_METRICS,
+                 help="validation metric that picks best.pt")
     g = p.add_argument_group("distillation (--model hdkd)")
-    g.add_argument("--distillation", choices=KD_KINDS, default=_D.distillation,
-                   help="logit KD: soft (KL at --tau) or hard (teacher's argmax) (default: %(default)s)")
-    g.add_argument("--alpha", type=float, default=_D.alpha,
-                   help="weight of the logit KD term against the label loss (default: %(default)s)")
-    g.add_argument("--tau", type=float, default=_D.tau, help="KD temperature (default: %(default)s)")
-    g.add_argument("--feature-weight", type=float, default=_D.feature_weight,
-                   help="lambda: weight of the stage-feature MSE loss (default: %(default)s)")
-    g.add_argument("--beta", type=float, default=_D.beta,
-                   help="stage i feature loss is weighted (i + 1) ** beta (default: %(default)s)")
+    _config_flag(g, "--distillation", choices=KD_KINDS,
+                 help="logit KD: soft (KL at --tau) or hard (teacher's argmax)")
+    _config_flag(g, "--alpha", type=float,
+                 help="weight of the logit KD term against the label loss")
+    _config_flag(g, "--tau", type=float, help="KD temperature")
+    _config_flag(g, "--feature-weight", type=float,
+                 help="lambda: weight of the stage-feature MSE loss")
+    _config_flag(g, "--beta", type=float, help="stage i feature loss is weighted (i + 1) ** beta")
     g = p.add_argument_group("speed and reproducibility")
-    g.add_argument("--amp", choices=AMP_MODES, default=_D.amp,
-                   help="mixed precision: bf16, or fp16 with a gradient scaler (default: %(default)s)")
+    _config_flag(g, "--amp", choices=AMP_MODES,
+                 help="mixed precision: bf16, or fp16 with a gradient scaler")
     g.add_argument("--channels-last", action="store_true",
                    help="channels_last memory format for models and inputs (default: off)")
     g.add_argument("--compile", action="store_true", help="torch.compile the models (default: off)")
-    g.add_argument("--device", default=_D.device,
-                   help="auto (the GPU of this process's local rank if any, else CPU), cpu, "
-                        "cuda or cuda:N (default: %(default)s)")
-    g.add_argument("--backend", default=_D.backend,
-                   help="hdkd op backend: auto, torch, ext or triton (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=_D.seed,
-                   help="seeds the split, the initialisation, the data order and the "
-                        "augmentation; a CPU run is bit-for-bit repeatable (default: %(default)s)")
+    _config_flag(g, "--device",
+                 help="auto (the GPU of this process's local rank if any, else CPU), cpu, cuda or "
+                      "cuda:N")
+    _config_flag(g, "--backend", help="hdkd op backend: auto, torch, ext or triton")
+    _config_flag(g, "--seed", type=int,
+                 help="seeds the split, the initialisation, the data order and the augmentation; "
+                      "a CPU run is bit-for-bit repeatable")
     g.add_argument("--sync-bn", action="store_true",
                    help="SyncBatchNorm across processes: NOT supported (the MBCSA batch norms run "
                         "inside the fused op); refused with an explanation (default: off)")
@@ -188,11 +190,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train hdkd_teacher, hdkd_student or hdkd (distilled from --teacher)",
-        description="Train one model. Writes OUT/last.pt after every epoch (atomically; "
-                    "--resume continues from it exactly), OUT/best.pt (chosen on the validation "
-                    "split), OUT/log.jsonl, plots and the test metrics of best.pt. Multi-GPU: "
-                    "torchrun --nproc-per-node N -m hdkd train ...")
+    p = add_command(sub, "train", _run, description=__doc__,
+                    help="train hdkd_teacher, hdkd_student or hdkd (distilled from --teacher)")
     add_training_arguments(p)
-    p.set_defaults(func=_run)

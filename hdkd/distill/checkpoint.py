@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import pickle
 import random
@@ -72,6 +73,19 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
     _replace_atomically(path, data)
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike) -> None:
+    """data as indented JSON, numpy arrays and numbers as JSON lists and numbers."""
+    write_text_atomic(json.dumps(data, indent=2, default=_json_value), path)
+
+
+def _json_value(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:

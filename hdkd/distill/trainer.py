@@ -434,9 +434,8 @@ class Trainer:
         metrics = scaled_metrics(labels, logits, self.classes, temperature)
         summary.update(split=split, test_metrics=metrics, test_loss=loss)
         if self.ctx.is_main:
-            ckpt.write_text_atomic(json.dumps({"split": split, "loss": loss, **metrics,
-                                               "split_settings": self._split_settings()},
-                                              indent=2, default=_json_default),
+            ckpt.write_json_atomic({"split": split, "loss": loss, **metrics,
+                                    "split_settings": self._split_settings()},
                                    self.out / f"{split}_metrics.json")
             if c.plots:
                 from ..report import plot_confusion, plot_curves, plot_reliability
@@ -475,14 +474,6 @@ class Trainer:
                   f"the {len(labels)} validation images" +
                   (f", stored in {best_path}" if best_path.is_file() else ""))
         return temperature
-
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def train(config: TrainConfig, resume: Optional[str] = None, splits=None,
