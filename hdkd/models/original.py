@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
@@ -16,68 +16,85 @@ from torch import nn
 from ..nn import MBCSA
 from .registry import create_model
 
-# (hdkd key pattern, original key template); the first match wins. {s}, {j}, {i}: indices.
-_BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-_RULES = [
-    (rf"stage1\.(\d+)\.conv\.weight", r"stage1.\1.0.weight"),
-    (rf"stage1\.(\d+)\.norm\.{_BN}", r"stage1.\1.1.\2"),
-    # MBCSA, expansion > 1
-    (rf"stage([23])\.(\d+)\.pre_norm\.{_BN}", r"stage\1.\2.conv.norm.\3"),
-    (r"stage([23])\.(\d+)\.expand\.weight", r"stage\1.\2.conv.fn.0.weight"),
-    (rf"stage([23])\.(\d+)\.expand_norm\.{_BN}", r"stage\1.\2.conv.fn.1.\3"),
-    (r"stage([23])\.(\d+)\.dw\.weight", r"stage\1.\2.conv.fn.3.weight"),
-    (rf"stage([23])\.(\d+)\.dw_norm\.{_BN}", r"stage\1.\2.conv.fn.4.\3"),
-    (r"stage([23])\.(\d+)\.attention\.channel_attention\.fc1\.weight",
-     r"stage\1.\2.conv.fn.6.channel_attention.fc.0.weight"),
-    (r"stage([23])\.(\d+)\.attention\.channel_attention\.fc2\.weight",
-     r"stage\1.\2.conv.fn.6.channel_attention.fc.2.weight"),
-    (r"stage([23])\.(\d+)\.attention\.spatial_attention\.conv\.weight",
-     r"stage\1.\2.conv.fn.6.spatial_attention.conv1.weight"),
-    (r"stage([23])\.(\d+)\.project\.weight", r"stage\1.\2.conv.fn.7.weight"),
-    (rf"stage([23])\.(\d+)\.project_norm\.{_BN}", r"stage\1.\2.conv.fn.8.\3"),
-    (r"stage([23])\.(\d+)\.shortcut\.weight", r"stage\1.\2.proj.weight"),
+# hdkd module -> the original code's module; parameters and buffers keep their names, except
+# the DFLT's own parameters, which _PARAMETERS renames.
+_MODULES = {
     # teacher head
-    (r"fc\.(weight|bias)", r"fn1.\1"),
-    (r"classifier\.(weight|bias)", r"classifier.\1"),
+    "fc": "fn1",
+    "classifier": "classifier",
     # student: DFLT and heads
-    (r"dflt\.cls_token", r"DFLT_module.cls_token"),
-    (r"dflt\.dist_token", r"DFLT_module.distill_token"),
-    (r"dflt\.pos_embed", r"DFLT_module.pos_embedding"),
-    (r"dflt\.patch_norm\.(weight|bias)", r"DFLT_module.to_patch_embedding.1.\1"),
-    (r"dflt\.patch_proj\.(weight|bias)", r"DFLT_module.to_patch_embedding.2.\1"),
-    (r"dflt\.embed_norm\.(weight|bias)", r"DFLT_module.to_patch_embedding.3.\1"),
-    (r"dflt\.layers\.(\d+)\.attn\.norm\.(weight|bias)",
-     r"DFLT_module.transformer.layers.\1.0.norm.\2"),
-    (r"dflt\.layers\.(\d+)\.attn\.qkv\.weight", r"DFLT_module.transformer.layers.\1.0.to_qkv.weight"),
-    (r"dflt\.layers\.(\d+)\.attn\.proj\.(weight|bias)",
-     r"DFLT_module.transformer.layers.\1.0.to_out.0.\2"),
-    (r"dflt\.layers\.(\d+)\.ff\.fc1\.(weight|bias)", r"DFLT_module.transformer.layers.\1.1.net.0.\2"),
-    (r"dflt\.layers\.(\d+)\.ff\.fc2\.(weight|bias)", r"DFLT_module.transformer.layers.\1.1.net.3.\2"),
-    (r"dflt\.norm\.(weight|bias)", r"DFLT_module.transformer.norm.\1"),
-    (r"head\.(weight|bias)", r"head_cls.\1"),
-    (r"head_dist\.(weight|bias)", r"head_distill.\1"),
-]
+    "dflt.patch_norm": "DFLT_module.to_patch_embedding.1",
+    "dflt.patch_proj": "DFLT_module.to_patch_embedding.2",
+    "dflt.embed_norm": "DFLT_module.to_patch_embedding.3",
+    "dflt.norm": "DFLT_module.transformer.norm",
+    "head": "head_cls",
+    "head_dist": "head_distill",
+}
+_PARAMETERS = {
+    "dflt.cls_token": "DFLT_module.cls_token",
+    "dflt.dist_token": "DFLT_module.distill_token",
+    "dflt.pos_embed": "DFLT_module.pos_embedding",
+}
+# The modules of one block, named after the block's own prefix (which keeps its index).
+_CONV_BLOCK = {"conv": "0", "norm": "1"}
+_MBCSA_BLOCK = {
+    "pre_norm": "conv.norm",
+    "expand": "conv.fn.0",
+    "expand_norm": "conv.fn.1",
+    "dw": "conv.fn.3",
+    "dw_norm": "conv.fn.4",
+    "attention.channel_attention.fc1": "conv.fn.6.channel_attention.fc.0",
+    "attention.channel_attention.fc2": "conv.fn.6.channel_attention.fc.2",
+    "attention.spatial_attention.conv": "conv.fn.6.spatial_attention.conv1",
+    "project": "conv.fn.7",
+    "project_norm": "conv.fn.8",
+    "shortcut": "proj",
+}
 # Expansion-1 MBCSA blocks have no expand conv: the original's Sequential shifts.
-_RULES_EXPANSION_1 = [
-    (r"stage([23])\.(\d+)\.dw\.weight", r"stage\1.\2.conv.fn.0.weight"),
-    (rf"stage([23])\.(\d+)\.dw_norm\.{_BN}", r"stage\1.\2.conv.fn.1.\3"),
-    (r"stage([23])\.(\d+)\.project\.weight", r"stage\1.\2.conv.fn.3.weight"),
-    (rf"stage([23])\.(\d+)\.project_norm\.{_BN}", r"stage\1.\2.conv.fn.4.\3"),
-]
-_COMPILED = [(re.compile(p + r"\Z"), t) for p, t in _RULES]
-_COMPILED_E1 = [(re.compile(p + r"\Z"), t) for p, t in _RULES_EXPANSION_1]
+_MBCSA_BLOCK_EXPANSION_1 = {**_MBCSA_BLOCK, "dw": "conv.fn.0", "dw_norm": "conv.fn.1",
+                            "project": "conv.fn.3", "project_norm": "conv.fn.4"}
+_TRANSFORMER_LAYER = {
+    "attn.norm": "0.norm",
+    "attn.qkv": "0.to_qkv",
+    "attn.proj": "0.to_out.0",
+    "ff.fc1": "1.net.0",
+    "ff.fc2": "1.net.3",
+}
+# hdkd's sequence of blocks -> (the original's, the modules of one block)
+_BLOCKS = {
+    "stage1": ("stage1", _CONV_BLOCK),
+    "stage2": ("stage2", _MBCSA_BLOCK),
+    "stage3": ("stage3", _MBCSA_BLOCK),
+    "dflt.layers": ("DFLT_module.transformer.layers", _TRANSFORMER_LAYER),
+}
+# a module inside a block: (sequence of blocks, block index, the module's name in the block)
+_IN_BLOCK = re.compile(r"(stage[123]|dflt\.layers)\.(\d+)\.(.+)")
 
 
 class CheckpointMismatchError(ValueError):
     """The state_dict does not match the model; the message lists every offending key."""
 
 
+def _original_module(module: str, expansion_1: bool) -> Optional[str]:
+    in_block = _IN_BLOCK.fullmatch(module)
+    if in_block is None:
+        return _MODULES.get(module)
+    blocks, index, part = in_block.groups()
+    original_blocks, parts = _BLOCKS[blocks]
+    if expansion_1:  # set for the modules of an MBCSA block without expand conv
+        parts = _MBCSA_BLOCK_EXPANSION_1
+    original_part = parts.get(part)
+    return None if original_part is None else f"{original_blocks}.{index}.{original_part}"
+
+
 def _original_key(key: str, expansion_1: bool) -> str:
-    for pattern, template in (_COMPILED_E1 + _COMPILED) if expansion_1 else _COMPILED:
-        m = pattern.match(key)
-        if m:
-            return m.expand(template)
-    raise KeyError(f"no original-layout name for hdkd parameter {key!r}")
+    if key in _PARAMETERS:
+        return _PARAMETERS[key]
+    module, _, name = key.rpartition(".")
+    original = _original_module(module, expansion_1)
+    if original is None:
+        raise KeyError(f"no original-layout name for hdkd parameter {key!r}")
+    return f"{original}.{name}"
 
 
 def _key_map(model: nn.Module, keys=None) -> dict[str, str]:

@@ -106,6 +106,14 @@ class StagedModel(nn.Module):
         self.feature_info = [dict(num_chs=w, reduction=2 ** (i + 1), module=name)
                              for i, (w, name) in enumerate(zip(widths, STAGE_NAMES, strict=True))]
 
+    def set_head_options(self, num_classes: int, global_pool: str,
+                         allowed_pools: tuple[str, ...]) -> None:
+        """Check global_pool and num_classes for it, then set both (neither when one is refused)."""
+        model = type(self).__name__
+        check_global_pool(model, global_pool, allowed_pools)
+        self.num_classes = check_num_classes(model, num_classes, global_pool)
+        self.global_pool = global_pool
+
     def stage_outputs(self, x: Tensor) -> list[Tensor]:
         if not torch.jit.is_scripting():
             check_input(type(self).__name__, x, self.in_chans, self.img_size)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..nn import DFLT
 from ..nn._validate import positive_int
 from .scriptable import ScriptableDFLT
-from .stages import StagedModel, check_global_pool, check_num_classes, stage_output_size
+from .stages import StagedModel, stage_output_size
 
 _POOLS = ("token", "")
 
@@ -39,8 +39,7 @@ class HDKDStudent(StagedModel):
         if img_size % 16:
             raise ValueError(f"HDKDStudent: expected img_size to be a multiple of 16 (the 2 x 2 "
                              f"patches tile the img_size / 8 feature map), got {img_size}")
-        self.global_pool = check_global_pool("HDKDStudent", global_pool, _POOLS)
-        self.num_classes = check_num_classes("HDKDStudent", num_classes, global_pool)
+        self.set_head_options(num_classes, global_pool, _POOLS)
         self.distillation, self.distilled_training = distillation, distilled_training
         self.init_stages(img_size, in_chans, depths, widths, backend, scriptable)
         feat = stage_output_size(img_size)
@@ -78,11 +77,8 @@ class HDKDStudent(StagedModel):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """New, freshly initialised heads for num_classes (0: none)."""
-        if global_pool is not None:
-            check_global_pool("HDKDStudent", global_pool, _POOLS)
         pool = self.global_pool if global_pool is None else global_pool
-        self.num_classes = check_num_classes("HDKDStudent", num_classes, pool)
-        self.global_pool = pool
+        self.set_head_options(num_classes, pool, _POOLS)
         self.head = self._new_head(num_classes)
         if self.distillation:
             self.head_dist = self._new_head(num_classes)

@@ -6,7 +6,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ..nn._validate import positive_int
-from .stages import StagedModel, check_global_pool, check_num_classes
+from .stages import StagedModel
 
 _POOLS = ("avg", "")
 
@@ -23,8 +23,7 @@ class HDKDTeacher(StagedModel):
                  backend: str = "auto", scriptable: bool = False):
         super().__init__()
         positive_int("HDKDTeacher", "img_size", img_size)
-        self.global_pool = check_global_pool("HDKDTeacher", global_pool, _POOLS)
-        self.num_classes = check_num_classes("HDKDTeacher", num_classes, global_pool)
+        self.set_head_options(num_classes, global_pool, _POOLS)
         self.init_stages(img_size, in_chans, depths, widths, backend, scriptable)
         self.fc = nn.Linear(widths[2], 128)
         self.head_hidden_size = 128
@@ -42,11 +41,8 @@ class HDKDTeacher(StagedModel):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new, freshly initialised classifier for num_classes (0: none)."""
-        if global_pool is not None:
-            check_global_pool("HDKDTeacher", global_pool, _POOLS)
         pool = self.global_pool if global_pool is None else global_pool
-        self.num_classes = check_num_classes("HDKDTeacher", num_classes, pool)
-        self.global_pool = pool
+        self.set_head_options(num_classes, pool, _POOLS)
         w = self.fc.weight
         self.classifier = (nn.Linear(128, num_classes, device=w.device, dtype=w.dtype)
                            if num_classes else nn.Identity())
