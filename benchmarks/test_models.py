@@ -4,21 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hdkd import flops
-
 import cases, floors
-from harness import DEVICE, Workload, run
+from harness import Workload, run
 
 MODELS = ["hdkd_teacher", "hdkd"]
 
 
-def _params():
-    return [pytest.param(name, dtype, impl, id=f"{name}-{dtype}-{impl}")
-            for name in MODELS for dtype in cases.DTYPES
-            for impl in cases.impls("models", ("mbcsa_eval",))]
-
-
-@pytest.mark.parametrize("name,dtype,impl", _params())
+@pytest.mark.parametrize("name,dtype,impl", cases.model_params(MODELS, "models", "mbcsa_eval"))
 def test_inference(benchmark, session, name, dtype, impl):
     model = cases.make_model(name, cases.backend_of(impl), training=False)
     fwd = cases.maybe_compile(model, impl)
@@ -28,8 +20,7 @@ def test_inference(benchmark, session, name, dtype, impl):
             return fwd(x)
 
     b, size = cases.model_batch(), cases.img_size()
-    one = torch.randn(1, 3, size, size, device=DEVICE)
-    fl = b * flops.count_flops(model, (one,))
+    fl = cases.forward_flops(model)
     nbytes, rule = floors.inference_bytes(b * 3 * size * size, 4, floors.param_bytes(model),
                                           b * cases.NUM_CLASSES)
     wl = Workload("models", f"{name} inference @{size}", dtype, b, fl, "fvcore forward",

@@ -2,6 +2,8 @@
 BN + GELU (eval forward; training forward+backward), on each block's hidden activation."""
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -40,12 +42,16 @@ def _attention_inputs(c, hw, dtype, grad, n_sets=2):
     return sets
 
 
-def _attention_fn(impl, backward):
+def _op(name: str, impl: str):
+    """hdkd.ops.<name> as impl runs it: torch.compile of the reference composition, or the op on
+    impl's backend."""
     if impl == "compile":
-        fwd = torch.compile(reference.channel_spatial_attention)
-    else:
-        def fwd(h, fc1, fc2, sa):
-            return ops.channel_spatial_attention(h, fc1, fc2, sa, backend=cases.backend_of(impl))
+        return torch.compile(getattr(reference, name))
+    return partial(getattr(ops, name), backend=cases.backend_of(impl))
+
+
+def _attention_fn(impl, backward):
+    fwd = _op("channel_spatial_attention", impl)
     if not backward:
         def call(h, fc1, fc2, sa, _):
             with torch.no_grad():
@@ -112,11 +118,7 @@ def _dwconv_inputs(c, hw, dtype, training, n_sets=2):
 
 
 def _dwconv_fn(impl, training):
-    if impl == "compile":
-        fwd = torch.compile(reference.dwconv_bn_gelu)
-    else:
-        def fwd(x, w, bn, training):
-            return ops.dwconv_bn_gelu(x, w, bn, training, backend=cases.backend_of(impl))
+    fwd = _op("dwconv_bn_gelu", impl)
     if not training:
         def call(x, w, bn, _):
             with torch.no_grad():

@@ -6,10 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hdkd import flops
-
 import cases, floors
-from harness import DEVICE, Workload, run
+from harness import Workload, run
 
 # model -> AdamW settings of its original recipe (the teacher's recipe uses Adam; the
 # docs/performance.md anchor times the teacher step with AdamW, so this does too)
@@ -17,13 +15,7 @@ MODELS = {"hdkd_teacher": dict(lr=1e-3, weight_decay=0.0),
           "hdkd_student": dict(lr=5e-5, weight_decay=0.05)}
 
 
-def _params():
-    return [pytest.param(name, dtype, impl, id=f"{name}-{dtype}-{impl}")
-            for name in MODELS for dtype in cases.DTYPES
-            for impl in cases.impls("train_step", ("mbcsa_train",))]
-
-
-@pytest.mark.parametrize("name,dtype,impl", _params())
+@pytest.mark.parametrize("name,dtype,impl", cases.model_params(MODELS, "train_step", "mbcsa_train"))
 def test_train_step(benchmark, session, name, dtype, impl):
     model = cases.make_model(name, cases.backend_of(impl), training=True)
     fwd = cases.maybe_compile(model, impl)
@@ -37,8 +29,7 @@ def test_train_step(benchmark, session, name, dtype, impl):
         opt.step()
 
     b, size = cases.model_batch(), cases.img_size()
-    one = torch.randn(1, 3, size, size, device=DEVICE)
-    fl = 3 * b * flops.count_flops(model, (one,))
+    fl = 3 * cases.forward_flops(model)
     nbytes, rule = floors.train_step_bytes(b * 3 * size * size, 4, floors.param_bytes(model))
     wl = Workload("train_step", f"{name} train step @{size}", dtype, b, fl,
                   "fvcore forward x 3 (forward + backward); optimizer not counted", nbytes, rule,
