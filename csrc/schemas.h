@@ -1,6 +1,6 @@
 // Schemas of the hdkd:: operators, defined by schemas.cpp (and, under another namespace, by
 // tests/cuda_emulation for the CPU-emulated CUDA kernels). Kernels: csrc/cpu (CPU), csrc/cuda
-// (CUDA); fake implementations and autograd: hdkd/ops/ext_ops.py.
+// (CUDA); fake implementations and autograd: hdkd/ops/ext/ (one module per op).
 //
 // Saved-for-backward outputs (float32 whatever the input dtype): ca (B x C channel gate),
 // sa (B x H x W spatial gate), ties (B x C: how many pixels of y equal the channel's max; the

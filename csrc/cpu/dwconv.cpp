@@ -9,57 +9,55 @@
 
 #include <tuple>
 
+#include "cpu/activations.h"
+#include "cpu/pixel_chunks.h"
+#include "dwconv_bn_gelu_checks.h"
+#include "dwconv_weights.h"
+
 namespace hdkd::cpu {
 
 using at::Tensor;
 
-at::Tensor tap_major(const at::Tensor& w) {
-  return w.to(at::kFloat).reshape({w.size(0), w.size(2) * w.size(3)}).t().contiguous();
-}
-
 namespace {
+
+// The taps of a k x k kernel centred on pixel (y, x) that fall inside the image, in row-major
+// order: their number, and for each the offset of its pixel's values (src) and of its weights in
+// a tap-major table (tap), both in floats of C channels.
+struct PixelTaps {
+  int64_t src[kMaxDwKernel * kMaxDwKernel], tap[kMaxDwKernel * kMaxDwKernel];
+  int64_t n = 0;
+  PixelTaps(int64_t k, Dims d, int64_t y, int64_t x) {
+    const int64_t r = k / 2;
+    for (int64_t ky = 0; ky < k; ++ky) {
+      const int64_t iy = y + ky - r;
+      if (iy < 0 || iy >= d.H) continue;
+      for (int64_t kx = 0; kx < k; ++kx) {
+        const int64_t ix = x + kx - r;
+        if (ix < 0 || ix >= d.W) continue;
+        src[n] = (iy * d.W + ix) * d.C;
+        tap[n++] = (ky * k + kx) * d.C;
+      }
+    }
+  }
+};
 
 // Conv output of one pixel for all C channels into acc (C floats), plus bias when given.
 inline void conv_pixel(const float* img, const float* wt, const float* bias, int64_t k, Dims d,
                        int64_t y, int64_t x, float* acc) {
-  const int64_t r = k / 2, C = d.C;
-  int64_t src[64], tap[64];  // valid taps of this pixel (k <= 7 is checked by the callers)
-  int64_t n = 0;
-  for (int64_t ky = 0; ky < k; ++ky) {
-    const int64_t iy = y + ky - r;
-    if (iy < 0 || iy >= d.H) continue;
-    for (int64_t kx = 0; kx < k; ++kx) {
-      const int64_t ix = x + kx - r;
-      if (ix < 0 || ix >= d.W) continue;
-      src[n] = (iy * d.W + ix) * C;
-      tap[n++] = (ky * k + kx) * C;
-    }
-  }
+  const int64_t C = d.C;
+  const PixelTaps in(k, d, y, x);
   int64_t c = 0;
   for (; c + kVec <= C; c += kVec) {
     Vec a = bias ? Vec::loadu(bias + c) : Vec(0.f);
-    for (int64_t i = 0; i < n; ++i)
-      a = at::vec::fmadd(Vec::loadu(img + src[i] + c), Vec::loadu(wt + tap[i] + c), a);
+    for (int64_t i = 0; i < in.n; ++i)
+      a = at::vec::fmadd(Vec::loadu(img + in.src[i] + c), Vec::loadu(wt + in.tap[i] + c), a);
     a.store(acc + c);
   }
   for (; c < C; ++c) {
     float a = bias ? bias[c] : 0.f;
-    for (int64_t i = 0; i < n; ++i) a += img[src[i] + c] * wt[tap[i] + c];
+    for (int64_t i = 0; i < in.n; ++i) a += img[in.src[i] + c] * wt[in.tap[i] + c];
     acc[c] = a;
   }
-}
-
-void check_dw(const char* op, const Tensor& x, const Tensor& w) {
-  check_input(op, "x", x, 4);
-  check_input(op, "weight", w, 4);
-  const int64_t C = x.size(1), k = w.size(-1);
-  TORCH_CHECK(w.size(0) == C && w.size(1) == 1 && w.size(2) == k && k % 2 == 1 && k <= 7, op,
-              ": expected weight of shape (", C, ", 1, k, k) with k odd and <= 7, got ", w.sizes());
-}
-
-void check_channel_vec(const char* op, const char* name, const Tensor& t, int64_t C) {
-  check_input(op, name, t, 1);
-  TORCH_CHECK(t.size(0) == C, op, ": expected ", name, " of shape (", C, "), got ", t.sizes());
 }
 
 // Converts combined B x C statistics to the op's outputs (avg, max in x's dtype; ties float32).
@@ -79,9 +77,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_i
                                                                const Tensor& shift) {
   const NoAutocast no_autocast;
   const char* op = "hdkd::dwconv_bn_gelu_eval";
-  check_dw(op, x_in, w);
-  check_channel_vec(op, "scale", scale, x_in.size(1));
-  check_channel_vec(op, "shift", shift, x_in.size(1));
+  check_dwconv_bn_gelu_eval(op, x_in, w, scale, shift);
   const Tensor x = nhwc_float(x_in);
   const Dims d = dims_of(x);
   const Tensor wt = tap_major(w), sc = float_contig(scale), sh = float_contig(shift);
@@ -159,28 +155,22 @@ Tensor total(const ChannelPartials& parts, int64_t tasks, int which) {
 // dW[tap, c] = sum over pixels of dconv[p, c] * x[p + tap offset, c], as k*k x C. Per-task partials
 // combined in task order: the result does not depend on the thread count.
 Tensor dwconv_weight_grad(const float* x, const float* dconv, int64_t k, Dims d) {
-  const int64_t C = d.C, r = k / 2, taps = k * k, tasks = d.B * chunks_per_image(d.P);
+  const int64_t C = d.C, taps = k * k, tasks = d.B * chunks_per_image(d.P);
   Tensor parts = at::zeros({tasks, taps, C}, at::TensorOptions().dtype(at::kFloat));
   float* pp = parts.data_ptr<float>();
   for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
     const float* img = x + b * d.P * C;
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t y = p / d.W, xx = p % d.W;
       const float* g = dconv + (b * d.P + p) * C;
-      for (int64_t ky = 0; ky < k; ++ky) {
-        const int64_t iy = y + ky - r;
-        if (iy < 0 || iy >= d.H) continue;
-        for (int64_t kx = 0; kx < k; ++kx) {
-          const int64_t ix = xx + kx - r;
-          if (ix < 0 || ix >= d.W) continue;
-          const float* src = img + (iy * d.W + ix) * C;
-          float* acc = pp + (t * taps + ky * k + kx) * C;
-          int64_t c = 0;
-          for (; c + kVec <= C; c += kVec)
-            at::vec::fmadd(Vec::loadu(g + c), Vec::loadu(src + c), Vec::loadu(acc + c))
-                .store(acc + c);
-          for (; c < C; ++c) acc[c] += g[c] * src[c];
-        }
+      const PixelTaps in(k, d, p / d.W, p % d.W);
+      for (int64_t i = 0; i < in.n; ++i) {
+        const float* src = img + in.src[i];
+        float* acc = pp + t * taps * C + in.tap[i];
+        int64_t c = 0;
+        for (; c + kVec <= C; c += kVec)
+          at::vec::fmadd(Vec::loadu(g + c), Vec::loadu(src + c), Vec::loadu(acc + c))
+              .store(acc + c);
+        for (; c < C; ++c) acc[c] += g[c] * src[c];
       }
     }
   });
@@ -195,12 +185,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
     const Tensor& x_in, const Tensor& w, const Tensor& gamma, const Tensor& beta, double eps) {
   const NoAutocast no_autocast;
   const char* op = "hdkd::dwconv_bn_gelu_train";
-  check_dw(op, x_in, w);
-  check_channel_vec(op, "gamma", gamma, x_in.size(1));
-  TORCH_CHECK(x_in.size(0) * x_in.size(2) * x_in.size(3) >= 2, op,
-              ": batch statistics need at least 2 values per channel, got input of shape ",
-              x_in.sizes());
-  check_channel_vec(op, "beta", beta, x_in.size(1));
+  check_dwconv_bn_gelu_train(op, x_in, w, gamma, beta);
   const Tensor x = nhwc_float(x_in);
   const Dims d = dims_of(x);
   const int64_t tasks = d.B * chunks_per_image(d.P), C = d.C;
@@ -255,50 +240,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
 // eval: dconv = dz * scale, dscale = sum dz * conv, dshift = sum dz;
 // train: dconv = scale * (dz - mean(dz) - xhat * mean(dz * xhat)), dgamma = sum dz * xhat,
 //        dbeta = sum dz, xhat = (conv - mean) * invstd.
-std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
-    const std::optional<Tensor>& grad_y, const std::optional<Tensor>& grad_avg,
-    const std::optional<Tensor>& grad_max, const Tensor& x_in, const Tensor& w,
-    const std::optional<Tensor>& conv_in, const Tensor& scale_in, const Tensor& shift_in,
-    const Tensor& y_in, const Tensor& max_in, const Tensor& ties_in,
-    const std::optional<Tensor>& mean_in,
-    const std::optional<Tensor>& invstd_in) {
+DwconvBnGeluBackwardResult dwconv_bn_gelu_backward(const DwconvBnGeluBackwardArgs& a) {
   const NoAutocast no_autocast;
   const char* op = "hdkd::dwconv_bn_gelu_backward";
-  check_dw(op, x_in, w);
-  const Tensor x = nhwc_float(x_in);
+  const bool train = check_dwconv_bn_gelu_backward(op, a);
+  const Tensor x = nhwc_float(a.x);
   const Dims d = dims_of(x);
   const int64_t C = d.C, P = d.P, tasks = d.B * chunks_per_image(P);
-  check_channel_vec(op, "scale", scale_in, C);
-  check_channel_vec(op, "shift", shift_in, C);
-  check_input(op, "y", y_in, 4);
-  TORCH_CHECK(y_in.sizes() == x_in.sizes(), op, ": expected y of shape ", x_in.sizes(), ", got ",
-              y_in.sizes());
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"max", max_in},
-                                {"ties", ties_in}}) {
-    check_input(op, name, t, 2);
-    TORCH_CHECK(t.size(0) == d.B && t.size(1) == C, op, ": expected ", name, " of shape (", d.B,
-                ", ", C, "), got ", t.sizes());
-  }
-  const bool train = mean_in.has_value() && mean_in->defined();
-  TORCH_CHECK(train == (invstd_in.has_value() && invstd_in->defined()), op,
-              ": expected mean and invstd both given (train) or both None (eval)");
-  const Tensor wt = tap_major(w);
+  const Tensor wt = tap_major(a.w);
   Tensor conv;
-  if (conv_in.has_value() && conv_in->defined()) {
-    conv = nhwc_float(*conv_in);
+  if (given(a.conv)) {
+    conv = nhwc_float(*a.conv);
   } else {
     conv = empty_nhwc(d.B, C, d.H, d.W);
-    dwconv_plain(x.data_ptr<float>(), wt.data_ptr<float>(), w.size(-1), d,
+    dwconv_plain(x.data_ptr<float>(), wt.data_ptr<float>(), a.w.size(-1), d,
                  conv.data_ptr<float>(), nullptr);
   }
   auto opt_nhwc = [](const std::optional<Tensor>& t) {
-    return t.has_value() && t->defined() ? nhwc_float(*t) : Tensor();
+    return given(t) ? nhwc_float(*t) : Tensor();
   };
   auto opt_flat = [](const std::optional<Tensor>& t) {
-    return t.has_value() && t->defined() ? float_contig(*t) : Tensor();
+    return given(t) ? float_contig(*t) : Tensor();
   };
-  const Tensor gy = opt_nhwc(grad_y), gavg = opt_flat(grad_avg), gmax = opt_flat(grad_max);
-  const Tensor scale = float_contig(scale_in), shift = float_contig(shift_in);
+  const Tensor gy = opt_nhwc(a.grad_y), gavg = opt_flat(a.grad_avg), gmax = opt_flat(a.grad_max);
+  const Tensor scale = float_contig(a.scale), shift = float_contig(a.shift);
   const float *cp = conv.data_ptr<float>(), *scp = scale.data_ptr<float>(),
               *shp = shift.data_ptr<float>();
   const float* gyp = gy.defined() ? gy.data_ptr<float>() : nullptr;
@@ -307,9 +272,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   // The max's gradient, split evenly among the pixels whose stored y equals the stored max.
   Tensor y, ymax, share;
   if (gmax.defined()) {
-    y = nhwc_float(y_in);
-    ymax = float_contig(max_in);
-    share = gmax.div(float_contig(ties_in)).contiguous();
+    y = nhwc_float(a.y);
+    ymax = float_contig(a.max);
+    share = gmax.div(float_contig(a.ties)).contiguous();
   }
   const float* yp = y.defined() ? y.data_ptr<float>() : nullptr;
   const float* ymp = y.defined() ? ymax.data_ptr<float>() : nullptr;
@@ -317,7 +282,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
 
   // train: sum dz * (conv - mean) accumulated centred; sum dz * conv - mean * sum dz cancels
   // catastrophically when |mean| >> std
-  const Tensor centre = train ? float_contig(*mean_in) : Tensor();
+  const Tensor centre = train ? float_contig(*a.mean) : Tensor();
   const float* ctp = train ? centre.data_ptr<float>() : nullptr;
   Tensor dz = empty_nhwc(d.B, C, d.H, d.W);
   float* dzp = dz.data_ptr<float>();
@@ -357,8 +322,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   Tensor dscale, dshift = dsum;
   Tensor mean, invstd, k1;  // train: dconv = scale * dz - (scale*mean(dz) + k1 * (conv - mean))
   if (train) {
-    mean = float_contig(*mean_in);
-    invstd = float_contig(*invstd_in);
+    mean = float_contig(*a.mean);
+    invstd = float_contig(*a.invstd);
     dscale = dsumc.mul(invstd);  // dgamma = sum dz * xhat
     k1 = scale.mul(invstd).mul_(dscale).div_(double(d.B * P)).contiguous();
   } else {
@@ -386,9 +351,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
       }
     }
   });
-  const int64_t k = w.size(-1);
+  const int64_t k = a.w.size(-1);
   // dx: the conv of dconv with the spatially flipped kernel (stride 1, padding k / 2).
-  const Tensor flipped = tap_major(w.flip({2, 3}));
+  const Tensor flipped = tap_major(a.w.flip({2, 3}));
   Tensor dx = empty_nhwc(d.B, C, d.H, d.W);
   for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
     for (int64_t p = p0; p < p1; ++p)
@@ -397,8 +362,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   });
   const Tensor dw = dwconv_weight_grad(x.data_ptr<float>(), dzp, k, d)
                         .t().contiguous().view({C, 1, k, k});
-  return {like_input(dx, x_in), dw.to(w.scalar_type()), dscale.to(scale_in.scalar_type()),
-          dshift.to(shift_in.scalar_type())};
+  return {like_input(dx, a.x), dw.to(a.w.scalar_type()), dscale.to(a.scale.scalar_type()),
+          dshift.to(a.shift.scalar_type())};
 }
 
 }  // namespace
@@ -406,7 +371,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
 TORCH_LIBRARY_IMPL(hdkd, CPU, m) {
   m.impl("dwconv_bn_gelu_eval", &dwconv_bn_gelu_eval);
   m.impl("dwconv_bn_gelu_train", &dwconv_bn_gelu_train);
-  m.impl("dwconv_bn_gelu_backward", &dwconv_bn_gelu_backward);
+  m.impl("dwconv_bn_gelu_backward", &dwconv_bn_gelu_backward_op<&dwconv_bn_gelu_backward>);
 }
 
 }  // namespace hdkd::cpu

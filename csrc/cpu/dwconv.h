@@ -1,7 +1,11 @@
 // Depthwise k x k convolution (stride 1, padding k / 2) on float32 B x H x W x C buffers.
 #pragma once
 
-#include "cpu/common.h"
+#include <ATen/core/Tensor.h>
+
+#include "cpu/channel_stats.h"
+#include "cpu/staging.h"
+#include "dwconv_weights.h"
 
 namespace hdkd::cpu {
 
@@ -11,8 +15,5 @@ namespace hdkd::cpu {
 void dwconv_affine_gelu(const float* x, const float* wt, const float* scale, const float* shift,
                         int64_t k, Dims d, at::ScalarType stored, float* y,
                         const ChannelPartials& parts);
-
-// w (C x 1 x k x k, any dtype) as the k*k x C float32 tap-major table.
-at::Tensor tap_major(const at::Tensor& w);
 
 }  // namespace hdkd::cpu

@@ -12,8 +12,11 @@
 #include <torch/library.h>
 
 #include "channel_gate.h"
-#include "cpu/common.h"
+#include "cpu/activations.h"
+#include "cpu/channel_spatial_gates.h"
 #include "cpu/dwconv.h"
+#include "cpu/pixel_chunks.h"
+#include "mbcsa_checks.h"
 
 namespace hdkd::cpu {
 namespace {
@@ -25,11 +28,6 @@ constexpr int64_t kRows = 512;  // GEMM row block: its activations stay in cache
 // x (B x C x H x W, float32 channels_last) as the (B*H*W) x C matrix of its pixels.
 Tensor pixel_rows(const Tensor& x) {
   return x.permute({0, 2, 3, 1}).reshape({x.size(0) * x.size(2) * x.size(3), x.size(1)});
-}
-
-void check_shape(const Tensor& t, at::IntArrayRef want, const char* name) {
-  TORCH_CHECK(t.sizes() == want, "hdkd::mbcsa_eval: expected ", name, " of shape ", want,
-              ", got ", t.sizes());
 }
 
 // fn calls ATen ops (addmm) on the pool's threads: they run under the caller's thread-local
@@ -54,26 +52,11 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
                   const Tensor& sa_w, const Tensor& project_w, const Tensor& project_b,
                   const std::optional<Tensor>& shortcut_in) {
   const NoAutocast no_autocast;
-  const char* op = "hdkd::mbcsa_eval";
-  check_input(op, "x", x_in, 4);
+  check_mbcsa_eval("hdkd::mbcsa_eval", x_in, expand_w, expand_b, dw_w, dw_b, fc1, fc2, sa_w,
+                   project_w, project_b, shortcut_in);
   const int64_t B = x_in.size(0), cin = x_in.size(1), hid = expand_w.size(0),
-                cout = project_w.size(0), k = dw_w.size(-1), R = fc1.size(0);
-  const bool down = shortcut_in.has_value() && shortcut_in->defined();
-  check_shape(expand_w, {hid, cin, 1, 1}, "expand_weight");
-  check_shape(expand_b, {hid}, "expand_bias");
-  TORCH_CHECK(k % 2 == 1 && k <= 7, op, ": expected an odd dw_weight kernel <= 7, got ", k);
-  check_shape(dw_w, {hid, 1, k, k}, "dw_weight");
-  check_shape(dw_b, {hid}, "dw_bias");
-  check_shape(fc1, {R, hid, 1, 1}, "fc1_weight");
-  check_shape(fc2, {hid, R, 1, 1}, "fc2_weight");
-  TORCH_CHECK(sa_w.dim() == 4 && sa_w.size(0) == 1 && sa_w.size(1) == 2 &&
-                  sa_w.size(2) == sa_w.size(3) && sa_w.size(2) % 2,
-              op, ": expected sa_weight of shape (1, 2, k, k) with k odd, got ", sa_w.sizes());
-  check_shape(project_w, {cout, hid, 1, 1}, "project_weight");
-  check_shape(project_b, {cout}, "project_bias");
-  if (down) check_shape(*shortcut_in, {cout, cin, 1, 1}, "shortcut");
-  else TORCH_CHECK(cin == cout, op, ": expected cin == cout without a shortcut, got ", cin,
-                   " and ", cout);
+                cout = project_w.size(0), k = dw_w.size(-1);
+  const bool down = given(shortcut_in);
 
   const Tensor x = nhwc_float(x_in);
   const Tensor xe = down ? x.slice(2, 0, x.size(2), 2).slice(3, 0, x.size(3), 2)
@@ -134,14 +117,10 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
     // Per row block: gates in place, then out += h Wp^T.
     for_row_blocks(d.P, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        float* hrow = dp + r * hid;
-        const Vec vs(sap[r]), unit(1.f);
-        int64_t c = 0;
-        for (; c + kVec <= hid; c += kVec)
-          (Vec::loadu(hrow + c) * at::vec::fmadd(Vec::loadu(cap + c), vs, unit)).store(hrow + c);
-        for (; c < hid; ++c) hrow[c] *= cap[c] * sap[r] + 1.f;
+        gate_pixel(dp + r * hid, cap, sap[r], hid, dp + r * hid);
         float* orow = out.data_ptr<float>() + (base + r) * cout;
-        for (c = 0; c + kVec <= cout; c += kVec)
+        int64_t c = 0;
+        for (; c + kVec <= cout; c += kVec)
           (Vec::loadu(orow + c) + Vec::loadu(bpp + c)).store(orow + c);
         for (; c < cout; ++c) orow[c] += bpp[c];
       }

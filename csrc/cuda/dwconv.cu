@@ -13,15 +13,13 @@
 
 #include <tuple>
 
+#include "cuda/activations.cuh"
+#include "cuda/packs.cuh"
+#include "dwconv_bn_gelu_checks.h"
+#include "dwconv_weights.h"
+
 namespace hdkd::cuda {
 namespace {
-
-constexpr int64_t kMaxKernel = 7;  // the kernels are specialised per size (with_kernel_size)
-
-// w (C x 1 x k x k, any dtype) as float32 k*k x C (tap-major: a tap's weights are contiguous).
-Tensor taps_of(const Tensor& w) {
-  return w.to(at::kFloat).reshape({w.size(0), w.size(2) * w.size(3)}).t().contiguous();
-}
 
 // conv = conv_kxk(x, w) (no bias) into a dense B x H x W x C buffer: thread (chunk of
 // kChunk pixel rows t = b * H * W + p, channel c) walks its chunk in order. With pmean and pm2
@@ -32,7 +30,7 @@ void conv_chunks(const in_t* xp, const Layout& lx, const float* wt, out_t* conv,
                  float* pm2) {
   const int64_t C = lx.C, N = lx.B * lx.P(), chunks = (N + kChunk - 1) / kChunk;
   const Divisor by_c(C);
-  for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
+  for_each_index(chunks * C, [=] HDKD_HOST_DEVICE(int64_t i) {
     int64_t chunk, c;
     by_c.divmod(i, chunk, c);
     const int64_t t0 = chunk * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
@@ -60,7 +58,7 @@ void conv_chunks(const in_t* xp, const Layout& lx, const float* wt, out_t* conv,
 template <typename in_t, typename out_t>
 void conv_nhwc(const Tensor& x, const Tensor& w, out_t* conv, float* pmean = nullptr,
                float* pm2 = nullptr) {
-  const Tensor wt = taps_of(w);
+  const Tensor wt = tap_major(w);
   const Layout lx = layout_of(x);
   const in_t* xp = x.data_ptr<in_t>();
   with_kernel_size(w.size(-1), [&](auto K) {
@@ -77,7 +75,7 @@ struct DwconvGeluRow {
   scalar_t* y;
   int64_t ysh, ysw;
   float scale, shift;
-  HDKD_HD float operator()(int64_t, int64_t py, int64_t px) const {
+  HDKD_HOST_DEVICE float operator()(int64_t, int64_t py, int64_t px) const {
     const scalar_t v = static_cast<scalar_t>(gelu(taps(x, py, px) * scale + shift));
     y[py * ysh + px * ysw] = v;
     return static_cast<float>(v);
@@ -89,7 +87,7 @@ ChannelStats gelu_stats_of(const scalar_t* xp, const Layout& lx, const float* wt
                            const float* scale, const float* shift, scalar_t* yp, const Layout& ly,
                            const Tensor& like) {
   // y written by the statistics pass: each (b, c, p) has exactly one owner
-  return channel_stats_of(lx.B, lx.C, lx.H, lx.W, [=] HDKD_HD(int64_t b, int64_t c) {
+  return channel_stats_of(lx.B, lx.C, lx.H, lx.W, [=] HDKD_HOST_DEVICE(int64_t b, int64_t c) {
     return DwconvGeluRow<K, scalar_t>{DwconvTaps<K, scalar_t>(wt, c, lx),
                                       xp + b * lx.sb + c * lx.sc, yp + b * ly.sb + c * ly.sc,
                                       ly.sh, ly.sw, scale ? scale[c] : 1.f, shift[c]};
@@ -100,8 +98,8 @@ ChannelStats gelu_stats_of(const scalar_t* xp, const Layout& lx, const float* wt
 // (b, c0)) into acc, in for_each_tap's order (as DwconvTaps): a 16-byte load of x and two of the
 // weights (wt at channel c0, float32 K*K x C) per tap.
 template <int K, typename scalar_t>
-HDKD_HD void conv_pack(const scalar_t* plane, const float* wt, const Layout& lx, int64_t y,
-                       int64_t x, float (&acc)[kPack]) {
+HDKD_HOST_DEVICE void conv_pack(const scalar_t* plane, const float* wt, const Layout& lx,
+                                int64_t y, int64_t x, float (&acc)[kPack]) {
   constexpr int R = K / 2;
 #pragma unroll
   for (int k = 0; k < kPack; ++k) acc[k] = 0.f;
@@ -126,7 +124,7 @@ ChannelStats gelu_stats_packed(const scalar_t* xp, const Layout& lx, const float
   float* ps = partial.data_ptr<float>();
   float *pm = ps + chunks * m, *pt = pm + chunks * m;
   const Divisor by_packs(m / kPack), by_channel_packs(C / kPack);
-  for_each_index(chunks * m / kPack, [=] HDKD_HD(int64_t v) {
+  for_each_index(chunks * m / kPack, [=] HDKD_HOST_DEVICE(int64_t v) {
     int64_t chunk, jp, b, cp, y, x;
     by_packs.divmod(v, chunk, jp);
     by_channel_packs.divmod(jp, b, cp);
@@ -168,13 +166,8 @@ ChannelStats gelu_stats_packed(const scalar_t* xp, const Layout& lx, const float
   return combine_channel_stats(partial, chunks, B, C);
 }
 
-void check_dw(const char* op, const Tensor& x, const Tensor& w) {
-  check_4d(op, "x", x, x);
-  check_4d(op, "weight", w, x);
-  const int64_t C = x.size(1), k = w.size(-1);
-  TORCH_CHECK(w.size(0) == C && w.size(1) == 1 && w.size(2) == k && k % 2 == 1 && k <= kMaxKernel,
-              op, ": expected weight of shape (", C, ", 1, k, k) with k odd and <= ", kMaxKernel,
-              ", got ", w.sizes());
+// x has at least one pixel (checked beside the shared checks).
+void check_pixels(const char* op, const Tensor& x) {
   TORCH_CHECK(x.size(2) * x.size(3) > 0, op, ": expected x with at least one pixel, got shape ",
               x.sizes());
 }
@@ -197,9 +190,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_eval(const Tensor& x_i
                                                                const Tensor& scale,
                                                                const Tensor& shift) {
   const char* op = "hdkd::dwconv_bn_gelu_eval";
-  check_dw(op, x_in, w);
-  check_channel_vec(op, "scale", scale, x_in.size(1), x_in);
-  check_channel_vec(op, "shift", shift, x_in.size(1), x_in);
+  check_dwconv_bn_gelu_eval(op, x_in, w, scale, shift);
+  check_pixels(op, x_in);
   const OpScope scope(x_in);
   const Tensor x = nhwc(x_in);
   Tensor y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
@@ -237,7 +229,7 @@ struct TrainGeluRow {
   scalar_t* y;
   int64_t C;
   float scale, shift;
-  HDKD_HD float operator()(int64_t p, int64_t, int64_t) const {
+  HDKD_HOST_DEVICE float operator()(int64_t p, int64_t, int64_t) const {
     const scalar_t v = static_cast<scalar_t>(gelu(conv[p * C] * scale + shift));
     y[p * C] = v;
     return static_cast<float>(v);
@@ -247,12 +239,8 @@ struct TrainGeluRow {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_train(
     const Tensor& x_in, const Tensor& w, const Tensor& gamma, const Tensor& beta, double eps) {
   const char* op = "hdkd::dwconv_bn_gelu_train";
-  check_dw(op, x_in, w);
-  check_channel_vec(op, "gamma", gamma, x_in.size(1), x_in);
-  TORCH_CHECK(x_in.size(0) * x_in.size(2) * x_in.size(3) >= 2, op,
-              ": batch statistics need at least 2 values per channel, got input of shape ",
-              x_in.sizes());
-  check_channel_vec(op, "beta", beta, x_in.size(1), x_in);
+  check_dwconv_bn_gelu_train(op, x_in, w, gamma, beta);
+  check_pixels(op, x_in);
   const OpScope scope(x_in);
   const Tensor x = nhwc(x_in);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
@@ -267,7 +255,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dwconv_bn_gel
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_train_y", [&] {
     scalar_t* yp = y.data_ptr<scalar_t>();
     // y written by the statistics pass: each (b, c, p) has exactly one owner
-    stats = channel_stats_of(B, C, H, W, [=] HDKD_HD(int64_t b, int64_t c) {
+    stats = channel_stats_of(B, C, H, W, [=] HDKD_HOST_DEVICE(int64_t b, int64_t c) {
       const int64_t plane = b * P * C + c;
       return TrainGeluRow<scalar_t>{cp + plane, yp + plane, C, scp[c], shp[c]};
     }, x);
@@ -285,7 +273,7 @@ void dw_grad_partials(const scalar_t* xp, const Layout& lx, const float* dz, flo
   constexpr int R = K / 2;
   const int64_t C = lx.C, H = lx.H, W = lx.W, N = lx.B * lx.P();
   const Divisor by_c(C);
-  for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
+  for_each_index(chunks * C, [=] HDKD_HOST_DEVICE(int64_t i) {
     int64_t ch, c;
     by_c.divmod(i, ch, c);
     const int64_t t0 = ch * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
@@ -318,7 +306,7 @@ Tensor dw_grad(const Tensor& x, const float* dz, int64_t k) {
       dw_grad_partials<decltype(K)::value>(xp, lx, dz, partial, chunks);
     });
   });
-  return sum_terms(taps * C, chunks, [=] HDKD_HD(int64_t j, int64_t ch) {
+  return sum_terms(taps * C, chunks, [=] HDKD_HOST_DEVICE(int64_t j, int64_t ch) {
     return partial[ch * taps * C + j];
   }, x).view({taps, C});
 }
@@ -327,55 +315,27 @@ Tensor dw_grad(const Tensor& x, const float* dz, int64_t k) {
 // eval: dconv = dz * scale, dscale = sum dz * conv, dshift = sum dz;
 // train: dconv = scale * (dz - mean(dz) - xhat * mean(dz * xhat)), dgamma = sum dz * xhat,
 //        dbeta = sum dz, xhat = (conv - mean) * invstd.
-std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
-    const std::optional<Tensor>& grad_y, const std::optional<Tensor>& grad_avg,
-    const std::optional<Tensor>& grad_max, const Tensor& x_in, const Tensor& w,
-    const std::optional<Tensor>& conv_in, const Tensor& scale_in, const Tensor& shift_in,
-    const Tensor& y_in, const Tensor& max_in, const Tensor& ties_in,
-    const std::optional<Tensor>& mean_in,
-    const std::optional<Tensor>& invstd_in) {
+DwconvBnGeluBackwardResult dwconv_bn_gelu_backward(const DwconvBnGeluBackwardArgs& a) {
   const char* op = "hdkd::dwconv_bn_gelu_backward";
-  check_dw(op, x_in, w);
-  const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const bool train = check_dwconv_bn_gelu_backward(op, a);
+  check_pixels(op, a.x);
+  const int64_t B = a.x.size(0), C = a.x.size(1), H = a.x.size(2), W = a.x.size(3);
   const int64_t P = H * W, N = B * P;
-  check_channel_vec(op, "scale", scale_in, C, x_in);
-  check_channel_vec(op, "shift", shift_in, C, x_in);
-  check_sizes(op, "y", y_in, x_in.sizes(), x_in);
-  TORCH_CHECK(y_in.scalar_type() == x_in.scalar_type(), op, ": expected y of dtype ",
-              x_in.scalar_type(), ", got ", y_in.scalar_type());
-  check_sizes(op, "max", max_in, {B, C}, x_in);
-  check_sizes(op, "ties", ties_in, {B, C}, x_in);
-  auto given = [](const std::optional<Tensor>& t) { return t.has_value() && t->defined(); };
-  const bool train = given(mean_in);
-  TORCH_CHECK(train == given(invstd_in), op,
-              ": expected mean and invstd both given (train) or both None (eval)");
-  if (train) {
-    check_channel_vec(op, "mean", *mean_in, C, x_in);
-    check_channel_vec(op, "invstd", *invstd_in, C, x_in);
-  }
-  if (given(grad_y)) {
-    check_sizes(op, "grad_y", *grad_y, x_in.sizes(), x_in);
-    TORCH_CHECK(grad_y->scalar_type() == x_in.scalar_type(), op, ": expected grad_y of dtype ",
-                x_in.scalar_type(), ", got ", grad_y->scalar_type());
-  }
-  if (given(grad_avg)) check_sizes(op, "grad_avg", *grad_avg, {B, C}, x_in);
-  if (given(grad_max)) check_sizes(op, "grad_max", *grad_max, {B, C}, x_in);
-  if (given(conv_in)) check_sizes(op, "conv", *conv_in, x_in.sizes(), x_in);
-  const OpScope scope(x_in);
-  const Tensor x = nhwc(x_in);
+  const OpScope scope(a.x);
+  const Tensor x = nhwc(a.x);
   Tensor conv;
-  if (given(conv_in)) {
-    conv = nhwc(conv_in->to(at::kFloat));
+  if (given(a.conv)) {
+    conv = nhwc(a.conv->to(at::kFloat));
   } else {
     conv = empty_nhwc_float(x, B, C, H, W);
     HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_conv",
-                  [&] { conv_nhwc<scalar_t>(x, w, conv.data_ptr<float>()); });
+                  [&] { conv_nhwc<scalar_t>(x, a.w, conv.data_ptr<float>()); });
   }
   const float* cp = conv.data_ptr<float>();
-  const Tensor scale = as_float(scale_in), shift = as_float(shift_in);
-  const Tensor gavg = given(grad_avg) ? as_float(*grad_avg) : Tensor();
-  const Tensor gmax = given(grad_max) ? as_float(*grad_max) : Tensor();
-  const Tensor ymax = as_float(max_in), ties = as_float(ties_in);
+  const Tensor scale = as_float(a.scale), shift = as_float(a.shift);
+  const Tensor gavg = given(a.grad_avg) ? as_float(*a.grad_avg) : Tensor();
+  const Tensor gmax = given(a.grad_max) ? as_float(*a.grad_max) : Tensor();
+  const Tensor ymax = as_float(a.max), ties = as_float(a.ties);
   const float *scp = scale.data_ptr<float>(), *shp = shift.data_ptr<float>();
   const float* gap = gavg.defined() ? gavg.data_ptr<float>() : nullptr;
   const float* gmp = gmax.defined() ? gmax.data_ptr<float>() : nullptr;
@@ -387,8 +347,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   // partial sums are then added in a fixed order (deterministic).
   Tensor dz_t = empty_nhwc_float(x, B, C, H, W);
   float* dz = dz_t.data_ptr<float>();
-  const Tensor gy = given(grad_y) ? nhwc(*grad_y) : Tensor();
-  const Tensor y = gmp ? nhwc(y_in) : Tensor();  // where the max's gradient goes
+  const Tensor gy = given(a.grad_y) ? nhwc(*a.grad_y) : Tensor();
+  const Tensor y = gmp ? nhwc(a.y) : Tensor();  // where the max's gradient goes
   const int64_t chunks = (N + kChunk - 1) / kChunk;
   const Divisor by_c(C), by_p(P);
   Tensor partial = at::empty({2, chunks * C}, x.options().dtype(at::kFloat));
@@ -396,12 +356,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
   float* psumc = psum + chunks * C;
   // train: sum dz * (conv - mean) accumulated centred; sum dz * conv - mean * sum dz cancels
   // catastrophically when |mean| >> std
-  const Tensor centre = train ? as_float(*mean_in) : Tensor();
+  const Tensor centre = train ? as_float(*a.mean) : Tensor();
   const float* centrep = train ? centre.data_ptr<float>() : nullptr;
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_backward_dz", [&] {
     const scalar_t* gyp = gy.defined() ? gy.data_ptr<scalar_t>() : nullptr;
     const scalar_t* yp = y.defined() ? y.data_ptr<scalar_t>() : nullptr;
-    for_each_index(chunks * C, [=] HDKD_HD(int64_t i) {
+    for_each_index(chunks * C, [=] HDKD_HOST_DEVICE(int64_t i) {
       int64_t chunk, c;
       by_c.divmod(i, chunk, c);
       const int64_t t0 = chunk * kChunk, t1 = t0 + kChunk < N ? t0 + kChunk : N;
@@ -420,38 +380,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
       psumc[i] = sumc;
     });
   });
-  const Tensor dsum = sum_terms(C, chunks, [=] HDKD_HD(int64_t c, int64_t ch) {
+  const Tensor dsum = sum_terms(C, chunks, [=] HDKD_HOST_DEVICE(int64_t c, int64_t ch) {
     return psum[ch * C + c];
   }, x);
-  const Tensor dsumc = sum_terms(C, chunks, [=] HDKD_HD(int64_t c, int64_t ch) {
+  const Tensor dsumc = sum_terms(C, chunks, [=] HDKD_HOST_DEVICE(int64_t c, int64_t ch) {
     return psumc[ch * C + c];
   }, x);
   Tensor dscale;
   if (train) {
-    const Tensor mean = as_float(*mean_in), invstd = as_float(*invstd_in);
+    const Tensor mean = as_float(*a.mean), invstd = as_float(*a.invstd);
     dscale = dsumc.mul(invstd);  // dgamma = sum dz * xhat
     const Tensor k1 = scale.mul(invstd).mul_(dscale).div_(double(N)).contiguous();
     const Tensor c0 = scale.mul(dsum).div_(double(N)).contiguous();
     const float *k1p = k1.data_ptr<float>(), *c0p = c0.data_ptr<float>();
     const float* mp = mean.data_ptr<float>();
-    for_each_index(N * C, [=] HDKD_HD(int64_t i) {
+    for_each_index(N * C, [=] HDKD_HOST_DEVICE(int64_t i) {
       const int64_t c = by_c.mod(i);
       dz[i] = dz[i] * scp[c] - c0p[c] - k1p[c] * (cp[i] - mp[c]);
     });
   } else {
     dscale = dsumc;
-    for_each_index(N * C, [=] HDKD_HD(int64_t i) { dz[i] *= scp[by_c.mod(i)]; });
+    for_each_index(N * C, [=] HDKD_HOST_DEVICE(int64_t i) { dz[i] *= scp[by_c.mod(i)]; });
   }
 
   // dx: the conv of dconv with the spatially flipped kernel.
   Tensor dx = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
   HDKD_DISPATCH(x.scalar_type(), "hdkd_dwconv_backward_dx", [&] {
-    conv_nhwc<float>(dz_t, w.flip({2, 3}), dx.data_ptr<scalar_t>());
+    conv_nhwc<float>(dz_t, a.w.flip({2, 3}), dx.data_ptr<scalar_t>());
   });
-  const int64_t k = w.size(-1);
-  const Tensor dw = dw_grad(x, dz, k).t().contiguous().view({C, 1, k, k});  // as its fake: contiguous
-  return {in_format_of(dx, x_in), dw.to(w.scalar_type()), dscale.to(scale_in.scalar_type()),
-          dsum.to(shift_in.scalar_type())};
+  const int64_t k = a.w.size(-1);
+  // contiguous, as its fake kernel returns it
+  const Tensor dw = dw_grad(x, dz, k).t().contiguous().view({C, 1, k, k});
+  return {in_format_of(dx, a.x), dw.to(a.w.scalar_type()), dscale.to(a.scale.scalar_type()),
+          dsum.to(a.shift.scalar_type())};
 }
 
 }  // namespace
@@ -459,7 +420,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> dwconv_bn_gelu_backward(
 ChannelStats dwconv_gelu_and_stats(const Tensor& x, const Tensor& w, const Tensor& scale,
                                    const Tensor& shift, const Tensor& y) {
   TORCH_INTERNAL_ASSERT(y.scalar_type() == x.scalar_type());
-  const Tensor wt = taps_of(w);
+  const Tensor wt = tap_major(w);
   const Layout lx = layout_of(x), ly = layout_of(y);
   const float* sp = scale.defined() ? scale.data_ptr<float>() : nullptr;
   const bool packed = packs_of_8({x, y}, {wt, scale, shift});
@@ -480,7 +441,7 @@ ChannelStats dwconv_gelu_and_stats(const Tensor& x, const Tensor& w, const Tenso
 HDKD_CUDA_IMPL(m) {
   m.impl("dwconv_bn_gelu_eval", &dwconv_bn_gelu_eval);
   m.impl("dwconv_bn_gelu_train", &dwconv_bn_gelu_train);
-  m.impl("dwconv_bn_gelu_backward", &dwconv_bn_gelu_backward);
+  m.impl("dwconv_bn_gelu_backward", &dwconv_bn_gelu_backward_op<&dwconv_bn_gelu_backward>);
 }
 
 }  // namespace hdkd::cuda

@@ -3,7 +3,8 @@
 
 #include <type_traits>
 
-#include "cuda/common.cuh"
+#include "cuda/channel_stats.cuh"
+#include "cuda/layout.cuh"
 
 namespace hdkd::cuda {
 
@@ -23,7 +24,7 @@ void with_kernel_size(int64_t k, const F& f) {
 // f(ky, kx) for the taps of a K x K kernel centred on (y, x) that fall inside the H x W image, in
 // row-major order; when all of them do (most pixels), the taps unroll without bounds checks.
 template <int K, class F>
-HDKD_HD inline void for_each_tap(int64_t y, int64_t x, int64_t H, int64_t W, const F& f) {
+HDKD_HOST_DEVICE inline void for_each_tap(int64_t y, int64_t x, int64_t H, int64_t W, const F& f) {
   constexpr int R = K / 2;
   if (y >= R && y + R < H && x >= R && x + R < W) {
 #pragma unroll
@@ -50,14 +51,14 @@ struct DwconvTaps {
   float w[K * K];
   int64_t H, W, sh, sw;
 
-  HDKD_HD DwconvTaps(const float* wt, int64_t c, const Layout& lx)
+  HDKD_HOST_DEVICE DwconvTaps(const float* wt, int64_t c, const Layout& lx)
       : H(lx.H), W(lx.W), sh(lx.sh), sw(lx.sw) {
 #pragma unroll
     for (int q = 0; q < K * K; ++q) w[q] = wt[q * lx.C + c];
   }
 
   // The conv at (y, x) of a plane (x's data at one (b, c)), in float32.
-  HDKD_HD float operator()(const in_t* plane, int64_t y, int64_t x) const {
+  HDKD_HOST_DEVICE float operator()(const in_t* plane, int64_t y, int64_t x) const {
     constexpr int R = K / 2;
     const in_t* centre = plane + y * sh + x * sw;
     float acc = 0.f;

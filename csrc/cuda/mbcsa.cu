@@ -18,7 +18,9 @@
 #include <ATen/ops/mm.h>
 
 #include "channel_gate.h"
+#include "cuda/channel_spatial_gates.cuh"
 #include "cuda/dwconv.cuh"
+#include "mbcsa_checks.h"
 
 namespace hdkd::cuda {
 namespace {
@@ -28,41 +30,16 @@ Tensor pixel_rows(const Tensor& x) {
   return x.permute({0, 2, 3, 1}).reshape({x.size(0) * x.size(2) * x.size(3), x.size(1)});
 }
 
-void check_shape(const Tensor& t, at::IntArrayRef want, const char* name, const Tensor& x) {
-  TORCH_CHECK(t.device() == x.device(), "hdkd::mbcsa_eval: expected ", name, " on ", x.device(),
-              ", got ", t.device());
-  TORCH_CHECK(t.sizes() == want, "hdkd::mbcsa_eval: expected ", name, " of shape ", want,
-              ", got ", t.sizes());
-}
-
 Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expand_b,
                   const Tensor& dw_w, const Tensor& dw_b, const Tensor& fc1, const Tensor& fc2,
                   const Tensor& sa_w, const Tensor& project_w, const Tensor& project_b,
                   const std::optional<Tensor>& shortcut_in) {
   const char* op = "hdkd::mbcsa_eval";
-  check_4d(op, "x", x_in, x_in);
+  check_mbcsa_eval(op, x_in, expand_w, expand_b, dw_w, dw_b, fc1, fc2, sa_w, project_w, project_b,
+                   shortcut_in);
   const int64_t B = x_in.size(0), cin = x_in.size(1), hid = expand_w.size(0),
-                cout = project_w.size(0), k = dw_w.size(-1), R = fc1.size(0);
-  const bool down = shortcut_in.has_value() && shortcut_in->defined();
-  check_shape(expand_w, {hid, cin, 1, 1}, "expand_weight", x_in);
-  check_shape(expand_b, {hid}, "expand_bias", x_in);
-  TORCH_CHECK(k % 2 == 1 && k <= 7, op, ": expected dw_weight of shape (", hid,
-              ", 1, k, k) with k odd and <= 7, got ", dw_w.sizes());
-  check_shape(dw_w, {hid, 1, k, k}, "dw_weight", x_in);
-  check_shape(dw_b, {hid}, "dw_bias", x_in);
-  check_shape(fc1, {R, hid, 1, 1}, "fc1_weight", x_in);
-  check_shape(fc2, {hid, R, 1, 1}, "fc2_weight", x_in);
-  TORCH_CHECK(sa_w.device() == x_in.device() && sa_w.dim() == 4 && sa_w.size(0) == 1 &&
-                  sa_w.size(1) == 2 && sa_w.size(2) == sa_w.size(3) && sa_w.size(2) % 2,
-              op, ": expected sa_weight of shape (1, 2, k, k) with k odd on ", x_in.device(),
-              ", got ", sa_w.sizes(), " on ", sa_w.device());
-  check_shape(project_w, {cout, hid, 1, 1}, "project_weight", x_in);
-  check_shape(project_b, {cout}, "project_bias", x_in);
-  if (down)
-    check_shape(*shortcut_in, {cout, cin, 1, 1}, "shortcut", x_in);
-  else
-    TORCH_CHECK(cin == cout, op, ": expected cin == cout without a shortcut, got ", cin, " and ",
-                cout);
+                cout = project_w.size(0);
+  const bool down = given(shortcut_in);
   TORCH_CHECK(x_in.size(2) * x_in.size(3) > 0, op,
               ": expected x with at least one pixel, got shape ", x_in.sizes());
   const OpScope scope(x_in);
@@ -104,7 +81,7 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
     const float *bp = bias.data_ptr<float>(), *sap = sa.data_ptr<float>();
     scalar_t* op = out.data_ptr<scalar_t>();
     const Divisor by_cout(cout);
-    for_each_index(B * P * cout, [=] HDKD_HD(int64_t i) {
+    for_each_index(B * P * cout, [=] HDKD_HOST_DEVICE(int64_t i) {
       int64_t q, o;
       by_cout.divmod(i, q, o);
       const int64_t row = q * 2 * cout;

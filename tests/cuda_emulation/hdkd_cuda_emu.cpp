@@ -1,7 +1,12 @@
-// The CUDA kernels of csrc/cuda compiled as C++ for the CPU (HDKD_CUDA_EMULATION: each launch is
-// a loop over its indices), registered as torch.ops.hdkd_cuda_emu.* on CPU tensors with the
-// hdkd:: schemas. Built by tests/cuda_emulation/__init__.py; lets CI test the kernels' indexing
-// and math without a GPU.
+// The library of the CUDA kernels compiled as C++ for the CPU (HDKD_CUDA_EMULATION: each launch
+// is a loop over its indices): torch.ops.hdkd_cuda_emu.* with the hdkd:: schemas, the emulated
+// launches' block cap and test-only ops. tests/cuda_emulation/__init__.py builds it with every
+// csrc/cuda/*.cu (each its own translation unit, as in the real build), whose kernels register
+// on CPU tensors under this namespace; CI tests their indexing and math without a GPU.
+#include <ATen/ops/empty.h>
+
+#include "cuda/divisor.cuh"
+#include "cuda/launch.cuh"
 #include "schemas.h"
 
 TORCH_LIBRARY(hdkd_cuda_emu, m) {
@@ -13,15 +18,10 @@ TORCH_LIBRARY(hdkd_cuda_emu, m) {
   m.def("set_max_blocks(int blocks) -> int");
 }
 
-#include "cuda/common.cu"
-#include "cuda/attention.cu"
-#include "cuda/dwconv.cu"
-#include "cuda/mbcsa.cu"
-
 namespace hdkd::cuda {
 
 namespace {
-int64_t emulated_max_blocks = int64_t(1) << 20;  // a GPU's cap (common.cuh)
+int64_t emulated_max_blocks = int64_t(1) << 20;  // a GPU's cap (launch.cuh)
 }  // namespace
 
 int64_t max_blocks() { return emulated_max_blocks; }

@@ -5,28 +5,27 @@
 
 #include <tuple>
 
-#include "attention_checks.h"
 #include "channel_gate.h"
+#include "channel_spatial_attention_checks.h"
+#include "cuda/channel_spatial_gates.cuh"
+#include "cuda/channel_stats.cuh"
+#include "cuda/packs.cuh"
 #include "spatial_gate_math.h"
-#include "cuda/common.cuh"
 
 namespace hdkd::cuda {
 namespace {
 
-void check_attention(const char* op, const Tensor& h, const Tensor& fc1, const Tensor& fc2,
-                     const Tensor& sa) {
-  check_4d(op, "h", h, h);
-  check_4d(op, "fc1_weight", fc1, h);
-  check_4d(op, "fc2_weight", fc2, h);
-  check_4d(op, "sa_weight", sa, h);
-  check_attention_shapes(op, h, fc1, fc2, sa);
+// The shared checks, and h has at least one pixel.
+void check_args(const char* op, const Tensor& h, const Tensor& fc1, const Tensor& fc2,
+                const Tensor& sa) {
+  check_channel_spatial_attention(op, h, fc1, fc2, sa);
   TORCH_CHECK(h.size(2) * h.size(3) > 0, op, ": expected h with at least one pixel, got shape ",
               h.sizes());
 }
 
 std::tuple<Tensor, Tensor, Tensor> channel_spatial_attention_forward(
     const Tensor& h, const Tensor& fc1, const Tensor& fc2, const Tensor& sa_weight) {
-  check_attention("hdkd::channel_spatial_attention_forward", h, fc1, fc2, sa_weight);
+  check_args("hdkd::channel_spatial_attention_forward", h, fc1, fc2, sa_weight);
   const OpScope scope(h);
   const ChannelStats stats = channel_stats(h);
   const Tensor ca = channel_gate(stats.sum.div(double(h.size(2) * h.size(3))), stats.max, fc1, fc2);
@@ -46,13 +45,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_spatial_attention_backward(
     const Tensor& grad, const Tensor& h, const Tensor& fc1, const Tensor& fc2,
     const Tensor& sa_weight, const Tensor& ca_in, const Tensor& sa_in) {
   const char* op = "hdkd::channel_spatial_attention_backward";
-  check_attention(op, h, fc1, fc2, sa_weight);
-  check_4d(op, "grad", grad, h);
-  TORCH_CHECK(grad.sizes() == h.sizes() && grad.scalar_type() == h.scalar_type(), op,
-              ": expected grad of shape ", h.sizes(), " and dtype ", h.scalar_type(), ", got ",
-              grad.sizes(), " ", grad.scalar_type());
-  check_sizes(op, "ca", ca_in, {h.size(0), h.size(1)}, h);
-  check_sizes(op, "sa", sa_in, {h.size(0), h.size(2), h.size(3)}, h);
+  check_args(op, h, fc1, fc2, sa_weight);
+  check_channel_spatial_attention_backward(op, grad, h, ca_in, sa_in);
   const OpScope scope(h);
   const Layout lh = layout_of(h), lg = layout_of(grad);
   const int64_t B = lh.B, C = lh.C, H = lh.H, W = lh.W, P = lh.P();
@@ -78,13 +72,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_spatial_attention_backward(
   Tensor dpooled_t = at::empty({B, 2, P}, ca.options());
   float* dpooled = dpooled_t.data_ptr<float>();
   const Divisor by_p = lh.by_p, by_w = lh.by_w, by_k(k), by_kk(k * k);
-  for_each_index(B * 2 * P, [=] HDKD_HD(int64_t i) {
+  for_each_index(B * 2 * P, [=] HDKD_HOST_DEVICE(int64_t i) {
     int64_t q, p, y, x;
     by_p.divmod(i, q, p);  // q = b * 2 + channel
     by_w.divmod(p, y, x);
     dpooled[i] = spatial_gate_input_grad(dpre, wp, k, H, W, q / 2, q % 2, y, x);
   });
-  const Tensor dsaw = sum_terms(2 * k * k, B * P, [=] HDKD_HD(int64_t tap, int64_t t) {
+  const Tensor dsaw = sum_terms(2 * k * k, B * P, [=] HDKD_HOST_DEVICE(int64_t tap, int64_t t) {
     int64_t ch, ktap, ky, kx, b, p, y, x;
     by_kk.divmod(tap, ch, ktap);
     by_k.divmod(ktap, ky, kx);
@@ -101,7 +95,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_spatial_attention_backward(
   Tensor dca;
   HDKD_DISPATCH(h.scalar_type(), "hdkd_csa_backward_dca", [&] {
     const scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad.data_ptr<scalar_t>();
-    dca = sum_terms(B * C, P, [=] HDKD_HD(int64_t j, int64_t p) {
+    dca = sum_terms(B * C, P, [=] HDKD_HOST_DEVICE(int64_t j, int64_t p) {
       int64_t b, c;
       lh.by_c.divmod(j, b, c);
       const int64_t q = b * P + p;
@@ -124,7 +118,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_spatial_attention_backward(
     const scalar_t *hp = h.data_ptr<scalar_t>(), *gp = grad.data_ptr<scalar_t>();
     scalar_t* out = dh.data_ptr<scalar_t>();
     if (packed) {  // the same arithmetic, 8 channels of one pixel per thread
-      for_each_index(B * P * C / kPack, [=] HDKD_HD(int64_t v) {
+      for_each_index(B * P * C / kPack, [=] HDKD_HOST_DEVICE(int64_t v) {
         int64_t q, c;  // q = b * P + p
         lh.by_c.divmod(v * kPack, q, c);
         const int64_t b = lh.by_p.div(q), p = q - b * P, j = b * C + c;
@@ -149,7 +143,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_spatial_attention_backward(
       });
       return;
     }
-    for_each_index(B * C * P, [=] HDKD_HD(int64_t i) {
+    for_each_index(B * C * P, [=] HDKD_HOST_DEVICE(int64_t i) {
       int64_t b, c, p;
       ld.unravel(i, b, c, p);
       const int64_t q = b * P + p, j = b * C + c;

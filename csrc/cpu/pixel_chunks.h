@@ -1,9 +1,14 @@
-// Template definitions for common.h.
+// The CPU kernels' parallel loop: at::parallel_for over (image, chunk of about kChunk pixels).
 #pragma once
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cstdint>
+
 namespace hdkd::cpu {
+
+constexpr int64_t kChunk = 256;  // pixels per parallel task
 
 inline int64_t chunks_per_image(int64_t P) { return (P + kChunk - 1) / kChunk; }
 
@@ -14,6 +19,8 @@ inline int64_t chunk_size(int64_t P) {
   return (P + per - 1) / per;
 }
 
+// fn(b, p0, p1, task) for the chunks [p0, p1) of every image b; task = b * chunks_per_image(P)
+// + chunk indexes per-task partial results.
 template <class F>
 void for_pixel_chunks(int64_t B, int64_t P, const F& fn) {
   const int64_t per = chunks_per_image(P), size = chunk_size(P);

@@ -5,41 +5,36 @@
 
 #include <tuple>
 
-#include "attention_checks.h"
 #include "channel_gate.h"
+#include "channel_spatial_attention_checks.h"
+#include "cpu/channel_spatial_gates.h"
+#include "cpu/channel_stats.h"
+#include "cpu/pixel_chunks.h"
 #include "spatial_gate_math.h"
-#include "cpu/common.h"
 
 namespace hdkd::cpu {
 namespace {
 
 using at::Tensor;
 
-void check_weights(const char* op, const Tensor& h, const Tensor& fc1, const Tensor& fc2,
-                   const Tensor& sa) {
-  check_input(op, "h", h, 4);
-  check_input(op, "fc1_weight", fc1, 4);
-  check_input(op, "fc2_weight", fc2, 4);
-  check_input(op, "sa_weight", sa, 4);
-  check_attention_shapes(op, h, fc1, fc2, sa);
-}
-
 // out = h * (ca * sa + 1) over B x P x C.
 void apply_gates(const float* h, const float* ca, const float* sa, Dims d, float* out) {
-  const int64_t C = d.C;
   for_pixel_chunks(d.B, d.P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
-    const float* g = ca + b * C;
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t off = (b * d.P + p) * C;
-      const float s = sa[b * d.P + p];
-      const Vec vs(s), one(1.f);
-      int64_t c = 0;
-      for (; c + kVec <= C; c += kVec)
-        (Vec::loadu(h + off + c) * at::vec::fmadd(Vec::loadu(g + c), vs, one)).store(out + off + c);
-      for (; c < C; ++c) out[off + c] = h[off + c] * (g[c] * s + 1.f);
-    }
+    for (int64_t q = b * d.P + p0; q < b * d.P + p1; ++q)
+      gate_pixel(h + q * d.C, ca + b * d.C, sa[q], d.C, out + q * d.C);
   });
 }
+
+// du = g * s + dmean + [u == umax] * share at one pixel's channels, from what they share: the
+// pixel's spatial gate s, the grad of the mean over its channels (dmean), the max over its
+// channels (umax) and that max's grad split evenly among the channels tied at it (share).
+struct PixelDu {
+  float s, dmean, umax, share;
+  Vec operator()(const Vec& g, const Vec& u) const {
+    return at::vec::fmadd(u.eq(Vec(umax)), Vec(share), at::vec::fmadd(g, Vec(s), Vec(dmean)));
+  }
+  float operator()(float g, float u) const { return g * s + dmean + (u == umax ? share : 0.f); }
+};
 
 // Backward of the k x k 2 -> 1 conv of spatial_gate, given dpre = d(loss)/d(conv output):
 //   dpooled[b, ch, q] = sum_taps dpre[b, q - tap] * w[ch, tap]   (the flipped-kernel conv)
@@ -76,7 +71,8 @@ void spatial_gate_backward(const float* dpre, const float* pooled, const float* 
 std::tuple<Tensor, Tensor, Tensor> channel_spatial_attention_forward(
     const Tensor& h_in, const Tensor& fc1, const Tensor& fc2, const Tensor& sa_weight) {
   const NoAutocast no_autocast;
-  check_weights("hdkd::channel_spatial_attention_forward", h_in, fc1, fc2, sa_weight);
+  check_channel_spatial_attention("hdkd::channel_spatial_attention_forward", h_in, fc1, fc2,
+                                  sa_weight);
   const Tensor h = nhwc_float(h_in);
   const Dims d = dims_of(h);
   const auto opts = at::TensorOptions().dtype(at::kFloat);
@@ -112,10 +108,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_spatial_attention_backward(
     const Tensor& sa_weight, const Tensor& ca_in, const Tensor& sa_in) {
   const NoAutocast no_autocast;
   const char* op = "hdkd::channel_spatial_attention_backward";
-  check_weights(op, h_in, fc1, fc2, sa_weight);
-  check_input(op, "grad", grad, 4);
-  TORCH_CHECK(grad.sizes() == h_in.sizes(), op, ": expected grad of shape ", h_in.sizes(),
-              ", got ", grad.sizes());
+  check_channel_spatial_attention(op, h_in, fc1, fc2, sa_weight);
+  check_channel_spatial_attention_backward(op, grad, h_in, ca_in, sa_in);
   const Tensor h = nhwc_float(h_in), g = nhwc_float(grad);
   const Tensor ca = float_contig(ca_in), sa = float_contig(sa_in);
   const Dims d = dims_of(h);
@@ -162,45 +156,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_spatial_attention_backward(
   const float* dpp = dpooled.data_ptr<float>();
   const float *plp = pooled.data_ptr<float>(), *ptp = pties.data_ptr<float>();
   const float inv_c = 1.f / float(C);
-  // du at one pixel's channels [c, c + kVec): u tied at the pixel's max gets share of dmax_c.
-  auto du_vec = [](const Vec& g, const Vec& u, float s, float dmean, float umax, float share) {
-    return at::vec::fmadd(u.eq(Vec(umax)), Vec(share), at::vec::fmadd(g, Vec(s), Vec(dmean)));
-  };
-  auto du_one = [](float g, float u, float s, float dmean, float umax, float share) {
-    return g * s + dmean + (u == umax ? share : 0.f);
+  auto du_at = [&](int64_t b, int64_t p) {
+    const int64_t q = b * P + p;
+    return PixelDu{sap[q], dpp[b * 2 * P + p] * inv_c, plp[(b * 2 + 1) * P + p],
+                   dpp[(b * 2 + 1) * P + p] / ptp[q]};
   };
 
   // Pass B: dca[b, c] = sum_p du * h.
   ChannelPartials dparts(d.B * per, C);
   for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
-    float* dca = dparts.row(t).sum;
-    for (int64_t c = 0; c < C; ++c) dca[c] = 0.f;
+    const ChannelAcc acc = dparts.row(t);
+    acc.reset();
+    float* dca = acc.sum;
     const float* gate = cap + b * C;
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t off = (b * P + p) * C, q = b * P + p;
-      const float s = sap[q], dmean = dpp[b * 2 * P + p] * inv_c,
-                  share = dpp[(b * 2 + 1) * P + p] / ptp[q], umax = plp[(b * 2 + 1) * P + p];
+      const int64_t off = (b * P + p) * C;
+      const PixelDu du = du_at(b, p);
       int64_t c = 0;
       for (; c + kVec <= C; c += kVec) {
         const Vec hv = Vec::loadu(hp + off + c);
-        const Vec du = du_vec(Vec::loadu(gp + off + c), hv * Vec::loadu(gate + c), s, dmean, umax,
-                              share);
-        at::vec::fmadd(du, hv, Vec::loadu(dca + c)).store(dca + c);
+        at::vec::fmadd(du(Vec::loadu(gp + off + c), hv * Vec::loadu(gate + c)), hv,
+                       Vec::loadu(dca + c))
+            .store(dca + c);
       }
-      for (; c < C; ++c)
-        dca[c] += du_one(gp[off + c], hp[off + c] * gate[c], s, dmean, umax, share) * hp[off + c];
+      for (; c < C; ++c) dca[c] += du(gp[off + c], hp[off + c] * gate[c]) * hp[off + c];
     }
   });
   Tensor dca = at::empty({d.B, C}, opts);
-  {
-    float* out = dca.data_ptr<float>();
-    for (int64_t b = 0; b < d.B; ++b)
-      for (int64_t c = 0; c < C; ++c) {
-        float s = 0.f;
-        for (int64_t t = b * per; t < (b + 1) * per; ++t) s += dparts.row(t).sum[c];
-        out[b * C + c] = s;
-      }
-  }
+  dparts.combine(d.B, per, dca.data_ptr<float>(), nullptr, nullptr);
 
   const ChannelGateGrads gate = channel_gate_backward(dca, ca, avg, mx, fc1, fc2);
   const Tensor davg = gate.avg.mul(1.0 / double(P)), dmx = gate.max;
@@ -215,20 +198,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> channel_spatial_attention_backward(
   for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
     const float *gate = cap + b * C, *dav = davp + b * C, *cmax = mxp + b * C, *cms = msp + b * C;
     for (int64_t p = p0; p < p1; ++p) {
-      const int64_t off = (b * P + p) * C, q = b * P + p;
-      const float s = sap[q], dmean = dpp[b * 2 * P + p] * inv_c,
-                  share = dpp[(b * 2 + 1) * P + p] / ptp[q], umax = plp[(b * 2 + 1) * P + p];
+      const int64_t off = (b * P + p) * C;
+      const PixelDu pixel_du = du_at(b, p);
       int64_t c = 0;
       for (; c + kVec <= C; c += kVec) {
         const Vec gv = Vec::loadu(gp + off + c), hv = Vec::loadu(hp + off + c);
         const Vec gate_v = Vec::loadu(gate + c);
-        const Vec du = du_vec(gv, hv * gate_v, s, dmean, umax, share);
+        const Vec du = pixel_du(gv, hv * gate_v);
         const Vec tied = at::vec::fmadd(hv.eq(Vec::loadu(cmax + c)), Vec::loadu(cms + c),
                                         Vec::loadu(dav + c));
         (gv + at::vec::fmadd(du, gate_v, tied)).store(dhp + off + c);
       }
       for (; c < C; ++c) {
-        const float du = du_one(gp[off + c], hp[off + c] * gate[c], s, dmean, umax, share);
+        const float du = pixel_du(gp[off + c], hp[off + c] * gate[c]);
         const float tied = hp[off + c] == cmax[c] ? cms[c] : 0.f;
         dhp[off + c] = gp[off + c] + du * gate[c] + dav[c] + tied;
       }
