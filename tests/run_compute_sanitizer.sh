@@ -6,7 +6,7 @@
 #              tensor its own allocation, so an overrun past a tensor is not hidden inside a
 #              cached block
 #   initcheck  reads of device memory never written
-#   synccheck  the warp shuffles' masks (csrc/cuda/common.cuh); racecheck is left out: the
+#   synccheck  the warp shuffles' masks (csrc/cuda/launch.cuh); racecheck is left out: the
 #              kernels use no shared memory
 # HDKD_SANITIZER_BUDGET_S (default 540) bounds the whole run, split evenly over the tools, so the
 # script fits one 10-minute command; a tool cut short fails the run. Any reported error fails it.
