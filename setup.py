@@ -24,7 +24,7 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-BUILD_INFO_FILE = "_C_build.json"  # read by hdkd/ops/ext_backend.py before loading the .so
+BUILD_INFO_FILE = "_C_build.json"  # read by hdkd/ops/ext/build.py before loading the .so
 
 
 def log(msg):

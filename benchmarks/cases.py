@@ -17,11 +17,9 @@ import contextlib
 import os
 from typing import Callable
 
-import pytest
 import torch
 from torch import nn
 
-from hdkd import flops
 from hdkd.ops import backends_registry
 
 from harness import DEVICE, ON_GPU
@@ -70,7 +68,7 @@ def backends_for(ops: tuple[str, ...]) -> list[str]:
     for name, b in sorted(backends_registry().items()):
         if name == "torch" or b.unavailable_reason() is not None:
             continue
-        if DEVICE.type not in b.devices() or not all(op in b.ops for op in ops):
+        if DEVICE.type not in b.devices() or not set(ops) <= set(b.ops.implemented()):
             continue
         if name == "triton" and not ON_GPU:
             continue  # the Triton interpreter is a correctness tool: seconds per call
@@ -82,12 +80,6 @@ def backends_for(ops: tuple[str, ...]) -> list[str]:
 def impls(level: str, ops: tuple[str, ...], first_shape: bool = True) -> list[str]:
     with_compile = level in COMPILE_LEVELS and (first_shape or not SMOKE or level != "blocks")
     return ["eager", *(["compile"] if with_compile else []), *backends_for(ops)]
-
-
-def model_params(models, level: str, op: str) -> list:
-    """(model name, dtype, impl) of each benchmark of a model-level suite whose blocks run `op`."""
-    return [pytest.param(name, dtype, impl, id=f"{name}-{dtype}-{impl}")
-            for name in models for dtype in DTYPES for impl in impls(level, (op,))]
 
 
 def compile_note(level: str) -> dict:
@@ -141,13 +133,6 @@ def make_model(name: str, backend: str, training: bool) -> nn.Module:
     torch.manual_seed(0)
     m = create_model(name, num_classes=NUM_CLASSES, img_size=img_size(), backend=backend)
     return randomize_bn_stats(m).to(DEVICE, memory_format=torch.channels_last).train(training)
-
-
-def forward_flops(model: nn.Module) -> int:
-    """fvcore FLOPs of one forward pass of a model-level batch (counted on one image)."""
-    size = img_size()
-    one = torch.randn(1, 3, size, size, device=DEVICE)
-    return model_batch() * flops.count_flops(model, (one,))
 
 
 def labels(n_sets: int = 2) -> list[torch.Tensor]:

@@ -58,7 +58,7 @@ def candidates(op: str) -> list[str]:
     for name, b in sorted(ops.backends_registry().items()):
         if name in measured.EXCLUDED.get(DEVICE.type, ()) or b.unavailable_reason():
             continue
-        if DEVICE.type in b.devices() and op in b.ops:
+        if DEVICE.type in b.devices() and op in b.ops.implemented():
             out.append(name)
     return out
 

@@ -1,6 +1,5 @@
 """The `hdkd` command. Each subcommand module exposes register(subparsers), which adds its parser
-with hdkd.commands.arguments.add_command (the module's docstring is its --help description);
-main() dispatches."""
+and sets `func`; main() dispatches."""
 from __future__ import annotations
 
 import argparse
@@ -15,12 +14,13 @@ def _info(args: argparse.Namespace) -> int:
 
     import hdkd
     from hdkd.ops import backends, get_backend, resolve
+    from hdkd.ops.op_table import OP_NAMES
 
     print(f"hdkd {hdkd.__version__}  python {platform.python_version()}  torch {torch.__version__}"
           f"  (CUDA build: {torch.version.cuda or 'no'})")
     cuda = torch.cuda.is_available()
     print(f"GPU: {torch.cuda.get_device_name(0) if cuda else 'none visible'}")
-    print(hdkd.ops.ext_build.describe_build())
+    print(hdkd.ops.ext.build.describe_build())
     print(f"backend selection: {get_backend()}")
     print("backends:")
     registry = hdkd.ops.backends_registry()
@@ -30,9 +30,7 @@ def _info(args: argparse.Namespace) -> int:
     _print_measured_choices()
     devices = ["cpu"] + (["cuda"] if cuda else [])
     for dev in devices:
-        picks = {op: resolve(op, torch.device(dev), "auto").name
-                 for op in ("channel_spatial_attention", "dwconv_bn_gelu", "mbcsa_train",
-                            "mbcsa_eval")}
+        picks = {op: resolve(op, torch.device(dev), "auto").name for op in OP_NAMES}
         print(f"auto on {dev}, unmeasured cases: "
               + ", ".join(f"{op} -> {b}" for op, b in picks.items()))
     return 0
@@ -64,14 +62,14 @@ def _print_measured_choices() -> None:
 
 
 def _register_info(sub) -> None:
-    add_command(sub, "info", _info, help="versions, GPU and each backend: available or why not")
+    p = sub.add_parser("info", help="versions, GPU and each backend: available or why not")
+    p.set_defaults(func=_info)
 
 
 from .commands import flops as _flops  # noqa: E402
 from .commands import convert as _convert, demo as _demo, eval as _eval, train as _train  # noqa: E402
 from .commands import cv as _cv  # noqa: E402
 from .commands import explain as _explain, export as _export, predict as _predict  # noqa: E402
-from .commands.arguments import add_command  # noqa: E402
 from .distill.run_folder import RunFolderError  # noqa: E402
 from .distill.trainer import NonFiniteLossError  # noqa: E402
 from .ops import BackendUnavailableError  # noqa: E402

@@ -4,9 +4,10 @@ fvcore traces the model with torch.jit and counts convolutions, matrix products 
 counts an op it does not know as zero. hdkd's fused ops (torch.ops.hdkd.*, Triton ops registered
 with torch.library) are therefore given handles here that return exactly what fvcore counts for the
 reference computation of the same op (hdkd.ops.reference), so a fused path reports the same FLOPs
-as the reference. Handles are found by op family from the op's name (e.g. hdkd::mbcsa_eval,
-hdkd_triton::channel_spatial_attention_forward), for every op registered, at the time of
-counting, in a namespace that starts with "hdkd": an op that does not exist yet simply never matches.
+as the reference. Each forward custom op is mapped to its formula explicitly by the op table
+(hdkd/ops/op_table.py: CUSTOM_OP_FLOPS, by the op's name in any namespace starting with "hdkd"),
+for every op registered at the time of counting; a registered forward op the table does not list
+is an error, not a silent zero or another op's formula.
 
 Conventions per reference op (fvcore's own rules): conv = N * Cout * Cin/groups * k*k * Hout*Wout;
 linear = rows * in * out; batch norm = 2 per element in eval, 5 per element in training (with
@@ -22,6 +23,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
+
+from .ops.op_table import CUSTOM_OP_FLOPS, FlopRule
 
 Handle = Callable[[list, list], int]
 
@@ -80,14 +83,10 @@ def _bool_arg(inputs: list) -> Optional[bool]:
     return None
 
 
-def _training(op_name: str, inputs: list) -> bool:
-    base = op_name.split("::")[-1]
-    if "train" in base:
-        return True
-    if "eval" in base or "infer" in base or "folded" in base:
-        return False
-    flag = _bool_arg(inputs)
-    return bool(flag)
+def _training(rule: FlopRule, inputs: list) -> bool:
+    if rule.training is not None:
+        return rule.training
+    return bool(_bool_arg(inputs))
 
 
 def _weights(inputs: list) -> list[list[int]]:
@@ -103,9 +102,9 @@ def _weights(inputs: list) -> list[list[int]]:
     return [s for s in shapes if s is not None and len(s) == 4]
 
 
-def _channel_spatial_attention_handle(op_name: str) -> Handle:
-    """The attention; with "project" in the name, followed by the 1x1 project conv (its output
-    is the op's first output)."""
+def _channel_spatial_attention_handle(rule: FlopRule, project: bool = False) -> Handle:
+    """The attention; with project, followed by the 1x1 project conv (its output is the op's
+    first output)."""
     def handle(inputs: list, outputs: list) -> int:
         b, c, h, w = _shape(inputs[0])
         reduced, sa_k = max(c // 16, 1), 7
@@ -115,31 +114,35 @@ def _channel_spatial_attention_handle(op_name: str) -> Handle:
             elif s[0] == c and s[1] != c and s[2:] == [1, 1]:  # fc2: C x reduced x 1 x 1
                 reduced = s[1]
         flops = channel_spatial_attention_flops(b, c, h, w, reduced, sa_k)
-        if "project" in op_name:
+        if project:
             flops += b * _shape(outputs[0])[1] * c * h * w
         return flops
     return handle
 
 
-def _expand_handle(op_name: str) -> Handle:
+def _channel_spatial_attention_project_handle(rule: FlopRule) -> Handle:
+    return _channel_spatial_attention_handle(rule, project=True)
+
+
+def _expand_handle(rule: FlopRule) -> Handle:
     """1x1 conv (possibly strided) -> BN -> GELU."""
     def handle(inputs: list, outputs: list) -> int:
         cin = _shape(inputs[0])[1]
         b, c, h, w = _shape(outputs[0])
         n = b * c * h * w
-        return n * cin + batch_norm_flops(n, _training(op_name, inputs))
+        return n * cin + batch_norm_flops(n, _training(rule, inputs))
     return handle
 
 
-def _dwconv_handle(op_name: str) -> Handle:
+def _dwconv_handle(rule: FlopRule) -> Handle:
     def handle(inputs: list, outputs: list) -> int:
         b, c, h, w = _shape(outputs[0])
         k = next((s[2] for s in _weights(inputs) if s[0] == c and s[1] == 1), 3)
-        return dwconv_bn_gelu_flops(b, c, h, w, k, _training(op_name, inputs))
+        return dwconv_bn_gelu_flops(b, c, h, w, k, _training(rule, inputs))
     return handle
 
 
-def _mbcsa_handle(op_name: str) -> Handle:
+def _mbcsa_handle(rule: FlopRule) -> Handle:
     def handle(inputs: list, outputs: list) -> int:
         b, cin, h, w = _shape(inputs[0])
         _, cout, h_out, w_out = _shape(outputs[0])
@@ -151,18 +154,22 @@ def _mbcsa_handle(op_name: str) -> Handle:
         # that form exists, reduced == cout.
         reduced = next((s[0] for s in weights if s[1:] == [hidden, 1, 1] and s[0] != cout), cout)
         return mbcsa_flops(b, cin, cout, h, w, h_out, w_out, hidden, k,
-                           _training(op_name, inputs), attention=sa is not None,
+                           _training(rule, inputs), attention=sa is not None,
                            reduced=reduced, sa_kernel=sa[2] if sa else 7)
     return handle
 
 
-# Op family (a substring of the op's name) -> handle factory; the first match wins.
-FAMILIES: list[tuple[tuple[str, ...], Callable[[str], Handle]]] = [
-    (("mbcsa",), _mbcsa_handle),
-    (("dwconv",), _dwconv_handle),
-    (("channel_spatial_attention", "cbam", "csa"), _channel_spatial_attention_handle),
-    (("expand",), _expand_handle),
-]
+# The op table's formula names (FlopRule.formula) -> handle factory.
+FORMULAS: dict[str, Callable[[FlopRule], Handle]] = {
+    "mbcsa": _mbcsa_handle,
+    "dwconv_bn_gelu": _dwconv_handle,
+    "channel_spatial_attention": _channel_spatial_attention_handle,
+    "channel_spatial_attention_project": _channel_spatial_attention_project_handle,
+    "expand_bn_gelu": _expand_handle,
+}
+_unknown = {r.formula for r in CUSTOM_OP_FLOPS.values()} - {*FORMULAS, None}
+if _unknown:
+    raise ImportError(f"hdkd/ops/op_table.py names FLOP formulas hdkd.flops lacks: {_unknown}")
 
 
 def _sdpa_flops(inputs: list, outputs: list) -> int:
@@ -184,21 +191,24 @@ def _matmul_flops(inputs: list, outputs: list) -> int:
 
 def custom_op_handles(namespaces: Sequence[str] = ("hdkd",)) -> dict[str, Handle]:
     """fvcore handles for every registered op whose namespace starts with one of `namespaces`
-    and whose name names a known family (forward ops only: a backward op never appears in a
-    forward trace), plus attention."""
+    (forward ops only: a backward op, named *_backward, never appears in a forward trace), from
+    the op table's CUSTOM_OP_FLOPS, plus attention. LookupError for a forward op the table does
+    not list."""
     handles: dict[str, Handle] = {"aten::scaled_dot_product_attention": _sdpa_flops,
                                   "aten::matmul": _matmul_flops}
     for op in torch._C._dispatch_get_all_op_names():
         ns, _, name = op.partition("::")
         if not ns.startswith(tuple(namespaces)):
             continue
-        base = name.split(".")[0].lower()
-        if "backward" in base or "bwd" in base:
+        base = name.split(".")[0]
+        if base.endswith("_backward"):
             continue
-        for keys, factory in FAMILIES:
-            if any(key in base for key in keys):
-                handles[op] = factory(base)
-                break
+        rule = CUSTOM_OP_FLOPS.get(base)
+        if rule is None:
+            raise LookupError(f"{op} has no FLOP formula: list it with its op in "
+                              f"hdkd/ops/op_table.py (FlopRule)")
+        if rule.formula is not None:
+            handles[op] = FORMULAS[rule.formula](rule)
     return handles
 
 

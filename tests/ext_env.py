@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from hdkd.ops.ext_build import load
+from hdkd.ops.ext.build import load
 
 EXT, EXT_REASON = load()
 requires_ext = pytest.mark.skipif(EXT is None, reason=f"hdkd._C unavailable: {EXT_REASON}")

@@ -22,8 +22,13 @@ def _randn(g, *shape, scale=1.0):
 def triton_cases(layout):
     """(name, op, args) for every hdkd_triton op; backward ops get the saved tensors their
     forward returns."""
-    from hdkd.ops import triton_backend as tb
-
+    from hdkd.ops.triton.channel_spatial_attention import (
+        channel_spatial_attention_backward, channel_spatial_attention_forward)
+    from hdkd.ops.triton.channel_spatial_attention_project import (
+        channel_spatial_attention_project_backward, channel_spatial_attention_project_forward)
+    from hdkd.ops.triton.dwconv_bn_gelu import dwconv_bn_gelu_backward, dwconv_bn_gelu_forward
+    from hdkd.ops.triton.expand_bn_gelu import expand_bn_gelu_backward, expand_bn_gelu_forward
+    from hdkd.ops.triton.mbcsa import mbcsa_eval_op
     g = torch.Generator().manual_seed(0)
     f = lambda t: to_layout(t, layout)  # noqa: E731
     h = f(_randn(g, 2, 12, 5, 4))
@@ -36,39 +41,39 @@ def triton_cases(layout):
     pw = f(_randn(g, 5, 12, 1, 1, scale=0.3))
     cases = []
 
-    out = tb._channel_spatial_attention_forward(h, fc1, fc2, sa)
-    cases.append(("channel_spatial_attention_forward", tb._channel_spatial_attention_forward,
+    out = channel_spatial_attention_forward(h, fc1, fc2, sa)
+    cases.append(("channel_spatial_attention_forward", channel_spatial_attention_forward,
                   (h, fc1, fc2, sa)))
-    cases.append(("channel_spatial_attention_backward", tb._channel_spatial_attention_backward,
+    cases.append(("channel_spatial_attention_backward", channel_spatial_attention_backward,
                   (torch.randn_like(out[0]), h, fc1, fc2, sa, *out[1:])))
     for training in (True, False):
         args = (h, dw, gamma, beta, rm, rv, training, 1e-5, 1)
-        y, avg, mx, ties, mean, rstd, _ = tb._dwconv_forward(*args)
-        cases.append((f"dwconv_forward[train={training}]", tb._dwconv_forward, args))
-        cases.append((f"dwconv_backward[train={training}]", tb._dwconv_backward,
+        y, avg, mx, ties, mean, rstd, _ = dwconv_bn_gelu_forward(*args)
+        cases.append((f"dwconv_bn_gelu_forward[train={training}]", dwconv_bn_gelu_forward, args))
+        cases.append((f"dwconv_bn_gelu_backward[train={training}]", dwconv_bn_gelu_backward,
                       (torch.randn_like(y), torch.randn_like(avg), torch.randn_like(mx), h, dw,
                        gamma, beta, y, mx, ties, mean, rstd, training, 1)))
     for training, stride in ((True, 1), (False, 2)):
         args = (z, ew, gamma, beta, rm, rv, training, 1e-5, stride)
-        e, mean, rstd, _ = tb._expand_forward(*args)
-        cases.append((f"expand_forward[train={training}]", tb._expand_forward, args))
-        cases.append((f"expand_backward[train={training}]", tb._expand_backward,
+        e, mean, rstd, _ = expand_bn_gelu_forward(*args)
+        cases.append((f"expand_bn_gelu_forward[train={training}]", expand_bn_gelu_forward, args))
+        cases.append((f"expand_bn_gelu_backward[train={training}]", expand_bn_gelu_backward,
                       (torch.randn_like(e), z, ew, gamma, beta, mean, rstd, training, stride)))
     mx = h.amax((2, 3))
     ties = (h == mx[:, :, None, None]).sum((2, 3)).float()
     args = (h, h.mean((2, 3)), mx, ties, fc1, fc2, sa, pw)
-    v, *saved = tb._channel_spatial_attention_project_forward(*args)
+    v, *saved = channel_spatial_attention_project_forward(*args)
     cases.append(("channel_spatial_attention_project_forward",
-                  tb._channel_spatial_attention_project_forward, args))
+                  channel_spatial_attention_project_forward, args))
     cases.append(("channel_spatial_attention_project_backward",
-                  tb._channel_spatial_attention_project_backward,
+                  channel_spatial_attention_project_backward,
                   (torch.randn_like(v), h, mx, ties, fc1, fc2, sa, pw, *saved)))
     block = hdkd.nn.MBCSA(4, 6, downsample=True).to(DEVICE).eval()
     if layout == "channels_last":
         block = block.to(memory_format=torch.channels_last)
     with torch.no_grad():
         folded = [f(t) for t in hdkd.ops.reference.fold_mbcsa_float32(block.weights(), 1e-5)]
-    cases.append(("mbcsa_eval_fused", tb._mbcsa_eval_fused,
+    cases.append(("mbcsa_eval", mbcsa_eval_op,
                   (f(_randn(g, 2, 4, 7, 6)), *folded)))
     return cases
 

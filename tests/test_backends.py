@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hdkd
-from hdkd.ops import Backend, register_backend, resolve, unregister_backend
+from hdkd.ops import Backend, BackendOps, register_backend, resolve, unregister_backend
 
 from helpers import run_outside_checkout
 
@@ -15,9 +15,10 @@ from helpers import run_outside_checkout
 @pytest.fixture
 def fake_backends():
     calls = []
-    ok = Backend("test_fast", devices=lambda: ("cpu",),
-                 ops={"mbcsa_eval": lambda *a: calls.append("fast") or torch.zeros(1)})
-    down = Backend("test_down", devices=lambda: ("cpu",), ops={"mbcsa_eval": None},
+    ok = Backend("test_fast", devices=lambda: ("cpu",), ops=BackendOps(
+        mbcsa_eval=lambda *a: calls.append("fast") or torch.zeros(1)))
+    down = Backend("test_down", devices=lambda: ("cpu",),
+                   ops=BackendOps(mbcsa_eval=lambda *a: torch.zeros(1)),
                    unavailable_reason=lambda: "no test hardware")
     for b in (ok, down):
         register_backend(b)
@@ -100,7 +101,7 @@ def test_interpreter_problem_of_old_triton_with_new_numpy(monkeypatch, triton_ve
                                                           numpy_version, broken):
     """Triton < 3.7's interpreter fails on numpy >= 2.4 (seen with 3.6.0 and 2.4.6): the backend
     then names the versions and the fix instead of failing inside a kernel."""
-    from hdkd.ops import triton_backend
+    from hdkd.ops import triton as triton_backend
 
     versions = {"triton": triton_version, "numpy": numpy_version}
     monkeypatch.setattr(triton_backend, "_TRITON_INSTALLED", True)
@@ -118,7 +119,7 @@ def test_interpreter_check_without_package_metadata(monkeypatch):
     """A triton without installed metadata (a source tree on PYTHONPATH) must not break import."""
     import importlib.metadata
 
-    from hdkd.ops import triton_backend
+    from hdkd.ops import triton as triton_backend
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)

@@ -233,7 +233,7 @@ def test_custom_ops_pass_opcheck(backend, kind, autocast):
         grads = _GRAD_INPUTS.get(name.split("[")[0], ())
         args = tuple(a.detach().requires_grad_() if i in grads else a
                      for i, a in enumerate(args))
-        utils = _UTILS.get(name, torch.library._OPCHECK_DEFAULT_UTILS)
+        utils = _UTILS.get((backend.registry, name), torch.library._OPCHECK_DEFAULT_UTILS)
         with _autocast(autocast, backend.device):
             torch.library.opcheck(op, args, test_utils=utils)
 
@@ -241,12 +241,12 @@ def test_custom_ops_pass_opcheck(backend, kind, autocast):
 # The inputs of each differentiable forward op that carry gradients (not the running
 # statistics, flags or tie counts); backward ops are checked without gradients.
 _GRAD_INPUTS = {name: range(4) for name in (
-    "channel_spatial_attention_forward", "dwconv_forward", "expand_forward", "dwconv_bn_gelu_eval",
-    "dwconv_bn_gelu_train")}
+    "channel_spatial_attention_forward", "dwconv_bn_gelu_forward", "expand_bn_gelu_forward",
+    "dwconv_bn_gelu_eval", "dwconv_bn_gelu_train")}
 _GRAD_INPUTS["channel_spatial_attention_project_forward"] = (0, 1, 2, 4, 5, 6, 7)
-# inference-only ops: no autograd registration to check
-_UTILS = {"mbcsa_eval_fused": ("test_schema", "test_faketensor"),
-          "mbcsa_eval": ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")}
+# inference-only ops, by (registry backend, op): no autograd registration to check
+_UTILS = {("triton", "mbcsa_eval"): ("test_schema", "test_faketensor"),
+          ("ext", "mbcsa_eval"): ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")}
 
 
 @pytest.fixture

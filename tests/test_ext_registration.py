@@ -101,15 +101,15 @@ def test_backend_registered_and_reports_build():
     assert info["torch_version"] == torch.__version__
     assert isinstance(info["cuda"], bool) and info["compiler"]
     assert "cpu" in hdkd.ops.backends_registry()["ext"].devices()
-    from hdkd.ops.ext_build import describe_build
+    from hdkd.ops.ext.build import describe_build
     assert describe_build().startswith(f"hdkd._C: built for torch {torch.__version__}")
 
 
 def test_version_mismatch_is_reported_not_loaded(monkeypatch):
-    from hdkd.ops import ext_build
-    monkeypatch.setattr(ext_build, "_recorded_torch_version", lambda: "0.0.1")
+    from hdkd.ops.ext import build
+    monkeypatch.setattr(build, "_recorded_torch_version", lambda: "0.0.1")
     with pytest.warns(RuntimeWarning, match="built for torch 0.0.1"):
-        module, reason = ext_build.load.__wrapped__()
+        module, reason = build.load.__wrapped__()
     assert module is None and "rebuild" in reason
 
 
@@ -133,7 +133,7 @@ def test_info_prints_the_build():
     ((9, 1), ["90a-real"], False),                    # arch-specific: 9.0 only
 ])
 def test_cuda_kernel_image_decision(capability, archs, runs):
-    from hdkd.ops.ext_build import cuda_image_problem
+    from hdkd.ops.ext.build import cuda_image_problem
 
     problem = cuda_image_problem(capability, archs)
     assert (problem is None) == runs
@@ -142,17 +142,18 @@ def test_cuda_kernel_image_decision(capability, archs, runs):
 
 
 def test_ext_backend_leaves_out_a_gpu_it_has_no_kernel_image_for(monkeypatch):
-    from hdkd.ops import ext_backend
+    from hdkd.ops import ext
+    from hdkd.ops.ext import devices
 
-    monkeypatch.setattr(ext_backend, "_CUDA_BUILT", True)
-    monkeypatch.setattr(ext_backend, "_CUDA_ARCHS", ["80-real", "90-real"])
-    monkeypatch.setattr(ext_backend, "_cuda_problem_found", {})
+    monkeypatch.setattr(devices, "_CUDA_BUILT", True)
+    monkeypatch.setattr(devices, "_CUDA_ARCHS", ["80-real", "90-real"])
+    monkeypatch.setattr(devices, "_cuda_problem_found", {})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert ext_backend._devices() == ("cpu",)
+    assert devices.devices() == ("cpu",)
     with pytest.raises(hdkd.BackendUnavailableError, match="compute capability 7.5"):
         hdkd.ops.resolve("mbcsa_eval", torch.device("cuda"), "ext")
-    assert "CUDA kernels off" in ext_backend._describe()
-    monkeypatch.setattr(ext_backend, "_cuda_problem_found", {})
+    assert "CUDA kernels off" in ext._describe()
+    monkeypatch.setattr(devices, "_cuda_problem_found", {})
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert ext_backend._devices() == ("cpu", "cuda")
+    assert devices.devices() == ("cpu", "cuda")

@@ -58,13 +58,14 @@ def test_attention_and_dwconv_formulas_equal_fvcore():
 
 
 # Test ops registered like the extension's / Triton's: opaque to fvcore, so only a handle counts
-# them. Names follow the families hdkd.flops recognises.
-@torch.library.custom_op(f"{NS}::channel_spatial_attention", mutates_args=())
+# them. Names are custom op names of the op table (hdkd/ops/op_table.py), which maps them to
+# their formulas: any other forward op in an hdkd* namespace would be an error to count.
+@torch.library.custom_op(f"{NS}::channel_spatial_attention_forward", mutates_args=())
 def _channel_spatial_attention_op(h: Tensor, fc1: Tensor, fc2: Tensor, sa: Tensor) -> Tensor:
     return reference.channel_spatial_attention(h, fc1, fc2, sa)
 
 
-@torch.library.custom_op(f"{NS}::dwconv_bn_gelu", mutates_args=())
+@torch.library.custom_op(f"{NS}::dwconv_bn_gelu_forward", mutates_args=())
 def _dw_op(x: Tensor, w: Tensor, bw: Tensor, bb: Tensor, rm: Tensor, rv: Tensor,
            training: bool) -> tuple[Tensor, Tensor, Tensor]:
     y, a, m = reference.dwconv_bn_gelu(x, w, BatchNormState(bw, bb, rm.clone(), rv.clone()),
@@ -72,31 +73,25 @@ def _dw_op(x: Tensor, w: Tensor, bw: Tensor, bb: Tensor, rm: Tensor, rv: Tensor,
     return y, a, m
 
 
-def _mbcsa_op(kind):
-    # out_like only gives the output its shape: the op is traced for shapes, its value is unused
-    @torch.library.custom_op(f"{NS}::mbcsa_{kind}", mutates_args=())
-    def op(x: Tensor, tensors: list[Tensor], out_like: Tensor) -> Tensor:
-        return out_like.clone()
-    return op
-
-
-_MBCSA_OPS = {"eval": _mbcsa_op("eval"), "train": _mbcsa_op("train")}
+# out_like only gives the output its shape: the op is traced for shapes, its value is unused
+@torch.library.custom_op(f"{NS}::mbcsa_eval", mutates_args=())
+def _mbcsa_eval_op(x: Tensor, tensors: list[Tensor], out_like: Tensor) -> Tensor:
+    return out_like.clone()
 
 
 @pytest.mark.parametrize("cin,cout,downsample,expansion", BLOCKS)
 def test_mbcsa_custom_op_counted_as_the_reference(cin, cout, downsample, expansion):
-    for kind, training in (("eval", False), ("train", True)):
-        m = _block(cin, cout, downsample, expansion, training)
-        x = torch.randn(2, cin, 10, 12)
-        ref = flops.count_flops(m, (x,))
-        tensors = []
-        for t in m.weights():
-            if t is not None:
-                tensors.extend(t if isinstance(t, BatchNormState) else [t])
-        y = torch.randn(2, cout, *((5, 6) if downsample else (10, 12)))
-        op = _MBCSA_OPS[kind]
-        fused = flops.count_flops(lambda x, y, *ts: op(x, list(ts), y), (x, y, *tensors), (NS,))
-        assert fused == ref > 0
+    m = _block(cin, cout, downsample, expansion, False)
+    x = torch.randn(2, cin, 10, 12)
+    ref = flops.count_flops(m, (x,))
+    tensors = []
+    for t in m.weights():
+        if t is not None:
+            tensors.extend(t if isinstance(t, BatchNormState) else [t])
+    y = torch.randn(2, cout, *((5, 6) if downsample else (10, 12)))
+    fused = flops.count_flops(lambda x, y, *ts: _mbcsa_eval_op(x, list(ts), y), (x, y, *tensors),
+                              (NS,))
+    assert fused == ref > 0
 
 
 def _flop_counter_total(fn, args):
@@ -136,7 +131,7 @@ def test_attention_counted_as_its_two_matrix_products():
 
 def test_backward_ops_are_not_mapped():
     handles = flops.custom_op_handles((NS,))
-    assert f"{NS}::channel_spatial_attention" in handles
+    assert f"{NS}::channel_spatial_attention_forward" in handles
     assert not [k for k in handles if "backward" in k]
 
 
@@ -179,7 +174,7 @@ print(json.dumps(out))
 def test_triton_backend_counted_as_the_reference():
     """The Triton backend's custom ops (under the interpreter on the CPU) count as the reference."""
     pytest.importorskip("triton")
-    from hdkd.ops.triton_backend import INTERPRETER_PROBLEM
+    from hdkd.ops.triton import INTERPRETER_PROBLEM
     if INTERPRETER_PROBLEM:
         pytest.skip(INTERPRETER_PROBLEM)
     import json

@@ -1,5 +1,6 @@
 """auto's measured choice: the table lookup, the committed table, resolve and the functional ops
 following it, `hdkd info` showing it, and torch.compile(fullgraph=True) through it."""
+import dataclasses
 import importlib
 import math
 import os
@@ -10,7 +11,8 @@ import torch
 
 import hdkd
 from hdkd.nn import MBCSA
-from hdkd.ops import Backend, backends, measured, register_backend, resolve, unregister_backend
+from hdkd.ops import (Backend, BackendOps, backends, measured, register_backend, resolve,
+                      unregister_backend)
 from hdkd.ops.reference import BatchNormState
 
 from helpers import run_outside_checkout
@@ -86,10 +88,11 @@ def test_format_and_dtype_of_a_call():
 def fake_backends():
     """test_fast runs mbcsa_eval on the CPU; test_down has it but cannot run; test_gpu runs on
     CUDA only; test_noop has no ops."""
-    made = [Backend("test_fast", devices=lambda: ("cpu",), ops={"mbcsa_eval": None}),
-            Backend("test_down", devices=lambda: ("cpu",), ops={"mbcsa_eval": None},
+    has_eval = BackendOps(mbcsa_eval=lambda *args, **kwargs: None)
+    made = [Backend("test_fast", devices=lambda: ("cpu",), ops=has_eval),
+            Backend("test_down", devices=lambda: ("cpu",), ops=has_eval,
                     unavailable_reason=lambda: "no test hardware"),
-            Backend("test_gpu", devices=lambda: ("cuda",), ops={"mbcsa_eval": None}),
+            Backend("test_gpu", devices=lambda: ("cuda",), ops=has_eval),
             Backend("test_noop", devices=lambda: ("cpu",))]
     for b in made:
         register_backend(b)
@@ -183,11 +186,14 @@ def ran(monkeypatch):
     calls = []
     registry = hdkd.ops.backends_registry()
     for name in ("torch", "ext"):
-        for op, impl in list(registry[name].ops.items()):
-            def wrapped(*args, _impl=impl, _name=name, _op=op, **kwargs):
+        ops = registry[name].ops
+        wrapped = {}
+        for op in ops.implemented():
+            def wrapper(*args, _impl=getattr(ops, op), _name=name, _op=op, **kwargs):
                 calls.append((_name, _op))
                 return _impl(*args, **kwargs)
-            monkeypatch.setitem(registry[name].ops, op, wrapped)
+            wrapped[op] = wrapper
+        monkeypatch.setattr(registry[name], "ops", dataclasses.replace(ops, **wrapped))
     return calls
 
 

@@ -27,7 +27,7 @@ def test_triton_op_list_is_complete():
     """Every hdkd_triton op has a case (a new op must be added to op_cases.triton_cases)."""
     if TRITON_REASON is not None:
         pytest.skip(TRITON_REASON)
-    from hdkd.ops import triton_backend  # noqa: F401 (registers the ops)
+    import hdkd.ops.triton  # noqa: F401 (registers the ops)
     assert _registered("hdkd_triton") == _case_names(triton_cases("contiguous"))
 
 
@@ -39,15 +39,15 @@ def test_ext_op_list_is_complete():
 
 def test_autocast_does_not_reach_triton_op_bodies():
     """The statistics the fakes promise as float32 are float32 under autocast too (the issue's
-    reproduction: expand_forward's mean came back bfloat16)."""
+    reproduction: expand_bn_gelu_forward's mean came back bfloat16)."""
     if TRITON_REASON is not None or not INTERPRET:
         pytest.skip(TRITON_REASON or "CPU autocast case")
-    from hdkd.ops import triton_backend as tb
+    from hdkd.ops.triton.expand_bn_gelu import expand_bn_gelu_forward
     g = torch.Generator().manual_seed(3)
     z, w = torch.randn(2, 4, 5, 6, generator=g), torch.randn(12, 4, 1, 1, generator=g)
     gamma, beta, rm, rv = torch.ones(12), torch.zeros(12), torch.zeros(12), torch.ones(12)
     with torch.autocast("cpu", torch.bfloat16):
-        e, mean, rstd, var = tb._expand_forward(z, w, gamma, beta, rm, rv, True, 1e-5, 1)
+        e, mean, rstd, var = expand_bn_gelu_forward(z, w, gamma, beta, rm, rv, True, 1e-5, 1)
     assert mean.dtype == rstd.dtype == var.dtype == torch.float32
     assert e.dtype == z.dtype
     expected = torch.nn.functional.conv2d(z, w).mean((0, 2, 3))

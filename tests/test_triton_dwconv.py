@@ -10,7 +10,8 @@ from triton_env import DEVICE, cuda_only, no_tf32, requires_triton  # noqa: F401
 from helpers import REL_TOL, layout, reference_max, rel_err, twins
 
 import hdkd
-from hdkd.ops import reference, triton_backend
+from hdkd.ops import reference
+from hdkd.ops.triton.dwconv_bn_gelu import dwconv_bn_gelu
 from hdkd.ops.reference import BatchNormState
 
 pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
@@ -38,7 +39,7 @@ def _check(shape, dtype, kind, training, stride):
     if stride == 1:
         y, avg, mx = hdkd.ops.dwconv_bn_gelu(x, w, bn, training, 0.1, 1e-5, backend="triton")
     else:  # the strided form, used by expansion-1 downsampling blocks
-        y, avg, mx = triton_backend.dwconv_bn_gelu(x, w, bn, training, 0.1, 1e-5, stride=stride)
+        y, avg, mx = dwconv_bn_gelu(x, w, bn, training, 0.1, 1e-5, stride=stride)
     ry, ravg, _ = reference.dwconv_bn_gelu(xr, wr, bn_ref, training, 0.1, 1e-5, stride=stride)
     rmx = reference_max(ry, y, mx)
     tol = REL_TOL[dtype]

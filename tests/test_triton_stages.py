@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from triton_env import DEVICE, no_tf32, requires_triton  # noqa: F401
 from helpers import REL_TOL, layout, rel_err, twins
 
-from hdkd.ops import reference, triton_backend
+from hdkd.ops import reference
+from hdkd.ops.triton.channel_spatial_attention_project import channel_spatial_attention_project
+from hdkd.ops.triton.expand_bn_gelu import expand_bn_gelu
 from hdkd.ops.reference import BatchNormState
 
 pytestmark = [requires_triton, pytest.mark.usefixtures("no_tf32")]
@@ -38,7 +40,7 @@ def test_expand_bn_gelu(shape, hidden, dtype, kind, training, stride):
     bn = BatchNormState(gamma, beta, rm.clone(), rv.clone())
     bn_ref = BatchNormState(gamma_ref, beta_ref, rm.double(), rv.double())
 
-    e = triton_backend.expand_bn_gelu(z, w, bn, training, 0.1, 1e-5, stride)
+    e = expand_bn_gelu(z, w, bn, training, 0.1, 1e-5, stride)
     er = F.gelu(reference.batch_norm(F.conv2d(zr, wr, stride=stride), bn_ref, training))
     tol = REL_TOL[dtype]
     assert e.dtype == dtype and e.shape == er.shape
@@ -74,7 +76,7 @@ def test_attention_project(shape, cout, dtype, kind):
     d = fast[0]
     mx = d.float().amax((2, 3))  # the depthwise pass's statistics, differentiable here
     ties = (d.float() == mx[:, :, None, None]).sum((2, 3)).float()
-    v = triton_backend.attention_project(d, d.float().mean((2, 3)), mx, ties, *fast[1:])
+    v = channel_spatial_attention_project(d, d.float().mean((2, 3)), mx, ties, *fast[1:])
     vr = F.conv2d(reference.channel_spatial_attention(*ref[:4]), ref[4])
     assert v.dtype == dtype and rel_err(v, vr) < REL_TOL[dtype]
     gv = torch.randn(vr.shape, generator=g).to(DEVICE, dtype)

@@ -27,7 +27,7 @@ except ImportError:
 if _reason is None and not ON_CUDA and not INTERPRET:
     _reason = "no CUDA GPU and TRITON_INTERPRET=0"
 if _reason is None and INTERPRET:
-    from hdkd.ops.triton_backend import INTERPRETER_PROBLEM as _reason
+    from hdkd.ops.triton import INTERPRETER_PROBLEM as _reason
 if _reason is None and _imported_before:
     _reason = ("triton was imported (by an earlier test module) before TRITON_INTERPRET=1 was "
                "set; run the Triton tests in their own process: "

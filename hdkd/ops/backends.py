@@ -19,6 +19,8 @@ from typing import Callable, Optional
 import torch
 
 from . import measured
+from .contract import BackendOps
+from .op_table import WORKLOADS, check_op
 
 # Fastest first, for cases without measurements. The Triton interpreter is never chosen
 # automatically: it is for testing. The extension's CUDA kernels are left out on CUDA until they
@@ -33,12 +35,13 @@ class BackendUnavailableError(RuntimeError):
 
 @dataclass
 class Backend:
-    """name; devices it runs on; ops: op name -> callable; unavailable_reason() returns None when
-    the backend can run in this process, else a one-line reason."""
+    """name; devices it runs on; ops: its implementation of each op (hdkd.ops.contract);
+    unavailable_reason() returns None when the backend can run in this process, else a one-line
+    reason."""
 
     name: str
     devices: Callable[[], tuple[str, ...]]
-    ops: dict[str, Callable] = field(default_factory=dict)
+    ops: BackendOps = field(default_factory=BackendOps)
     unavailable_reason: Callable[[], Optional[str]] = lambda: None
     describe: Callable[[], str] = lambda: ""
     # why it does not run on a device kind it could run on in another build or machine, or None
@@ -110,8 +113,8 @@ def _device_kind(device: torch.device) -> str:
 
 def _usable(name: str, op: str, kind: str) -> Optional[Backend]:
     b = _registry.get(name)
-    if b and op in b.ops and kind in b.devices() and b.unavailable_reason() is None:
-        return b
+    if b and getattr(b.ops, op) is not None and kind in b.devices():
+        return b if b.unavailable_reason() is None else None
     return None
 
 
@@ -120,7 +123,11 @@ def resolve(op: str, device: torch.device, requested: Optional[str] = "auto",
             workload: Optional[str] = None) -> Backend:
     """The backend that runs `op` for tensors on `device`. For auto, x (the op's main input),
     grad (whether the call records gradients) and workload (the measured name when it differs
-    from op: dwconv_bn_gelu_train / _eval) select by measured speed."""
+    from op: dwconv_bn_gelu_train / _eval) select by measured speed. op and workload must be
+    names of the op table (hdkd.ops.op_table), else ValueError."""
+    check_op(op)
+    if workload is not None and WORKLOADS.get(workload) != op:
+        raise ValueError(f"{workload!r} is not a measured workload of the op {op!r}")
     name = requested if requested not in (None, "auto") else get_backend()
     validate_backend_name(name)
     kind = _device_kind(device)
@@ -145,7 +152,7 @@ def resolve(op: str, device: torch.device, requested: Optional[str] = "auto",
             f"hdkd backend {name!r} does not run on {device.type} tensors "
             f"(it runs on: {', '.join(b.devices()) or 'nothing here'})"
             + (f": {problem}" if problem else ""))
-    if op not in b.ops:
+    if getattr(b.ops, op) is None:
         raise BackendUnavailableError(f"hdkd backend {name!r} has no {op!r} op; "
-                                      f"it implements: {', '.join(sorted(b.ops))}")
+                                      f"it implements: {', '.join(sorted(b.ops.implemented()))}")
     return b

@@ -4,15 +4,15 @@
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Optional
 
-import torch
 from torch import Tensor
 
 from . import reference
 from .backends import resolve
 from .checks import check_activation, check_same_device_dtype, check_shape
 from .reference import BatchNormState, MBCSAWeights
+from .rules import mbcsa_tensors, records_grad
 
 
 def channel_spatial_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
@@ -28,9 +28,9 @@ def channel_spatial_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
     check_shape(op, "sa_weight", sa_weight, (1, 2, sa_weight.shape[-1], sa_weight.shape[-1]))
     check_same_device_dtype(op, h, [("fc1_weight", fc1_weight), ("fc2_weight", fc2_weight),
                                     ("sa_weight", sa_weight)])
-    grad = _records_grad([h, fc1_weight, fc2_weight, sa_weight])
+    grad = records_grad([h, fc1_weight, fc2_weight, sa_weight])
     impl = resolve("channel_spatial_attention", h.device, backend, x=h,
-                   grad=grad).ops["channel_spatial_attention"]
+                   grad=grad).ops.channel_spatial_attention
     return impl(h, fc1_weight, fc2_weight, sa_weight)
 
 
@@ -48,10 +48,10 @@ def dwconv_bn_gelu(x: Tensor, dw_weight: Tensor, bn: BatchNormState, training: b
     check_shape(op, "dw_weight", dw_weight, (c, 1, k, k))
     _check_bn(op, "bn", bn, c, x)
     check_same_device_dtype(op, x, [("dw_weight", dw_weight)])
-    grad = _records_grad([x, dw_weight, *bn])
+    grad = records_grad([x, dw_weight, *bn])
     workload = "dwconv_bn_gelu_train" if training else "dwconv_bn_gelu_eval"
     impl = resolve("dwconv_bn_gelu", x.device, backend, x=x, grad=grad,
-                   workload=workload).ops["dwconv_bn_gelu"]
+                   workload=workload).ops.dwconv_bn_gelu
     return impl(x, dw_weight, bn, training, momentum, eps)
 
 
@@ -73,38 +73,18 @@ def mbcsa(x: Tensor, w: MBCSAWeights, training: bool, momentum: float = 0.1, eps
         if bn is not None:
             _check_bn(op, field, bn, bn.weight.shape[0], x)
     name = "mbcsa_train" if training else "mbcsa_eval"
-    tensors = [x, *(t for _, t in named)]
-    tensors += [t for bn in w if isinstance(bn, BatchNormState) for t in bn]
-    impl = resolve(name, x.device, backend, x=x, grad=_records_grad(tensors)).ops[name]
-    if folded is None:
-        return impl(x, w, momentum, eps)
+    ops = resolve(name, x.device, backend, x=x, grad=records_grad(mbcsa_tensors(x, w))).ops
     if training:
-        raise ValueError(f"{op}: folded weights are for eval (running statistics), not training")
-    return impl(x, w, momentum, eps, folded=folded)
-
-
-def _records_grad(tensors: Iterable[Tensor]) -> bool:
-    """Whether the call builds an autograd graph (the measured forward+backward case)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
+        if folded is not None:
+            raise ValueError(f"{op}: folded weights are for eval (running statistics), "
+                             f"not training")
+        return ops.mbcsa_train(x, w, momentum, eps)
+    if folded is None:
+        return ops.mbcsa_eval(x, w, momentum, eps)
+    return ops.mbcsa_eval(x, w, momentum, eps, folded=folded)
 
 def _check_bn(op: str, name: str, bn: BatchNormState, channels: int, x: Tensor) -> None:
     for part, t in zip(bn._fields, bn):
         check_shape(op, f"{name}.{part}", t, (channels,))
     check_same_device_dtype(op, x, [(f"{name}.{p}", t) for p, t in zip(bn._fields, bn)])
 
-
-def _torch_mbcsa_train(x, w, momentum, eps):
-    return reference.mbcsa(x, w, True, momentum, eps)
-
-
-def _torch_mbcsa_eval(x, w, momentum, eps, folded=None):
-    return reference.mbcsa(x, w, False, momentum, eps)
-
-
-TORCH_OPS = {
-    "channel_spatial_attention": reference.channel_spatial_attention,
-    "dwconv_bn_gelu": reference.dwconv_bn_gelu,
-    "mbcsa_train": _torch_mbcsa_train,
-    "mbcsa_eval": _torch_mbcsa_eval,
-}

@@ -21,17 +21,12 @@ from typing import Optional
 
 import torch
 
+from .op_table import WORKLOADS  # noqa: F401 (re-exported: measured workload -> its op)
+from .rules import output_memory_format
+
 TABLE_FILE = os.path.join(os.path.dirname(__file__), "measured_backends.json")
 SCHEMA = 1
 
-# measured workload -> the registry op that runs it (dwconv_bn_gelu is measured per mode)
-WORKLOADS = {
-    "channel_spatial_attention": "channel_spatial_attention",
-    "dwconv_bn_gelu_eval": "dwconv_bn_gelu",
-    "dwconv_bn_gelu_train": "dwconv_bn_gelu",
-    "mbcsa_eval": "mbcsa_eval",
-    "mbcsa_train": "mbcsa_train",
-}
 FORMATS = ("contiguous", "channels_last")
 # the Triton interpreter is a correctness tool, never a measured candidate on the CPU
 EXCLUDED = {"cpu": ("triton",)}
@@ -41,10 +36,9 @@ Key = tuple[str, str, str, str, bool]  # kind, op, dtype, format, grad
 
 def memory_format(x: torch.Tensor) -> str:
     """The table's format of x: channels_last when x is channels_last and not also contiguous
-    (C == 1 or H == W == 1 make it both), else contiguous (the kernels copy other strides)."""
-    if x.is_contiguous():
-        return "contiguous"
-    return "channels_last" if x.is_contiguous(memory_format=torch.channels_last) else "contiguous"
+    (C == 1 or H == W == 1 make it both), else contiguous (the kernels copy other strides): the
+    memory format of the ops' outputs (hdkd.ops.rules)."""
+    return "channels_last" if output_memory_format(x) == torch.channels_last else "contiguous"
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

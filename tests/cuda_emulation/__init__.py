@@ -50,7 +50,7 @@ def load(asan: bool = False):
     if _ops is None:
         from torch.utils.cpp_extension import load as build
 
-        from hdkd.ops import ext_ops
+        from hdkd.ops import ext
 
         flags = ["-O1", "-DHDKD_CUDA_EMULATION"]
         if asan:
@@ -60,6 +60,6 @@ def load(asan: bool = False):
         build(name=NAMESPACE, sources=_sources(folder), extra_include_paths=[str(CSRC)],
               extra_cflags=flags, extra_ldflags=["-fsanitize=address"] if asan else [],
               build_directory=str(folder), is_python_module=False)
-        ext_ops.register(NAMESPACE)
+        ext.register(NAMESPACE)
         _ops = getattr(torch.ops, NAMESPACE)
     return _ops

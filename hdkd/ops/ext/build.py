@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BUILD_INFO_FILE = os.path.join(_PACKAGE_DIR, "_C_build.json")
 
 
