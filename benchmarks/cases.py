@@ -17,9 +17,11 @@ import contextlib
 import os
 from typing import Callable
 
+import pytest
 import torch
 from torch import nn
 
+from hdkd import flops
 from hdkd.ops import backends_registry
 
 from harness import DEVICE, ON_GPU
@@ -82,6 +84,12 @@ def impls(level: str, ops: tuple[str, ...], first_shape: bool = True) -> list[st
     return ["eager", *(["compile"] if with_compile else []), *backends_for(ops)]
 
 
+def model_params(models, level: str, op: str) -> list:
+    """(model name, dtype, impl) of each benchmark of a model-level suite whose blocks run `op`."""
+    return [pytest.param(name, dtype, impl, id=f"{name}-{dtype}-{impl}")
+            for name in models for dtype in DTYPES for impl in impls(level, (op,))]
+
+
 def compile_note(level: str) -> dict:
     if level in COMPILE_LEVELS:
         return {}
@@ -133,6 +141,13 @@ def make_model(name: str, backend: str, training: bool) -> nn.Module:
     torch.manual_seed(0)
     m = create_model(name, num_classes=NUM_CLASSES, img_size=img_size(), backend=backend)
     return randomize_bn_stats(m).to(DEVICE, memory_format=torch.channels_last).train(training)
+
+
+def forward_flops(model: nn.Module) -> int:
+    """fvcore FLOPs of one forward pass of a model-level batch (counted on one image)."""
+    size = img_size()
+    one = torch.randn(1, 3, size, size, device=DEVICE)
+    return model_batch() * flops.count_flops(model, (one,))
 
 
 def labels(n_sets: int = 2) -> list[torch.Tensor]:

@@ -1,5 +1,6 @@
 """The `hdkd` command. Each subcommand module exposes register(subparsers), which adds its parser
-and sets `func`; main() dispatches."""
+with hdkd.commands.arguments.add_command (the module's docstring is its --help description);
+main() dispatches."""
 from __future__ import annotations
 
 import argparse
@@ -62,14 +63,14 @@ def _print_measured_choices() -> None:
 
 
 def _register_info(sub) -> None:
-    p = sub.add_parser("info", help="versions, GPU and each backend: available or why not")
-    p.set_defaults(func=_info)
+    add_command(sub, "info", _info, help="versions, GPU and each backend: available or why not")
 
 
 from .commands import flops as _flops  # noqa: E402
 from .commands import convert as _convert, demo as _demo, eval as _eval, train as _train  # noqa: E402
 from .commands import cv as _cv  # noqa: E402
 from .commands import explain as _explain, export as _export, predict as _predict  # noqa: E402
+from .commands.arguments import add_command  # noqa: E402
 from .distill.run_folder import RunFolderError  # noqa: E402
 from .distill.trainer import NonFiniteLossError  # noqa: E402
 from .ops import BackendUnavailableError  # noqa: E402
