@@ -47,8 +47,3 @@ def strides(name: str, t: torch.Tensor) -> dict[str, int]:
     return {f"stride_{name}_{dim}": step for dim, step in zip("bcyx", t.stride(), strict=True)}
 
 
-def empty_like_format(x: torch.Tensor, shape, dtype=None) -> torch.Tensor:
-    """An empty tensor of `shape` in x's memory format (channels_last stays channels_last)."""
-    cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    return torch.empty(shape, device=x.device, dtype=dtype or x.dtype, memory_format=fmt)

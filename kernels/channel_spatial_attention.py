@@ -1,4 +1,5 @@
-"""CBAM with its residual, out = h * ca * sa + h, as Triton kernels (forward and backward).
+"""The channel-spatial attention with its residual, out = h * ca * sa + h, as Triton kernels
+(forward and backward).
 
 Forward passes over h (B x C x H x W, any strides; float32 accumulation throughout):
   1. per-channel sum / max over the pixels (with the number of pixels tied at the max),

@@ -22,7 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import INTERPRET, configs, empty_like_format, strides
+from hdkd.ops.rules import empty_like_input
+
+from ._config import INTERPRET, configs, strides
 from ._math import add_max_ties, gelu, gelu_grad, pixel_offsets, reduce_max_ties, tile
 
 _NEG_INF = tl.constexpr(float("-inf"))
@@ -298,7 +300,7 @@ def forward(x, weight, scale, shift, stride: int):
     k = weight.shape[-1]
     Ho, Wo = _out_size(H, k, stride), _out_size(W, k, stride)
     HWo = Ho * Wo
-    y = empty_like_format(x, (B, C, Ho, Wo))
+    y = empty_like_input(x, (B, C, Ho, Wo))
     groups = triton.cdiv(triton.cdiv(HWo, TILE_P), OUT_TILES)
     psum, pmax, pties = (torch.empty(B * groups, C, device=x.device, dtype=torch.float32)
                          for _ in range(3))

@@ -5,7 +5,7 @@
   3. ca = channel gate from those statistics                              B x C work
   4. per-pixel mean / max of d * ca, 7x7 conv + sigmoid -> sa             reads d
   5. project: out = (d * (ca * sa + 1)) @ Wp^T + bp + shortcut(x)       GEMM, reads d
-The 4x-wide hidden activation is written twice (e, d) and read three times; the CBAM output
+The 4x-wide hidden activation is written twice (e, d) and read three times; the attention output
 and the project's pre-BN value never reach memory.
 """
 from __future__ import annotations

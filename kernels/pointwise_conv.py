@@ -2,8 +2,8 @@
 
 out[b, n, p] = epilogue(sum_k A[b, p, k] * weight[n, k] + bias[n]) where
   A is the input sampled at every STRIDE-th pixel (the strided expand conv), optionally gated
-    while it is loaded: A = h * (ca[b, k] * sa[b, p] + 1), which is CBAM's output u * sa + h, so
-    the attention result never goes to memory;
+    while it is loaded: A = h * (ca[b, k] * sa[b, p] + 1), which is the attention's output
+    u * sa + h, so the attention result never goes to memory;
   the epilogue is GELU (expand), GELU'(.) * G for a given gradient G (the expand's backward,
     recomputing its pre-activation instead of storing it), or adds the block's shortcut
     (project): the input itself (identity) or MaxPool(3, 2, 1)(x) @ shortcut_weight^T, a second
@@ -17,7 +17,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._config import configs, dot_dtype, empty_like_format, strides
+from hdkd.ops.rules import empty_like_input
+
+from ._config import configs, dot_dtype, strides
 from ._math import gelu, gelu_grad, tile
 
 _NEG_INF = tl.constexpr(float("-inf"))
@@ -123,7 +125,7 @@ def pointwise_conv(a, weight, bias, out_hw, *, in_stride=1, gelu_out=False, gate
     N = weight.shape[0]
     w = weight.reshape(N, K).to(a.dtype).contiguous()
     if out is None:
-        out = empty_like_format(a, (B, N, Ho, Wo))
+        out = empty_like_input(a, (B, N, Ho, Wo))
     ca, s = gate if gate is not None else (bias, bias)
     epilogue = EPI_GELU if gelu_out else EPI_NONE
     if gelu_grad_of is not None:

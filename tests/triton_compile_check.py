@@ -43,7 +43,7 @@ CHANNELS_LAST_STRIDES = dict(b=HIDDEN * SIDE * SIDE, c=1, y=SIDE * HIDDEN, x=HID
 
 def cases():
     """(kernel, pointer types by argument name, constexprs) for each variant worth compiling."""
-    from hdkd.kernels import attention_project as ap
+    from hdkd.kernels import channel_spatial_attention_project as project_kernels
     from hdkd.kernels import channel_spatial_attention as csa
     from hdkd.kernels import dwconv_bn_gelu as dw
     from hdkd.kernels import pointwise_conv as pw
@@ -68,7 +68,8 @@ def cases():
                                        "dv_ptr": ACT},
          dict(dwk, TRAINING=True, BLOCK_P=dw.DW_TILE_P, TILES=dw.DW_TILES, TAPS=16)),
         (dw._grad_input_kernel, {"dv_ptr": ACT, "w_ptr": ACT, "dx_ptr": ACT}, dict(dwk, STRIDE=2)),
-        (ap._gated_weight_grad_kernel, {"g_ptr": ACT, "d_ptr": ACT}, dict(DOT_DTYPE=tl.bfloat16)),
+        (project_kernels._gated_weight_grad_kernel, {"g_ptr": ACT, "d_ptr": ACT},
+         dict(DOT_DTYPE=tl.bfloat16)),
     ]
     gemm = {n: ACT for n in ("a_ptr", "w_ptr", "out_ptr", "x_ptr", "scw_ptr")}
     for epilogue, residual, gated, stride in ((pw.EPI_GELU, pw.RES_NONE, False, 2),

@@ -12,8 +12,8 @@ from .reference import BatchNormState, MBCSAWeights
 
 def output_memory_format(x: Tensor) -> torch.memory_format:
     """channels_last exactly when x is channels_last and not also contiguous (C == 1 or
-    H == W == 1 make it both). The kernels follow the same rule: csrc/cuda/common.cu:
-    wants_channels_last, csrc/cpu like_input, kernels/_config.py:empty_like_format."""
+    H == W == 1 make it both). The C++ kernels follow the same rule (csrc/output_format.h);
+    the Triton launchers allocate with empty_like_input."""
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if cl else torch.contiguous_format
 

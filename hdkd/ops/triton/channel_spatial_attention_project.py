@@ -1,6 +1,7 @@
 """The block's attention + project stage on Triton: custom ops hdkd_triton::
-channel_spatial_attention_project_forward / _backward (kernels/attention_project.py: the project
-GEMM with the attention's gates applied while loading, so the attention output is never stored),
+channel_spatial_attention_project_forward / _backward (kernels/channel_spatial_attention_project.py:
+the project GEMM with the attention's gates applied while loading, so the attention output is
+never stored),
 their fakes and autograd, and the stage's function for hdkd.ops.triton.mbcsa (not a public op)."""
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ def channel_spatial_attention_project_forward(
     """(conv1x1(channel_spatial_attention(d), project) without bias, ch_sum, ca, pooled,
     pixel_ties, sa_map); avg, mx, ties: d's per-channel statistics from the depthwise pass
     (float32)."""
-    from hdkd.kernels import attention_project
-    v, ch_sum, _, _, ca, pooled, pixel_ties, sa_map = attention_project.forward(
+    from hdkd.kernels import channel_spatial_attention_project as kernels
+    v, ch_sum, _, _, ca, pooled, pixel_ties, sa_map = kernels.forward(
         d, avg, mx, ties, fc1, fc2, sa, project)
     return v, ch_sum, ca, pooled, pixel_ties, sa_map
 
@@ -39,8 +40,8 @@ def channel_spatial_attention_project_backward(
         project: Tensor, ch_sum: Tensor, ca: Tensor, pooled: Tensor, pixel_ties: Tensor,
         sa_map: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dd, d avg, d max, d fc1, d fc2, d sa, d project)."""
-    from hdkd.kernels import attention_project
-    dd, davg, dmax, *dweights = attention_project.backward(
+    from hdkd.kernels import channel_spatial_attention_project as kernels
+    dd, davg, dmax, *dweights = kernels.backward(
         grad, d, fc1, fc2, sa, project, ch_sum, mx, ties, ca, pooled, pixel_ties, sa_map)
     return dd, davg, dmax, *(g.contiguous() for g in dweights)
 

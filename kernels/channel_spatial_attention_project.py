@@ -1,5 +1,5 @@
-"""CBAM followed by the block's 1x1 project conv, for the training path: the attention output
-h = d * (ca * sa + 1) never reaches memory, forward or backward. The forward applies the gates
+"""The channel-spatial attention followed by the block's 1x1 project conv, for the training
+path: the attention output h = d * (ca * sa + 1) never reaches memory, forward or backward. The forward applies the gates
 while the project GEMM loads its input; the backward computes dL/dh = grad_v @ Wp with the same
 GEMM kernel and the project's weight gradient with a GEMM over the pixels whose loader gates d
 again. Only d and the small gate statistics are saved.
@@ -58,7 +58,8 @@ def _gated_weight_grad_kernel(g_ptr, d_ptr, ca_ptr, s_ptr, part_ptr, N, K, HW, W
 
 
 def forward(d, avg, mx, ties, fc1_weight, fc2_weight, sa_weight, project_weight):
-    """(v = conv1x1(CBAM(d), project_weight) without bias, *statistics for backward).
+    """(v = conv1x1(channel_spatial_attention(d), project_weight) without bias, *statistics
+    for backward).
     avg, mx, ties: d's per-channel average, max and ties at the max (float32, B x C), which the
     depthwise pass that produced d has already computed."""
     stats = (avg * (d.shape[2] * d.shape[3]), mx, ties)
