@@ -118,9 +118,10 @@ def test_grid_stride_loops_of_several_trips(blocks, monkeypatch):
     ops = cuda_emulation.load()
     emulation = next(b for b in BACKENDS if b.name == "cuda_emulation")
     monkeypatch.setattr(torch.ops, "hdkd", ops)  # the ext backend's ops, emulated
-    previous = ops.set_max_blocks(blocks)
+    testing = cuda_emulation.testing_ops()
+    previous = testing.set_max_blocks(blocks)
     try:
-        assert ops.set_max_blocks(blocks) == blocks
+        assert testing.set_max_blocks(blocks) == blocks
         for kind in ("strided", "channels_last"):
             conformance.test_channel_spatial_attention(emulation, Shape("trips", (2, 40, 9, 11)),
                                                        torch.float32, kind)
@@ -132,9 +133,9 @@ def test_grid_stride_loops_of_several_trips(blocks, monkeypatch):
                 emulation, Block("trips", (2, 10, 11, 6), 20, downsample=True), torch.float32,
                 kind)
     finally:
-        ops.set_max_blocks(previous)
+        testing.set_max_blocks(previous)
     with pytest.raises(RuntimeError, match="blocks must be at least 1"):
-        ops.set_max_blocks(0)
+        testing.set_max_blocks(0)
 
 
 def _assert_same_path_result(a, b):
@@ -235,7 +236,7 @@ def test_index_division_is_exact():
     arithmetic as the GPU (the multiply-high in 128-bit integers instead of __umul64hi)."""
     if EXT is None:
         pytest.skip(f"no hdkd._C, so no C++ toolchain assumed for the emulation: {EXT_REASON}")
-    ops = cuda_emulation.load()
+    ops = cuda_emulation.testing_ops()
     g = torch.Generator().manual_seed(0)
     top = 2**63 - 1
     big = [2**31 - 1, 2**31, 2**31 + 1, 2**32 - 1, 2**32, 2**32 + 1, 3**20, 2**62 - 1, 2**62,

@@ -42,6 +42,12 @@ def _sources(folder: Path) -> list[str]:
     return sources
 
 
+def testing_ops():
+    """torch.ops.cuda_emu_testing: set_max_blocks and divmod of the emulation (built by load)."""
+    load()
+    return torch.ops.cuda_emu_testing
+
+
 def load(asan: bool = False):
     """torch.ops.hdkd_cuda_emu, building it on first use (about a minute and a half on 2 cores).
     asan: built with AddressSanitizer (the process must run with libasan preloaded: see

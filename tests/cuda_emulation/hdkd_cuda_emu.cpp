@@ -1,16 +1,19 @@
 // The library of the CUDA kernels compiled as C++ for the CPU (HDKD_CUDA_EMULATION: each launch
-// is a loop over its indices): torch.ops.hdkd_cuda_emu.* with the hdkd:: schemas, the emulated
-// launches' block cap and test-only ops. tests/cuda_emulation/__init__.py builds it with every
-// csrc/cuda/*.cu (each its own translation unit, as in the real build), whose kernels register
-// on CPU tensors under this namespace; CI tests their indexing and math without a GPU.
+// is a loop over its indices): torch.ops.hdkd_cuda_emu.* with the hdkd:: schemas, and, under
+// torch.ops.cuda_emu_testing (a namespace of their own, so that nothing takes them for model
+// ops), the emulated launches' block cap and the divisor. tests/cuda_emulation/__init__.py
+// builds it with every csrc/cuda/*.cu (each its own translation unit, as in the real build),
+// whose kernels register on CPU tensors under hdkd_cuda_emu; CI tests their indexing and math
+// without a GPU.
 #include <ATen/ops/empty.h>
 
 #include "cuda/divisor.cuh"
 #include "cuda/launch.cuh"
 #include "schemas.h"
 
-TORCH_LIBRARY(hdkd_cuda_emu, m) {
-  hdkd::define_schemas(m);
+TORCH_LIBRARY(hdkd_cuda_emu, m) { hdkd::define_schemas(m); }
+
+TORCH_LIBRARY(cuda_emu_testing, m) {
   // Test only: the kernels' index division (csrc/cuda/divisor.cuh) as [n / d, n % d].
   m.def("divmod(Tensor n, int d) -> Tensor");
   // Test only: caps the emulated launches at `blocks` blocks (returns the previous cap), so that
@@ -50,7 +53,7 @@ at::Tensor divmod(const at::Tensor& n, int64_t d) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hdkd_cuda_emu, CPU, m) { m.impl("divmod", &divmod); }
-TORCH_LIBRARY_IMPL(hdkd_cuda_emu, CatchAll, m) {
+TORCH_LIBRARY_IMPL(cuda_emu_testing, CPU, m) { m.impl("divmod", &divmod); }
+TORCH_LIBRARY_IMPL(cuda_emu_testing, CatchAll, m) {
   m.impl("set_max_blocks", &hdkd::cuda::set_emulated_max_blocks);
 }
