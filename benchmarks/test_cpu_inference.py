@@ -1,19 +1,25 @@
 """CPU inference of the three models as a user runs it, beside what that user would use instead.
 
-impls, all fp32, one process, the same weights:
+impls, one process, the same weights:
   hdkd          the default model (backend auto) under torch.inference_mode()
   eager         the reference (backend "torch") under inference_mode
   compile       torch.compile of the reference
   compile_hdkd  torch.compile of the default model
   onnxruntime   ONNX Runtime (CPU provider, torch's thread count) on the ONNX export of the
                 reference (torch.onnx.export, dynamo, dynamic batch)
-extra_info of every case: speedup_vs_eager / _compile / _onnxruntime (conftest), and for hdkd the
-first call after eval() (folding and caching the weights) as first_call_s and its ratio to the
-median. Full run: 224 px, batch 1 and 16. Smoke (--benchmark-disable): 32 px, batch 1 and 2, the
-compile peers only for hdkd at batch 1.
+in two precisions: float32, and bfloat16 as users run it on a CPU (float32 weights and input
+under torch.autocast("cpu", torch.bfloat16)); ONNX Runtime's CPU provider has no bfloat16
+Conv (a bfloat16 export does not load), so its bfloat16 case skips and its float32 case is the
+peer.
+extra_info of every case: speedup_vs_eager / _compile / _onnxruntime (conftest; peers of the same
+precision), and for hdkd the first call after eval() (folding and caching the weights) as
+first_call_s and its ratio to the median. Full run: 224 px, batch 1 and 16. Smoke
+(--benchmark-disable): 32 px, batch 1 and 2, the compile peers and bfloat16 only for hdkd at
+batch 1.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
@@ -32,6 +38,7 @@ pytestmark = pytest.mark.skipif(ON_GPU, reason="CPU inference suite (the GPU sui
 
 MODELS = ["hdkd", "hdkd_student", "hdkd_teacher"]
 IMPLS = ["hdkd", "eager", "compile", "compile_hdkd", "onnxruntime"]
+PRECISIONS = ["float32", "bfloat16"]
 
 
 def _size() -> int:
@@ -72,9 +79,19 @@ def _onnx_session(name: str):
     return session, session.get_inputs()[0].name
 
 
-def _runner(name: str, impl: str, batch: int):
+def _precision(precision: str):
+    """The context a user runs inference in, for this precision."""
+    if precision == "bfloat16":
+        return torch.autocast("cpu", torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _runner(name: str, impl: str, batch: int, precision: str):
     """(callable on one input, the model whose FLOPs are counted) for impl."""
     if impl == "onnxruntime":
+        if precision != "float32":
+            pytest.skip("ONNX Runtime's CPU provider has no bfloat16 Conv (onnxruntime 1.32 "
+                        "refuses to load the model); its float32 case is the peer")
         session, input_name = _onnx_session(name)
         if session is None:
             pytest.skip(input_name)
@@ -83,43 +100,49 @@ def _runner(name: str, impl: str, batch: int):
     fwd = torch.compile(model) if impl.startswith("compile") else model
 
     def infer(x):
-        with torch.inference_mode():
+        with torch.inference_mode(), _precision(precision):
             return fwd(x)
     return infer, model
 
 
 def _params():
     out = []
-    for name in MODELS:
-        for batch in _batches():
-            for impl in IMPLS:
-                if cases.SMOKE and impl.startswith("compile") and (name, batch) != ("hdkd", 1):
-                    continue
-                out.append(pytest.param(name, batch, impl, id=f"{name}-b{batch}-{impl}"))
+    for precision in PRECISIONS:
+        suffix = "" if precision == "float32" else "-bf16"
+        for name in MODELS:
+            for batch in _batches():
+                for impl in IMPLS:
+                    first_case = (name, batch) == ("hdkd", 1)
+                    if cases.SMOKE and not first_case and (impl.startswith("compile")
+                                                           or precision != "float32"):
+                        continue
+                    out.append(pytest.param(name, batch, impl, precision,
+                                            id=f"{name}-b{batch}-{impl}{suffix}"))
     return out
 
 
-def _first_call(name: str, x: torch.Tensor) -> float:
+def _first_call(name: str, x: torch.Tensor, precision: str) -> float:
     """Seconds of the first call of a freshly created default model after eval()."""
     model = _model(name, "auto")
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), _precision(precision):
         model(x)
     return time.perf_counter() - start
 
 
-@pytest.mark.parametrize("name,batch,impl", _params())
-def test_cpu_inference(benchmark, session, name, batch, impl):
-    fn, model = _runner(name, impl, batch)
+@pytest.mark.parametrize("name,batch,impl,precision", _params())
+def test_cpu_inference(benchmark, session, name, batch, impl, precision):
+    fn, model = _runner(name, impl, batch, precision)
     size = _size()
     inputs = [torch.randn(batch, 3, size, size) for _ in range(2)]
     one = torch.randn(1, 3, size, size)
     fl = batch * flops.count_flops(model, (one,))
     nbytes, rule = floors.inference_bytes(batch * 3 * size * size, 4, floors.param_bytes(model),
                                           batch * cases.NUM_CLASSES)
-    wl = Workload("cpu_inference", f"{name} @{size}", "float32", batch, fl, "fvcore forward",
+    # the floors are float32's: weights and input stay float32 under autocast
+    wl = Workload("cpu_inference", f"{name} @{size}", precision, batch, fl, "fvcore forward",
                   nbytes, rule, images=True, extra={"torch_threads": torch.get_num_threads()})
-    first = _first_call(name, inputs[0]) if impl == "hdkd" else None
+    first = _first_call(name, inputs[0], precision) if impl == "hdkd" else None
     run(benchmark, session, wl, impl, fn, [(x,) for x in inputs])
     if first is not None:
         benchmark.extra_info["first_call_s"] = first
