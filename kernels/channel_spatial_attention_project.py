@@ -1,8 +1,8 @@
 """The channel-spatial attention followed by the block's 1x1 project conv, for the training
-path: the attention output h = d * (ca * sa + 1) never reaches memory, forward or backward. The forward applies the gates
-while the project GEMM loads its input; the backward computes dL/dh = grad_v @ Wp with the same
-GEMM kernel and the project's weight gradient with a GEMM over the pixels whose loader gates d
-again. Only d and the small gate statistics are saved.
+path: the attention output h = d * (ca * sa + 1) never reaches memory, forward or backward.
+The forward applies the gates while the project GEMM loads its input; the backward computes
+dL/dh = grad_v @ Wp with the same GEMM kernel and the project's weight gradient with a GEMM over
+the pixels whose loader gates d again. Only d and the small gate statistics are saved.
 
 Bytes over the hidden tensor d: forward 2 reads (per-pixel pooling, GEMM; the channel statistics
 come from the depthwise pass);

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hdkd.ops.rules import empty_like_input
+from hdkd.ops.rules import conv_out_hw, empty_like_input
 
 from ._config import INTERPRET, configs, strides
 from ._math import add_max_ties, gelu, gelu_grad, pixel_offsets, reduce_max_ties, tile
@@ -255,10 +255,6 @@ def _grad_input_kernel(dv_ptr, w_ptr, dx_ptr, C, H, W, HW, Ho, Wo,
 
 # ------------------------------------------------------------------------------ launchers
 
-def _out_size(n: int, k: int, stride: int) -> int:
-    return (n + 2 * (k // 2) - k) // stride + 1
-
-
 def _taps(weight):
     """C x 1 x k x k weights as k*k x C (tap-major): a tap's weights for a channel tile are one
     contiguous vector load, where the C x k*k layout took one scalar load per channel."""
@@ -278,7 +274,7 @@ def batch_stats(x, weight, stride: int):
     """Per-channel mean and biased / unbiased variance of the conv output (float32)."""
     B, C, H, W = x.shape
     k = weight.shape[-1]
-    Ho, Wo = _out_size(H, k, stride), _out_size(W, k, stride)
+    Ho, Wo = conv_out_hw(x, k, stride)
     HWo = Ho * Wo
     psum, pm2 = _partials(B, HWo, C, x.device, 2)
     _batch_stats_kernel[_grid(B, HWo, C)](x_ptr=x, w_ptr=_taps(weight), psum_ptr=psum,
@@ -298,7 +294,7 @@ def forward(x, weight, scale, shift, stride: int):
     """y = GELU(dwconv(x) * scale + shift) and float32 per-channel (avg, max, ties at max)."""
     B, C, H, W = x.shape
     k = weight.shape[-1]
-    Ho, Wo = _out_size(H, k, stride), _out_size(W, k, stride)
+    Ho, Wo = conv_out_hw(x, k, stride)
     HWo = Ho * Wo
     y = empty_like_input(x, (B, C, Ho, Wo))
     groups = triton.cdiv(triton.cdiv(HWo, TILE_P), OUT_TILES)

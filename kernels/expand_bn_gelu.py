@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from hdkd.ops.rules import conv_out_hw
+
 from .pointwise_conv import pointwise_conv
 
 
@@ -25,10 +27,6 @@ def _sampled(z: torch.Tensor, stride: int) -> torch.Tensor:
     """The pixels the strided 1x1 conv reads, as a (pixels x cin) float32 matrix."""
     zs = z[:, :, ::stride, ::stride]
     return zs.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
-
-
-def out_size(z: torch.Tensor, stride: int) -> tuple[int, int]:
-    return tuple((n - 1) // stride + 1 for n in z.shape[2:])
 
 
 def batch_stats(z, weight, stride: int):
@@ -54,7 +52,7 @@ def forward(z, weight, gamma, beta, mean, rstd, stride: int):
     """e = GELU(BN(conv1x1(z))) with BN given as (mean, 1/std, gamma, beta), in z's dtype,
     channels_last."""
     w, b = _folded(weight, gamma, beta, mean, rstd)
-    Ho, Wo = out_size(z, stride)
+    Ho, Wo = conv_out_hw(z, 1, stride)
     e = torch.empty(z.shape[0], w.shape[0], Ho, Wo, device=z.device, dtype=z.dtype,
                     memory_format=torch.channels_last)
     return pointwise_conv(z, w, b, (Ho, Wo), in_stride=stride, gelu_out=True, out=e)
@@ -63,7 +61,7 @@ def forward(z, weight, gamma, beta, mean, rstd, stride: int):
 def backward(ge, z, weight, gamma, beta, mean, rstd, training: bool, stride: int):
     """(dz, d weight, d gamma, d beta)."""
     w_fold, b_fold = _folded(weight, gamma, beta, mean, rstd)
-    Ho, Wo = out_size(z, stride)
+    Ho, Wo = conv_out_hw(z, 1, stride)
     hidden, cin = w_fold.shape
     da = torch.empty(z.shape[0], hidden, Ho, Wo, device=z.device, dtype=z.dtype,
                      memory_format=torch.channels_last)

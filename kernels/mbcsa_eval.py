@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from hdkd.ops.rules import conv_out_hw
+
 from . import channel_spatial_attention as csa
 from . import dwconv_bn_gelu as dw
 from .pointwise_conv import pointwise_conv
@@ -21,7 +23,7 @@ def forward(x: torch.Tensor, f) -> torch.Tensor:
     """f: a FoldedMBCSA (float32 or x's dtype). Returns the block output in x's memory format."""
     B, _, H, W = x.shape
     stride = 1 if f.shortcut is None else 2
-    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    Ho, Wo = conv_out_hw(x, 1, stride)
     hidden = f.expand_weight.shape[0]
     e = torch.empty(B, hidden, Ho, Wo, device=x.device, dtype=x.dtype,
                     memory_format=torch.channels_last)

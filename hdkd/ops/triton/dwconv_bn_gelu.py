@@ -9,7 +9,7 @@ from torch import Tensor
 from .. import reference
 from ..reference import BatchNormState
 from ..rules import conv_out_hw, empty_like_input, empty_plain, update_running_stats
-from .shared import autocast_input, require_batch_values, triton_op
+from .shared import autocast_input, bn_statistics, require_batch_values, triton_op
 
 
 def _bn_affine(gamma: Tensor, beta: Tensor, mean: Tensor, rstd: Tensor
@@ -27,12 +27,9 @@ def dwconv_bn_gelu_forward(x: Tensor, weight: Tensor, gamma: Tensor, beta: Tenso
     """(y, avg, max, ties at max, mean, 1/std, unbiased variance); the statistics float32."""
     from hdkd.kernels import dwconv_bn_gelu
     weight = weight.contiguous()
-    if training:
-        mean, var, var_unbiased = dwconv_bn_gelu.batch_stats(x, weight, stride)
-    else:
-        mean, var = running_mean.float().clone(), running_var.float()
-        var_unbiased = var.clone()
-    rstd = torch.rsqrt(var + eps)
+    mean, rstd, var_unbiased = bn_statistics(
+        training, lambda: dwconv_bn_gelu.batch_stats(x, weight, stride), running_mean,
+        running_var, eps)
     y, avg, mx, ties = dwconv_bn_gelu.forward(x, weight, *_bn_affine(gamma, beta, mean, rstd),
                                               stride)
     return y, avg, mx, ties, mean, rstd, var_unbiased

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from ..reference import BatchNormState
 from ..rules import conv_out_hw, empty_plain, update_running_stats
-from .shared import autocast_input, check_hidden_extent, require_batch_values, triton_op
+from .shared import (autocast_input, bn_statistics, check_hidden_extent, require_batch_values,
+                     triton_op)
 
 
 @triton_op("expand_bn_gelu_forward")
@@ -18,12 +19,9 @@ def expand_bn_gelu_forward(z: Tensor, weight: Tensor, gamma: Tensor, beta: Tenso
     """(e, mean, 1/std, unbiased variance); the statistics float32."""
     from hdkd.kernels import expand_bn_gelu
     check_hidden_extent("expand_bn_gelu_forward", z, weight.shape[0], stride)
-    if training:
-        mean, var, var_unbiased = expand_bn_gelu.batch_stats(z, weight, stride)
-    else:
-        mean, var = running_mean.float().clone(), running_var.float()
-        var_unbiased = var.clone()
-    rstd = torch.rsqrt(var + eps)
+    mean, rstd, var_unbiased = bn_statistics(
+        training, lambda: expand_bn_gelu.batch_stats(z, weight, stride), running_mean,
+        running_var, eps)
     e = expand_bn_gelu.forward(z, weight, gamma, beta, mean, rstd, stride)
     return e, mean, rstd, var_unbiased
 

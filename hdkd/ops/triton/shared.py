@@ -46,6 +46,18 @@ def require_batch_values(op: str, x: Tensor, out_hw: tuple[int, int]) -> None:
                          f"shape {tuple(x.shape)} (output {out_hw[0]} x {out_hw[1]})")
 
 
+def bn_statistics(training: bool, batch_stats, running_mean: Tensor, running_var: Tensor,
+                  eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean, 1/std, unbiased variance), float32: batch_stats() -> (mean, biased var, unbiased
+    var) of the conv output when training, else the running statistics."""
+    if training:
+        mean, var, var_unbiased = batch_stats()
+    else:
+        mean, var = running_mean.float().clone(), running_var.float()
+        var_unbiased = var.clone()
+    return mean, torch.rsqrt(var + eps), var_unbiased
+
+
 def autocast_input(x: Tensor) -> Tensor:
     """x in the autocast dtype when autocast is on for its device (the kernels take one dtype)."""
     kind = x.device.type
