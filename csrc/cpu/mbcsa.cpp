@@ -4,7 +4,11 @@
 //   d = GELU(dwconv(e, Wd) + bd)               one pass, with per-channel sum / max of d
 //   h = d * (ca * sa + 1)                      attention gates and residual, per row block, then
 //   out = shortcut(x) + bp + h Wp^T            the project GEMM accumulating into out
+// The GEMMs multiply in bfloat16 when x is bfloat16 (oneDNN accumulates in float32, and AVX512-BF16
+// or AMX doubles its multiply-add rate), else in float32; their products are widened to float32
+// for the bias, GELU, depthwise pass, gates and residual, as in every other CPU kernel.
 #include <ATen/ThreadLocalState.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/max_pool2d.h>
@@ -35,6 +39,42 @@ Tensor pixel_rows(const Tensor& x) {
 // without it an in-place op on an inference tensor fails on every thread but the caller's.
 // Blocks of at most kRows rows, equal in size and as many as a multiple of the threads, so that
 // no thread waits on another's extra block.
+inline Vec load_float(const float* p) { return Vec::loadu(p); }
+inline Vec load_float(const c10::BFloat16* p) {
+  Vec v;
+  at::vec::load_to_float(p, v);
+  return v;
+}
+
+// dst[r, c] = GELU(src[r, c] + bias[c]) for rows x C values (dst may be src).
+template <typename T>
+void bias_gelu(const T* src, const float* bias, int64_t rows, int64_t C, float* dst) {
+  for (int64_t r = 0; r < rows; ++r, src += C, dst += C) {
+    int64_t c = 0;
+    for (; c + kVec <= C; c += kVec) gelu(load_float(src + c) + Vec::loadu(bias + c)).store(dst + c);
+    for (; c < C; ++c) dst[c] = gelu(float(src[c]) + bias[c]);
+  }
+}
+
+// dst[r, c] += src[r, c] + bias[c] for rows x C values.
+void add_bias(const c10::BFloat16* src, const float* bias, int64_t rows, int64_t C, float* dst) {
+  for (int64_t r = 0; r < rows; ++r, src += C, dst += C) {
+    int64_t c = 0;
+    for (; c + kVec <= C; c += kVec)
+      (Vec::loadu(dst + c) + load_float(src + c) + Vec::loadu(bias + c)).store(dst + c);
+    for (; c < C; ++c) dst[c] += float(src[c]) + bias[c];
+  }
+}
+
+// dst[r, c] += bias[c] for rows x C values.
+void add_bias(const float* bias, int64_t rows, int64_t C, float* dst) {
+  for (int64_t r = 0; r < rows; ++r, dst += C) {
+    int64_t c = 0;
+    for (; c + kVec <= C; c += kVec) (Vec::loadu(dst + c) + Vec::loadu(bias + c)).store(dst + c);
+    for (; c < C; ++c) dst[c] += bias[c];
+  }
+}
+
 template <class F>
 void for_row_blocks(int64_t rows, const F& fn) {
   const at::ThreadLocalState caller;
@@ -58,7 +98,11 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
                 cout = project_w.size(0), k = dw_w.size(-1);
   const bool down = given(shortcut_in);
 
-  const Tensor x = nhwc_float(x_in);
+  // x and the GEMM weights in the GEMMs' dtype (x itself when it is that dtype and channels_last)
+  const auto gemm_dtype = x_in.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  const bool bf16 = gemm_dtype == at::kBFloat16;
+  const Tensor x = x_in.to(gemm_dtype, false, false, at::MemoryFormat::ChannelsLast)
+                       .contiguous(at::MemoryFormat::ChannelsLast);
   const Tensor xe = down ? x.slice(2, 0, x.size(2), 2).slice(3, 0, x.size(3), 2)
                                .contiguous(at::MemoryFormat::ChannelsLast)
                          : x;
@@ -67,45 +111,55 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
   const Tensor xrows = pixel_rows(xe);
   const auto opts = at::TensorOptions().dtype(at::kFloat);
 
-  const Tensor we_t = float_contig(expand_w).view({hid, cin}).t();
+  const Tensor we_t = expand_w.to(gemm_dtype).contiguous().view({hid, cin}).t();
   const Tensor be = float_contig(expand_b);
+  const float* bep = be.data_ptr<float>();
   const Tensor wt = tap_major(dw_w), bd = float_contig(dw_b);
   const Tensor saw = float_contig(sa_w);
-  const Tensor wp_t = float_contig(project_w).view({cout, hid}).t();
+  const Tensor wp_t = project_w.to(gemm_dtype).contiguous().view({cout, hid}).t();
   const Tensor bp = float_contig(project_b);
   const float* bpp = bp.data_ptr<float>();
 
-  // out = shortcut + bp + h Wp^T, image by image below
+  // out = shortcut (float32), to which bp + h Wp^T is added image by image below
   Tensor out = down ? at::mm(pixel_rows(at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1})
                                             .contiguous(at::MemoryFormat::ChannelsLast)),
-                             float_contig(*shortcut_in).view({cout, cin}).t())
-                    : xrows.clone();
+                             shortcut_in->to(gemm_dtype).contiguous().view({cout, cin}).t())
+                          .to(at::kFloat)
+                    : xrows.to(at::kFloat, false, /*copy=*/true);
+  float* outp = out.data_ptr<float>();
 
-  // One image at a time: its two hidden-width buffers (P x hidden each) are reused for every
-  // image, so they stay in the last-level cache between the passes and no call page-faults in
-  // fresh batch-sized buffers.
+  // One image at a time: its hidden-width buffers (P x hidden each) are reused for every image,
+  // so they stay in the last-level cache between the passes and no call page-faults in fresh
+  // batch-sized buffers. In bfloat16, `low` takes the expand GEMM's product and then the gated h
+  // as the project GEMM's operand, and `prod` the project GEMM's product; in float32 the expand
+  // GEMM writes e and the project GEMM accumulates into out.
   Tensor e = at::empty({d.P, hid}, opts), dbuf = at::empty({d.P, hid}, opts);
+  Tensor low, prod;
+  if (bf16) {
+    low = at::empty({d.P, hid}, opts.dtype(at::kBFloat16));
+    prod = at::empty({d.P, cout}, opts.dtype(at::kBFloat16));
+  }
   Tensor sum = at::empty({1, hid}, opts), mx = at::empty({1, hid}, opts);
   Tensor pooled = at::empty({1, 2, d.H, d.W}, opts), sa = at::empty({1, d.P}, opts);
   ChannelPartials parts(chunks_per_image(d.P), hid);
+  float* ep = e.data_ptr<float>();
   float* dp = dbuf.data_ptr<float>();
   const float* sap = sa.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) {
     const int64_t base = b * d.P;
     // Expand GEMM + bias + GELU.
     for_row_blocks(d.P, [&](int64_t r0, int64_t r1) {
-      Tensor blk = e.slice(0, r0, r1);
-      at::addmm_out(blk, be, xrows.slice(0, base + r0, base + r1), we_t);
-      float* p = blk.data_ptr<float>();
-      const int64_t n = (r1 - r0) * hid;
-      int64_t i = 0;
-      for (; i + kVec <= n; i += kVec) gelu(Vec::loadu(p + i)).store(p + i);
-      for (; i < n; ++i) p[i] = gelu(p[i]);
+      Tensor blk = (bf16 ? low : e).slice(0, r0, r1);
+      at::mm_out(blk, xrows.slice(0, base + r0, base + r1), we_t);
+      if (bf16)
+        bias_gelu(blk.data_ptr<c10::BFloat16>(), bep, r1 - r0, hid, ep + r0 * hid);
+      else
+        bias_gelu(blk.data_ptr<float>(), bep, r1 - r0, hid, ep + r0 * hid);
     });
 
     // Depthwise conv + bias + GELU with the channel statistics, then the two gates.
-    dwconv_affine_gelu(e.data_ptr<float>(), wt.data_ptr<float>(), nullptr, bd.data_ptr<float>(),
-                       k, one, at::kFloat, dp, parts);
+    dwconv_affine_gelu(ep, wt.data_ptr<float>(), nullptr, bd.data_ptr<float>(), k, one,
+                       at::kFloat, dp, parts);
     parts.combine(1, chunks_per_image(d.P), sum.data_ptr<float>(), mx.data_ptr<float>(),
                   nullptr);
     const Tensor ca = channel_gate(sum.mul_(1.0 / double(d.P)), mx, fc1, fc2);
@@ -114,18 +168,19 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
     spatial_gate(pooled.data_ptr<float>(), saw.data_ptr<float>(), saw.size(-1), one,
                  sa.data_ptr<float>());
 
-    // Per row block: gates in place, then out += h Wp^T.
+    // Per row block: gates in place, then out += h Wp^T + bp.
     for_row_blocks(d.P, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        gate_pixel(dp + r * hid, cap, sap[r], hid, dp + r * hid);
-        float* orow = out.data_ptr<float>() + (base + r) * cout;
-        int64_t c = 0;
-        for (; c + kVec <= cout; c += kVec)
-          (Vec::loadu(orow + c) + Vec::loadu(bpp + c)).store(orow + c);
-        for (; c < cout; ++c) orow[c] += bpp[c];
+      for (int64_t r = r0; r < r1; ++r) gate_pixel(dp + r * hid, cap, sap[r], hid, dp + r * hid);
+      const Tensor h = dbuf.slice(0, r0, r1);
+      float* orows = outp + (base + r0) * cout;
+      if (bf16) {
+        Tensor pblk = prod.slice(0, r0, r1);
+        at::mm_out(pblk, low.slice(0, r0, r1).copy_(h), wp_t);
+        add_bias(pblk.data_ptr<c10::BFloat16>(), bpp, r1 - r0, cout, orows);
+      } else {
+        add_bias(bpp, r1 - r0, cout, orows);
+        out.slice(0, base + r0, base + r1).addmm_(h, wp_t);
       }
-      Tensor oblk = out.slice(0, base + r0, base + r1);
-      oblk.addmm_(dbuf.slice(0, r0, r1), wp_t);
     });
   }
   const Tensor result = out.view({B, d.H, d.W, cout}).permute({0, 3, 1, 2});

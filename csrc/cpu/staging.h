@@ -1,6 +1,7 @@
 // How the CPU kernels take their inputs and return their outputs. Every kernel computes in
 // float32 on B x H x W x C (channels_last) buffers: bfloat16/float16 inputs are widened once on
-// entry and the result narrowed once on exit, in the dtype and memory format of the input.
+// entry and the result narrowed once on exit, in the dtype and memory format of the input
+// (mbcsa.cpp's GEMMs alone multiply bfloat16 inputs in bfloat16: see there).
 #pragma once
 
 #include <ATen/core/Tensor.h>
