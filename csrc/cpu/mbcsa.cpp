@@ -39,8 +39,11 @@ Tensor pixel_rows(const Tensor& x) {
 // without it an in-place op on an inference tensor fails on every thread but the caller's.
 // Blocks of at most kRows rows, equal in size and as many as a multiple of the threads, so that
 // no thread waits on another's extra block.
+using BF16 = c10::BFloat16;
+using VecBF16 = at::vec::Vectorized<BF16>;  // 2 * kVec values
+
 inline Vec load_float(const float* p) { return Vec::loadu(p); }
-inline Vec load_float(const c10::BFloat16* p) {
+inline Vec load_float(const BF16* p) {
   Vec v;
   at::vec::load_to_float(p, v);
   return v;
@@ -51,18 +54,9 @@ template <typename T>
 void bias_gelu(const T* src, const float* bias, int64_t rows, int64_t C, float* dst) {
   for (int64_t r = 0; r < rows; ++r, src += C, dst += C) {
     int64_t c = 0;
-    for (; c + kVec <= C; c += kVec) gelu(load_float(src + c) + Vec::loadu(bias + c)).store(dst + c);
-    for (; c < C; ++c) dst[c] = gelu(float(src[c]) + bias[c]);
-  }
-}
-
-// dst[r, c] += src[r, c] + bias[c] for rows x C values.
-void add_bias(const c10::BFloat16* src, const float* bias, int64_t rows, int64_t C, float* dst) {
-  for (int64_t r = 0; r < rows; ++r, src += C, dst += C) {
-    int64_t c = 0;
     for (; c + kVec <= C; c += kVec)
-      (Vec::loadu(dst + c) + load_float(src + c) + Vec::loadu(bias + c)).store(dst + c);
-    for (; c < C; ++c) dst[c] += float(src[c]) + bias[c];
+      gelu(load_float(src + c) + Vec::loadu(bias + c)).store(dst + c);
+    for (; c < C; ++c) dst[c] = gelu(float(src[c]) + bias[c]);
   }
 }
 
@@ -72,6 +66,33 @@ void add_bias(const float* bias, int64_t rows, int64_t C, float* dst) {
     int64_t c = 0;
     for (; c + kVec <= C; c += kVec) (Vec::loadu(dst + c) + Vec::loadu(bias + c)).store(dst + c);
     for (; c < C; ++c) dst[c] += bias[c];
+  }
+}
+
+// gate_pixel's h * (ca * s + 1) for one pixel, rounded to bfloat16.
+void gate_pixel_bf16(const float* h, const float* ca, float s, int64_t C, BF16* out) {
+  const Vec vs(s), one(1.f);
+  const auto gated = [&](int64_t c) {
+    return Vec::loadu(h + c) * at::vec::fmadd(Vec::loadu(ca + c), vs, one);
+  };
+  int64_t c = 0;
+  for (; c + 2 * kVec <= C; c += 2 * kVec)
+    at::vec::convert_from_float<BF16>(gated(c), gated(c + kVec)).store(out + c);
+  for (; c < C; ++c) out[c] = BF16(h[c] * (ca[c] * s + 1.f));
+}
+
+// out[r, c] = bfloat16(res[r, c] + prod[r, c] + bias[c]) for rows x C values: the block's output
+// from its shortcut and its project GEMM, rounded once.
+void residual_bf16(const BF16* res, const BF16* prod, const float* bias, int64_t rows, int64_t C,
+                   BF16* out) {
+  const auto sum = [&](int64_t c) {
+    return load_float(res + c) + load_float(prod + c) + Vec::loadu(bias + c);
+  };
+  for (int64_t r = 0; r < rows; ++r, res += C, prod += C, out += C) {
+    int64_t c = 0;
+    for (; c + 2 * kVec <= C; c += 2 * kVec)
+      at::vec::convert_from_float<BF16>(sum(c), sum(c + kVec)).store(out + c);
+    for (; c < C; ++c) out[c] = BF16(float(res[c]) + float(prod[c]) + bias[c]);
   }
 }
 
@@ -120,13 +141,16 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
   const Tensor bp = float_contig(project_b);
   const float* bpp = bp.data_ptr<float>();
 
-  // out = shortcut (float32), to which bp + h Wp^T is added image by image below
-  Tensor out = down ? at::mm(pixel_rows(at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1})
-                                            .contiguous(at::MemoryFormat::ChannelsLast)),
-                             shortcut_in->to(gemm_dtype).contiguous().view({cout, cin}).t())
-                          .to(at::kFloat)
-                    : xrows.to(at::kFloat, false, /*copy=*/true);
-  float* outp = out.data_ptr<float>();
+  // The shortcut's rows: x itself, or its max-pooled projection. In float32, out starts as the
+  // shortcut and the project GEMM accumulates into it; in bfloat16, each row of out is written
+  // once, from the shortcut, bp and the project GEMM's product.
+  const Tensor shortcut =
+      down ? at::mm(pixel_rows(at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1})
+                                   .contiguous(at::MemoryFormat::ChannelsLast)),
+                    shortcut_in->to(gemm_dtype).contiguous().view({cout, cin}).t())
+           : xrows;
+  Tensor out = bf16 ? at::empty({B * d.P, cout}, opts.dtype(at::kBFloat16))
+                    : (down ? shortcut : shortcut.clone());
 
   // One image at a time: its hidden-width buffers (P x hidden each) are reused for every image,
   // so they stay in the last-level cache between the passes and no call page-faults in fresh
@@ -152,7 +176,7 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
       Tensor blk = (bf16 ? low : e).slice(0, r0, r1);
       at::mm_out(blk, xrows.slice(0, base + r0, base + r1), we_t);
       if (bf16)
-        bias_gelu(blk.data_ptr<c10::BFloat16>(), bep, r1 - r0, hid, ep + r0 * hid);
+        bias_gelu(blk.data_ptr<BF16>(), bep, r1 - r0, hid, ep + r0 * hid);
       else
         bias_gelu(blk.data_ptr<float>(), bep, r1 - r0, hid, ep + r0 * hid);
     });
@@ -168,18 +192,20 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
     spatial_gate(pooled.data_ptr<float>(), saw.data_ptr<float>(), saw.size(-1), one,
                  sa.data_ptr<float>());
 
-    // Per row block: gates in place, then out += h Wp^T + bp.
+    // Per row block: the gates, then out = shortcut + bp + h Wp^T.
     for_row_blocks(d.P, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) gate_pixel(dp + r * hid, cap, sap[r], hid, dp + r * hid);
-      const Tensor h = dbuf.slice(0, r0, r1);
-      float* orows = outp + (base + r0) * cout;
       if (bf16) {
+        BF16* hp = low.data_ptr<BF16>();
+        for (int64_t r = r0; r < r1; ++r)
+          gate_pixel_bf16(dp + r * hid, cap, sap[r], hid, hp + r * hid);
         Tensor pblk = prod.slice(0, r0, r1);
-        at::mm_out(pblk, low.slice(0, r0, r1).copy_(h), wp_t);
-        add_bias(pblk.data_ptr<c10::BFloat16>(), bpp, r1 - r0, cout, orows);
+        at::mm_out(pblk, low.slice(0, r0, r1), wp_t);
+        residual_bf16(shortcut.data_ptr<BF16>() + (base + r0) * cout, pblk.data_ptr<BF16>(), bpp,
+                      r1 - r0, cout, out.data_ptr<BF16>() + (base + r0) * cout);
       } else {
-        add_bias(bpp, r1 - r0, cout, orows);
-        out.slice(0, base + r0, base + r1).addmm_(h, wp_t);
+        for (int64_t r = r0; r < r1; ++r) gate_pixel(dp + r * hid, cap, sap[r], hid, dp + r * hid);
+        add_bias(bpp, r1 - r0, cout, out.data_ptr<float>() + (base + r0) * cout);
+        out.slice(0, base + r0, base + r1).addmm_(dbuf.slice(0, r0, r1), wp_t);
       }
     });
   }
