@@ -142,6 +142,36 @@ def test_autocast_bf16_eval(pair):
     torch.testing.assert_close(out.float(), ref.float(), rtol=5e-2, atol=5e-2)
 
 
+@pytest.mark.parametrize("how", ["autocast", "bfloat16_module"])
+def test_stem_in_bfloat16(how):
+    """The fused stem in bfloat16 (under autocast, or a module and input cast to bfloat16): a
+    bfloat16 channels_last result within bfloat16's bound of the float64 reference."""
+    stem = _randomize(ConvBNGELU(3, 16, downsample=True)).eval()
+    x = torch.randn(2, 3, 33, 31)
+    exact = copy.deepcopy(stem).double()
+    want = torch.nn.functional.gelu(exact.norm(exact.conv(x.double())))
+    with torch.inference_mode():
+        if how == "autocast":
+            with torch.autocast("cpu", torch.bfloat16):
+                out = stem(x)
+        else:
+            out = stem.bfloat16()(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    err = float((out.double() - want).norm() / want.norm())
+    assert err < 1e-2, err
+
+
+def test_inductor_compile_of_the_default_eval_model_under_autocast(pair):
+    model, reference, x = pair
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    reference.load_state_dict(model.state_dict())
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        out, ref = compiled(x), reference.eval()(x)
+    assert out.dtype == ref.dtype
+    torch.testing.assert_close(out.float(), ref.float(), rtol=5e-2, atol=5e-2)
+
+
 def test_torch_backend_keeps_the_reference_ops():
     stem = ConvBNGELU(3, 8, downsample=True).eval()
     with torch.no_grad():

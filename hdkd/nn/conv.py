@@ -54,12 +54,25 @@ class ConvBNGELU(nn.Module):
 
 
 def conv_gelu(x: Tensor, weight: Tensor, bias: Tensor, stride, padding) -> Tensor:
-    """GELU(conv2d(x, weight, bias)) in channels_last; float32 weight and bias."""
+    """GELU(conv2d(x, weight, bias)) in channels_last; float32 weight and bias.
+
+    On the CPU, in float32 or bfloat16 (under autocast or bfloat16 input), one oneDNN
+    convolution with the GELU as its post-op; the bias stays float32 (oneDNN adds it before
+    rounding)."""
     x = x.contiguous(memory_format=torch.channels_last)
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_exporting()):
+    dtype = _compute_dtype(x)
+    if (x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.is_available() and not torch.compiler.is_exporting()):
         return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, list(padding), list(stride), [1, 1], 1, "gelu", [], "none")
+            x.to(dtype), weight.to(dtype), bias, list(padding), list(stride), [1, 1], 1, "gelu", [],
+            "none")
     if not torch.is_autocast_enabled(x.device.type):
         weight, bias = weight.to(x.dtype), bias.to(x.dtype)
     return F.gelu(F.conv2d(x, weight, bias, stride, padding))
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a convolution of x runs in: autocast's where autocast is on, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
