@@ -97,7 +97,13 @@ def _runner(name: str, impl: str, batch: int, precision: str):
             pytest.skip(input_name)
         return (lambda x: session.run(None, {input_name: x.numpy()})[0]), _model(name, "torch")
     model = _model(name, "torch" if impl in ("eager", "compile") else "auto")
-    fwd = torch.compile(model) if impl.startswith("compile") else model
+    fwd = model
+    if impl.startswith("compile"):
+        # The models share their blocks' forward code: without a reset, the compiles of the
+        # earlier cases (other models, batches, precisions) fill dynamo's per-code cache and a
+        # later case silently runs eagerly (seen: bfloat16 "compile" at eager's time).
+        torch._dynamo.reset()
+        fwd = torch.compile(model)
 
     def infer(x):
         with torch.inference_mode(), _precision(precision):
