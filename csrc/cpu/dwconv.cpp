@@ -60,6 +60,59 @@ inline void conv_pixel(const float* img, const float* wt, const float* bias, int
   }
 }
 
+// Conv outputs of the 4 pixels (y, x .. x + 3) of a 3 x 3 kernel, all inside the image's border,
+// into out (4 consecutive pixels of C), plus bias when given. Each input vector is loaded once
+// per kernel row and serves up to 3 of the 4 outputs (conv_pixel loads 2 vectors per multiply-
+// add, which bounds it by the load ports); the taps are summed in conv_pixel's order, so the
+// results are the same bits.
+inline void conv4_k3(const float* img, const float* wt, const float* bias, Dims d, int64_t y,
+                     int64_t x, float* out) {
+  const int64_t C = d.C;
+  const float* top = img + ((y - 1) * d.W + (x - 1)) * C;  // input pixel (y - 1, x - 1)
+  int64_t c = 0;
+  for (; c + kVec <= C; c += kVec) {
+    const Vec b = bias ? Vec::loadu(bias + c) : Vec(0.f);
+    Vec a0 = b, a1 = b, a2 = b, a3 = b;
+    for (int64_t ky = 0; ky < 3; ++ky) {
+      const float* row = top + ky * d.W * C + c;
+      const float* w = wt + ky * 3 * C + c;
+      const Vec w0 = Vec::loadu(w), w1 = Vec::loadu(w + C), w2 = Vec::loadu(w + 2 * C);
+      const Vec i0 = Vec::loadu(row), i1 = Vec::loadu(row + C), i2 = Vec::loadu(row + 2 * C);
+      const Vec i3 = Vec::loadu(row + 3 * C), i4 = Vec::loadu(row + 4 * C),
+                i5 = Vec::loadu(row + 5 * C);
+      a0 = at::vec::fmadd(i2, w2, at::vec::fmadd(i1, w1, at::vec::fmadd(i0, w0, a0)));
+      a1 = at::vec::fmadd(i3, w2, at::vec::fmadd(i2, w1, at::vec::fmadd(i1, w0, a1)));
+      a2 = at::vec::fmadd(i4, w2, at::vec::fmadd(i3, w1, at::vec::fmadd(i2, w0, a2)));
+      a3 = at::vec::fmadd(i5, w2, at::vec::fmadd(i4, w1, at::vec::fmadd(i3, w0, a3)));
+    }
+    a0.store(out + c);
+    a1.store(out + C + c);
+    a2.store(out + 2 * C + c);
+    a3.store(out + 3 * C + c);
+  }
+  for (; c < C; ++c)
+    for (int64_t j = 0; j < 4; ++j) {
+      float a = bias ? bias[c] : 0.f;
+      for (int64_t ky = 0; ky < 3; ++ky)
+        for (int64_t kx = 0; kx < 3; ++kx)
+          a += top[(ky * d.W + j + kx) * C + c] * wt[(ky * 3 + kx) * C + c];
+      out[j * C + c] = a;
+    }
+}
+
+// Conv outputs from pixel p of one image on, up to (not including) p_end, into out (pixel p's C
+// values first): 4 pixels at once where conv4_k3 applies, else 1. Returns how many were done.
+inline int64_t conv_run(const float* img, const float* wt, const float* bias, int64_t k, Dims d,
+                        int64_t p, int64_t p_end, float* out) {
+  const int64_t y = p / d.W, x = p % d.W;
+  if (k == 3 && p + 4 <= p_end && y >= 1 && y + 1 < d.H && x >= 1 && x + 5 <= d.W) {
+    conv4_k3(img, wt, bias, d, y, x, out);
+    return 4;
+  }
+  conv_pixel(img, wt, bias, k, d, y, x, out);
+  return 1;
+}
+
 // Converts combined B x C statistics to the op's outputs (avg, max in x's dtype; ties float32).
 std::tuple<Tensor, Tensor, Tensor> stats_outputs(const ChannelPartials& parts, Dims d,
                                                  at::ScalarType dtype) {
@@ -100,22 +153,26 @@ void dwconv_affine_gelu(const float* x, const float* wt, const float* scale, con
     const ChannelAcc acc = parts.row(t);
     acc.reset();
     const float* img = x + b * d.P * C;
-    for (int64_t p = p0; p < p1; ++p) {
-      float* out = y + (b * d.P + p) * C;
+    for (int64_t p = p0; p < p1;) {
+      float* run = y + (b * d.P + p) * C;
       // With a scale the affine follows the conv; without, shift is the conv bias.
-      conv_pixel(img, wt, scale ? nullptr : shift, k, d, p / d.W, p % d.W, out);
-      int64_t c = 0;
-      if (scale) {
-        for (; c + kVec <= C; c += kVec)
-          gelu(at::vec::fmadd(Vec::loadu(out + c), Vec::loadu(scale + c), Vec::loadu(shift + c)))
-              .store(out + c);
-        for (; c < C; ++c) out[c] = gelu(out[c] * scale[c] + shift[c]);
-      } else {
-        for (; c + kVec <= C; c += kVec) gelu(Vec::loadu(out + c)).store(out + c);
-        for (; c < C; ++c) out[c] = gelu(out[c]);
+      const int64_t n = conv_run(img, wt, scale ? nullptr : shift, k, d, p, p1, run);
+      for (float* out = run; out < run + n * C; out += C) {
+        int64_t c = 0;
+        if (scale) {
+          for (; c + kVec <= C; c += kVec)
+            gelu(at::vec::fmadd(Vec::loadu(out + c), Vec::loadu(scale + c),
+                                Vec::loadu(shift + c)))
+                .store(out + c);
+          for (; c < C; ++c) out[c] = gelu(out[c] * scale[c] + shift[c]);
+        } else {
+          for (; c + kVec <= C; c += kVec) gelu(Vec::loadu(out + c)).store(out + c);
+          for (; c < C; ++c) out[c] = gelu(out[c]);
+        }
+        round_to(stored, out, C);
+        acc.add(out);
       }
-      round_to(stored, out, C);
-      acc.add(out);
+      p += n;
     }
   });
 }
