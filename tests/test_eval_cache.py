@@ -142,18 +142,21 @@ def test_autocast_bf16_eval(pair):
     torch.testing.assert_close(out.float(), ref.float(), rtol=5e-2, atol=5e-2)
 
 
-@pytest.mark.parametrize("how", ["autocast", "bfloat16_module"])
+@pytest.mark.parametrize("how", ["autocast", "compiled_autocast", "bfloat16_module"])
 def test_stem_in_bfloat16(how):
-    """The fused stem in bfloat16 (under autocast, or a module and input cast to bfloat16): a
-    bfloat16 channels_last result within bfloat16's bound of the float64 reference."""
+    """The fused stem in bfloat16 (under autocast, eager or inductor-compiled, or a module and
+    input cast to bfloat16): a bfloat16 channels_last result within bfloat16's bound of the
+    float64 reference."""
     stem = _randomize(ConvBNGELU(3, 16, downsample=True)).eval()
     x = torch.randn(2, 3, 33, 31)
     exact = copy.deepcopy(stem).double()
     want = torch.nn.functional.gelu(exact.norm(exact.conv(x.double())))
     with torch.inference_mode():
-        if how == "autocast":
+        if how != "bfloat16_module":
+            torch._dynamo.reset()
+            run = torch.compile(stem) if how == "compiled_autocast" else stem
             with torch.autocast("cpu", torch.bfloat16):
-                out = stem(x)
+                out = run(x)
         else:
             out = stem.bfloat16()(x.bfloat16())
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)

@@ -53,19 +53,25 @@ class ConvBNGELU(nn.Module):
         return records_grad(self, x)
 
 
+# Read once: dynamo cannot trace torch.backends.mkldnn.is_available(), and calling it in
+# conv_gelu broke a compiled model's graph at every stem block.
+_MKLDNN = torch.backends.mkldnn.is_available()
+
+
 def conv_gelu(x: Tensor, weight: Tensor, bias: Tensor, stride, padding) -> Tensor:
     """GELU(conv2d(x, weight, bias)) in channels_last; float32 weight and bias.
 
     On the CPU, in float32 or bfloat16 (under autocast or bfloat16 input), one oneDNN
-    convolution with the GELU as its post-op; the bias stays float32 (oneDNN adds it before
-    rounding)."""
+    convolution with the GELU as its post-op. Its bias is cast too: inductor's lowering of the
+    op returns the bias's dtype, so a float32 bias would make a compiled model run on in
+    float32."""
     x = x.contiguous(memory_format=torch.channels_last)
     dtype = _compute_dtype(x)
     if (x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
-            and torch.backends.mkldnn.is_available() and not torch.compiler.is_exporting()):
+            and _MKLDNN and not torch.compiler.is_exporting()):
         return torch.ops.mkldnn._convolution_pointwise(
-            x.to(dtype), weight.to(dtype), bias, list(padding), list(stride), [1, 1], 1, "gelu", [],
-            "none")
+            x.to(dtype), weight.to(dtype), bias.to(dtype), list(padding), list(stride), [1, 1], 1,
+            "gelu", [], "none")
     if not torch.is_autocast_enabled(x.device.type):
         weight, bias = weight.to(x.dtype), bias.to(x.dtype)
     return F.gelu(F.conv2d(x, weight, bias, stride, padding))
