@@ -4,7 +4,7 @@
 //   d = GELU(dwconv(e, Wd) + bd)               one pass, with per-channel sum / max of d
 //   h = d * (ca * sa + 1)                      attention gates and residual, per row block, then
 //   out = shortcut(x) + bp + h Wp^T            the project GEMM accumulating into out
-// The GEMMs multiply in bfloat16 when x is bfloat16 (oneDNN accumulates in float32, and AVX512-BF16
+// The GEMMs multiply in bfloat16 when x is bfloat16 (oneDNN accumulates in float32; AVX512-BF16
 // or AMX doubles its multiply-add rate), else in float32; their products are widened to float32
 // for the bias, GELU, depthwise pass, gates and residual, as in every other CPU kernel.
 #include <ATen/ThreadLocalState.h>
@@ -29,18 +29,12 @@ using at::Tensor;
 
 constexpr int64_t kRows = 512;  // GEMM row block: its activations stay in cache for the epilogue
 
-// x (B x C x H x W, float32 channels_last) as the (B*H*W) x C matrix of its pixels.
+// x (B x C x H x W, channels_last) as the (B*H*W) x C matrix of its pixels.
 Tensor pixel_rows(const Tensor& x) {
   return x.permute({0, 2, 3, 1}).reshape({x.size(0) * x.size(2) * x.size(3), x.size(1)});
 }
 
-// fn calls ATen ops (addmm) on the pool's threads: they run under the caller's thread-local
-// state (InferenceMode, grad mode, autocast exclusion), which at::parallel_for does not pass on;
-// without it an in-place op on an inference tensor fails on every thread but the caller's.
-// Blocks of at most kRows rows, equal in size and as many as a multiple of the threads, so that
-// no thread waits on another's extra block.
 using BF16 = c10::BFloat16;
-using VecBF16 = at::vec::Vectorized<BF16>;  // 2 * kVec values
 
 inline Vec load_float(const float* p) { return Vec::loadu(p); }
 inline Vec load_float(const BF16* p) {
@@ -96,6 +90,11 @@ void residual_bf16(const BF16* res, const BF16* prod, const float* bias, int64_t
   }
 }
 
+// fn calls ATen ops (mm, addmm) on the pool's threads: they run under the caller's thread-local
+// state (InferenceMode, grad mode, autocast exclusion), which at::parallel_for does not pass on;
+// without it an in-place op on an inference tensor fails on every thread but the caller's.
+// Blocks of at most kRows rows, equal in size and as many as a multiple of the threads, so that
+// no thread waits on another's extra block.
 template <class F>
 void for_row_blocks(int64_t rows, const F& fn) {
   const at::ThreadLocalState caller;
