@@ -186,13 +186,17 @@ void dwconv_plain(const float* x, const float* wt, int64_t k, Dims d, float* con
     float* sum = parts ? parts->row(t).sum : nullptr;
     if (sum)
       for (int64_t c = 0; c < d.C; ++c) sum[c] = 0.f;
-    for (int64_t p = p0; p < p1; ++p) {
-      float* out = conv + (b * d.P + p) * d.C;
-      conv_pixel(x + b * d.P * d.C, wt, nullptr, k, d, p / d.W, p % d.W, out);
+    for (int64_t p = p0; p < p1;) {
+      float* run = conv + (b * d.P + p) * d.C;
+      const int64_t n = conv_run(x + b * d.P * d.C, wt, nullptr, k, d, p, p1, run);
+      p += n;
       if (!sum) continue;
-      int64_t c = 0;
-      for (; c + kVec <= d.C; c += kVec) (Vec::loadu(sum + c) + Vec::loadu(out + c)).store(sum + c);
-      for (; c < d.C; ++c) sum[c] += out[c];
+      for (const float* out = run; out < run + n * d.C; out += d.C) {
+        int64_t c = 0;
+        for (; c + kVec <= d.C; c += kVec)
+          (Vec::loadu(sum + c) + Vec::loadu(out + c)).store(sum + c);
+        for (; c < d.C; ++c) sum[c] += out[c];
+      }
     }
   });
 }
@@ -413,9 +417,9 @@ DwconvBnGeluBackwardResult dwconv_bn_gelu_backward(const DwconvBnGeluBackwardArg
   const Tensor flipped = tap_major(a.w.flip({2, 3}));
   Tensor dx = empty_nhwc(d.B, C, d.H, d.W);
   for_pixel_chunks(d.B, P, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
-    for (int64_t p = p0; p < p1; ++p)
-      conv_pixel(dzp + b * P * C, flipped.data_ptr<float>(), nullptr, k, d, p / d.W, p % d.W,
-                 dx.data_ptr<float>() + (b * P + p) * C);
+    for (int64_t p = p0; p < p1;)
+      p += conv_run(dzp + b * P * C, flipped.data_ptr<float>(), nullptr, k, d, p, p1,
+                    dx.data_ptr<float>() + (b * P + p) * C);
   });
   const Tensor dw = dwconv_weight_grad(x.data_ptr<float>(), dzp, k, d)
                         .t().contiguous().view({C, 1, k, k});
