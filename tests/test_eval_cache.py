@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import hdkd
+from helpers import assert_close_rel
 from hdkd.nn import MBCSA, ConvBNGELU
 
 
@@ -160,8 +161,7 @@ def test_stem_in_bfloat16(how):
         else:
             out = stem.bfloat16()(x.bfloat16())
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
-    err = float((out.double() - want).norm() / want.norm())
-    assert err < 1e-2, err
+    assert_close_rel(out, want, torch.bfloat16, "stem")
 
 
 def test_inductor_compile_of_the_default_eval_model_under_autocast(pair):
