@@ -3,13 +3,15 @@ above 7 on the reference, argument errors, the block under CPU autocast. The num
 grid (odd shapes, layouts, dtypes, train and eval, ties, NaN) are in tests/test_conformance.py."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 import hdkd
 from hdkd.ops import reference as R
 from ext_env import requires_ext
-from helpers import rel_err
+from helpers import assert_close_rel, rel_err
 
 pytestmark = requires_ext
 
@@ -78,3 +80,49 @@ def test_large_depthwise_kernel_runs_the_reference():
     x = torch.randn(1, 8, 10, 10)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x))
+
+
+def _eval_calls():
+    """(block, input, float64 reference output) for eval calls that take the fused kernel's kept
+    buffers (csrc/cpu/scratch.h) in turns: larger and smaller, with and without downsampling,
+    float32 and bfloat16, so that each call reuses buffers a different call sized and typed."""
+    calls = []
+    for i, (cin, cout, down, h, w, dtype) in enumerate([
+            (16, 16, False, 14, 13, torch.float32), (8, 12, True, 9, 11, torch.bfloat16),
+            (16, 16, False, 14, 13, torch.bfloat16), (8, 8, False, 5, 4, torch.float32),
+            (8, 12, True, 17, 16, torch.float32)]):
+        ours, ref = _blocks(cin, cout, down, seed=10 + i)
+        ours.eval().to(dtype), ref.eval()
+        x = torch.randn(2, cin, h, w).to(dtype)
+        with torch.no_grad():
+            calls.append((ours, x, ref(x.double())))
+    return calls
+
+
+def test_mbcsa_eval_reuses_its_buffers_across_shapes_and_dtypes():
+    calls = _eval_calls()
+    with torch.inference_mode():
+        for _ in range(2):
+            for block, x, ref in calls:
+                assert_close_rel(block(x), ref, x.dtype, f"{tuple(x.shape)} {x.dtype}")
+
+
+def test_mbcsa_eval_from_concurrent_python_threads():
+    calls = _eval_calls()
+    errors = []
+
+    def run(order):
+        try:
+            with torch.inference_mode():
+                for _ in range(5):
+                    for block, x, ref in order:
+                        assert_close_rel(block(x), ref, x.dtype, f"{tuple(x.shape)} {x.dtype}")
+        except AssertionError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(order,)) for order in (calls, calls[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]

@@ -20,6 +20,7 @@
 #include "cpu/channel_spatial_gates.h"
 #include "cpu/dwconv.h"
 #include "cpu/pixel_chunks.h"
+#include "cpu/scratch.h"
 #include "mbcsa_checks.h"
 
 namespace hdkd::cpu {
@@ -123,12 +124,29 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
   const bool bf16 = gemm_dtype == at::kBFloat16;
   const Tensor x = x_in.to(gemm_dtype, false, false, at::MemoryFormat::ChannelsLast)
                        .contiguous(at::MemoryFormat::ChannelsLast);
-  const Tensor xe = down ? x.slice(2, 0, x.size(2), 2).slice(3, 0, x.size(3), 2)
-                               .contiguous(at::MemoryFormat::ChannelsLast)
-                         : x;
-  const Dims d{B, hid, xe.size(2), xe.size(3), xe.size(2) * xe.size(3)};
+  const int64_t He = down ? (x.size(2) + 1) / 2 : x.size(2),
+                We = down ? (x.size(3) + 1) / 2 : x.size(3);
+  const Dims d{B, hid, He, We, He * We};
   const Dims one{1, hid, d.H, d.W, d.P};  // the per-image passes below
-  const Tensor xrows = pixel_rows(xe);
+  Scratch scratch;
+  // One image at a time: its hidden-width buffers (P x hidden each) are reused for every image,
+  // so they stay in the last-level cache between the passes, and kept between calls (Scratch),
+  // so that no call page-faults them in afresh. In bfloat16, `low` takes the expand GEMM's
+  // product and then the gated h as the project GEMM's operand, and `prod` the project GEMM's
+  // product; in float32 the expand GEMM writes e and the project GEMM accumulates into out.
+  Tensor e = scratch.matrix(d.P, hid, at::kFloat), dbuf = scratch.matrix(d.P, hid, at::kFloat);
+  Tensor low, prod;
+  if (bf16) {
+    low = scratch.matrix(d.P, hid, at::kBFloat16);
+    prod = scratch.matrix(d.P, cout, at::kBFloat16);
+  }
+  // The expand GEMM's rows: x's pixels, or every other pixel of every other row of x.
+  Tensor xrows = pixel_rows(x);
+  if (down) {
+    xrows = scratch.matrix(B * d.P, cin, gemm_dtype);
+    xrows.view({B, He, We, cin})
+        .copy_(x.permute({0, 2, 3, 1}).slice(1, 0, x.size(2), 2).slice(2, 0, x.size(3), 2));
+  }
   const auto opts = at::TensorOptions().dtype(at::kFloat);
 
   const Tensor we_t = expand_w.to(gemm_dtype).contiguous().view({hid, cin}).t();
@@ -143,25 +161,21 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
   // The shortcut's rows: x itself, or its max-pooled projection. In float32, out starts as the
   // shortcut and the project GEMM accumulates into it; in bfloat16, each row of out is written
   // once, from the shortcut, bp and the project GEMM's product.
-  const Tensor shortcut =
-      down ? at::mm(pixel_rows(at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1})
-                                   .contiguous(at::MemoryFormat::ChannelsLast)),
-                    shortcut_in->to(gemm_dtype).contiguous().view({cout, cin}).t())
-           : xrows;
+  Tensor shortcut = xrows;
+  if (down) {
+    const Tensor pooled = pixel_rows(
+        at::max_pool2d(x, {3, 3}, {2, 2}, {1, 1}).contiguous(at::MemoryFormat::ChannelsLast));
+    const Tensor ws_t = shortcut_in->to(gemm_dtype).contiguous().view({cout, cin}).t();
+    if (bf16) {
+      shortcut = scratch.matrix(B * d.P, cout, gemm_dtype);
+      at::mm_out(shortcut, pooled, ws_t);
+    } else {
+      shortcut = at::mm(pooled, ws_t);
+    }
+  }
   Tensor out = bf16 ? at::empty({B * d.P, cout}, opts.dtype(at::kBFloat16))
                     : (down ? shortcut : shortcut.clone());
 
-  // One image at a time: its hidden-width buffers (P x hidden each) are reused for every image,
-  // so they stay in the last-level cache between the passes and no call page-faults in fresh
-  // batch-sized buffers. In bfloat16, `low` takes the expand GEMM's product and then the gated h
-  // as the project GEMM's operand, and `prod` the project GEMM's product; in float32 the expand
-  // GEMM writes e and the project GEMM accumulates into out.
-  Tensor e = at::empty({d.P, hid}, opts), dbuf = at::empty({d.P, hid}, opts);
-  Tensor low, prod;
-  if (bf16) {
-    low = at::empty({d.P, hid}, opts.dtype(at::kBFloat16));
-    prod = at::empty({d.P, cout}, opts.dtype(at::kBFloat16));
-  }
   Tensor sum = at::empty({1, hid}, opts), mx = at::empty({1, hid}, opts);
   Tensor pooled = at::empty({1, 2, d.H, d.W}, opts), sa = at::empty({1, d.P}, opts);
   ChannelPartials parts(chunks_per_image(d.P), hid);
