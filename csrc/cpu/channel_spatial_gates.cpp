@@ -16,7 +16,26 @@ namespace {
 // max(a, b) that propagates NaN, as torch.amax and at::vec::maximum do.
 inline float nan_max(float a, float b) { return b > a || std::isnan(b) ? b : a; }
 
+float dot(const float* a, const float* b, int64_t n) {
+  Vec acc(0.f);
+  int64_t i = 0;
+  for (; i + kVec <= n; i += kVec) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
+  float lanes[kVec], s = 0.f;
+  acc.store(lanes);
+  for (float v : lanes) s += v;
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
 }  // namespace
+
+void channel_gate_image(const float* avg, const float* max, const float* fc1, const float* fc2,
+                        int64_t R, int64_t C, float* hidden, float* ca) {
+  // MLP(avg) + MLP(max) = W2 (GELU(W1 avg) + GELU(W1 max)): one pass over W2
+  for (int64_t r = 0; r < R; ++r)
+    hidden[r] = gelu(dot(fc1 + r * C, avg, C)) + gelu(dot(fc1 + r * C, max, C));
+  for (int64_t c = 0; c < C; ++c) ca[c] = sigmoid(dot(fc2 + c * R, hidden, R));
+}
 
 void channel_pool(const float* h, const float* ca, Dims d, float* pooled, float* ties) {
   const int64_t C = d.C;

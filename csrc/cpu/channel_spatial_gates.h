@@ -10,6 +10,12 @@
 
 namespace hdkd::cpu {
 
+// ca[c] = sigmoid(MLP(avg)[c] + MLP(max)[c]) for one image's C channel means and maxima, with
+// MLP(v) = W2 GELU(W1 v), W1 = fc1 (R x C), W2 = fc2 (C x R), float32 contiguous: channel_gate.h's
+// gate in loops. The fused eval kernel calls it once per image, where channel_gate.h's nine ATen
+// ops cost more than the arithmetic (about 60 us per call on 2 threads). hidden: 2 R floats.
+void channel_gate_image(const float* avg, const float* max, const float* fc1, const float* fc2,
+                        int64_t R, int64_t C, float* hidden, float* ca);
 // pooled[b, 0|1, p] = mean|max over c of u = h[b, p, c] * ca[b, c]   (pooled: B x 2 x H x W);
 // ties (when not null, B x H*W): the number of channels whose u equals the max.
 void channel_pool(const float* h, const float* ca, Dims d, float* pooled, float* ties);

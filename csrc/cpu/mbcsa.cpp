@@ -15,7 +15,6 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
-#include "channel_gate.h"
 #include "cpu/activations.h"
 #include "cpu/channel_spatial_gates.h"
 #include "cpu/dwconv.h"
@@ -177,6 +176,9 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
                     : (down ? shortcut : shortcut.clone());
 
   Tensor sum = at::empty({1, hid}, opts), mx = at::empty({1, hid}, opts);
+  const Tensor w1 = float_contig(fc1), w2 = float_contig(fc2);
+  Tensor gate_hidden = at::empty({w1.size(0)}, opts), ca = at::empty({hid}, opts);
+  float *sump = sum.data_ptr<float>(), *cap = ca.data_ptr<float>();
   Tensor pooled = at::empty({1, 2, d.H, d.W}, opts), sa = at::empty({1, d.P}, opts);
   ChannelPartials parts(chunks_per_image(d.P), hid);
   float* ep = e.data_ptr<float>();
@@ -197,10 +199,10 @@ Tensor mbcsa_eval(const Tensor& x_in, const Tensor& expand_w, const Tensor& expa
     // Depthwise conv + bias + GELU with the channel statistics, then the two gates.
     dwconv_affine_gelu(ep, wt.data_ptr<float>(), nullptr, bd.data_ptr<float>(), k, one,
                        at::kFloat, dp, parts);
-    parts.combine(1, chunks_per_image(d.P), sum.data_ptr<float>(), mx.data_ptr<float>(),
-                  nullptr);
-    const Tensor ca = channel_gate(sum.mul_(1.0 / double(d.P)), mx, fc1, fc2);
-    const float* cap = ca.data_ptr<float>();
+    parts.combine(1, chunks_per_image(d.P), sump, mx.data_ptr<float>(), nullptr);
+    for (int64_t c = 0; c < hid; ++c) sump[c] *= 1.f / float(d.P);
+    channel_gate_image(sump, mx.data_ptr<float>(), w1.data_ptr<float>(),
+                       w2.data_ptr<float>(), w1.size(0), hid, gate_hidden.data_ptr<float>(), cap);
     channel_pool(dp, cap, one, pooled.data_ptr<float>(), nullptr);
     spatial_gate(pooled.data_ptr<float>(), saw.data_ptr<float>(), saw.size(-1), one,
                  sa.data_ptr<float>());
