@@ -3,6 +3,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -81,11 +82,33 @@ void channel_pool(const float* h, const float* ca, Dims d, float* pooled, float*
 }
 
 void spatial_gate(const float* pooled, const float* w, int64_t k, Dims d, float* sa) {
-  at::parallel_for(0, d.B * d.H, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t r = k / 2, H = d.H, W = d.W;
+  at::parallel_for(0, d.B * H, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / d.H, y = t % d.H;
-      for (int64_t x = 0; x < d.W; ++x)
-        sa[b * d.P + y * d.W + x] = sigmoid(spatial_gate_logit(pooled, w, k, d.H, d.W, b, y, x));
+      const int64_t b = t / H, y = t % H;
+      float* out = sa + b * d.P + y * W;
+      const auto one_pixel = [&](int64_t x) {
+        out[x] = sigmoid(spatial_gate_logit(pooled, w, k, H, W, b, y, x));
+      };
+      int64_t x = 0;
+      for (; x < std::min(r, W); ++x) one_pixel(x);
+      // kVec pixels at once where every tap's column is inside the row
+      for (; x + kVec + r <= W; x += kVec) {
+        Vec acc(0.f);
+        for (int64_t ch = 0; ch < 2; ++ch)
+          for (int64_t ky = 0; ky < k; ++ky) {
+            const int64_t iy = y + ky - r;
+            if (iy < 0 || iy >= H) continue;
+            const float* src = pooled + ((b * 2 + ch) * H + iy) * W + x - r;
+            const float* wk = w + (ch * k + ky) * k;
+            for (int64_t kx = 0; kx < k; ++kx)
+              acc = at::vec::fmadd(Vec::loadu(src + kx), Vec(wk[kx]), acc);
+          }
+        float logits[kVec];
+        acc.store(logits);
+        for (int64_t i = 0; i < kVec; ++i) out[x + i] = sigmoid(logits[i]);
+      }
+      for (; x < W; ++x) one_pixel(x);
     }
   });
 }
