@@ -126,3 +126,23 @@ def test_mbcsa_eval_from_concurrent_python_threads():
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def test_kernel_gelu_elementwise():
+    """The CPU kernels' GELU (csrc/cpu/activations.h) value by value, through the depthwise op
+    with a 1 x 1 kernel of ones: |error| <= 1.5e-6 over [-12, 12], relative error <=
+    5e-7 for x > 0, and inf, -inf, NaN as torch's GELU gives them."""
+    x = torch.linspace(-12, 12, 16 * 64 * 65)
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), 0.0, 1e-30, -1e-30, 1e30,
+                            3.0, -3.0])
+    x = torch.cat([x, special, torch.zeros(16 * 64 - special.numel())])
+    x = x.view(1, 66, 64, 16).permute(0, 3, 1, 2)
+    y = torch.ops.hdkd.dwconv_bn_gelu_eval(x, torch.ones(16, 1, 1, 1), torch.ones(16),
+                                           torch.zeros(16))[0]
+    ref = torch.nn.functional.gelu(x.double())
+    finite = torch.isfinite(ref) & torch.isfinite(x)
+    assert (y.double() - ref)[finite].abs().max() <= 1.5e-6
+    positive = finite & (x > 0)
+    assert ((y.double() - ref)[positive].abs() / ref[positive]).max() <= 5e-7
+    assert torch.equal(y[~finite].isnan(), ref[~finite].isnan())
+    assert torch.equal(y[~finite & ~ref.isnan()], ref[~finite & ~ref.isnan()].float())
