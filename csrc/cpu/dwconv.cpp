@@ -60,38 +60,38 @@ inline void conv_pixel(const float* img, const float* wt, const float* bias, int
   }
 }
 
-// Conv outputs of the 4 pixels (y, x .. x + 3) of a 3 x 3 kernel, all inside the image's border,
-// into out (4 consecutive pixels of C), plus bias when given. Each input vector is loaded once
-// per kernel row and serves up to 3 of the 4 outputs (conv_pixel loads 2 vectors per multiply-
-// add, which bounds it by the load ports); the taps are summed in conv_pixel's order, so the
-// results are the same bits.
-inline void conv4_k3(const float* img, const float* wt, const float* bias, Dims d, int64_t y,
-                     int64_t x, float* out) {
+// Conv outputs of the N pixels (y, x .. x + N - 1) of a 3 x 3 kernel, all inside the image's
+// border, into out (N consecutive pixels of C), plus bias when given. Each input vector is loaded
+// once per kernel row and serves up to 3 of the N outputs (conv_pixel loads 2 vectors per
+// multiply-add, which bounds it by the load ports), and the N accumulators are independent
+// chains of multiply-adds (8 keep both FMA pipes busy); the taps are summed in conv_pixel's
+// order, so the results are the same bits.
+template <int N>
+inline void conv_row_k3(const float* img, const float* wt, const float* bias, Dims d, int64_t y,
+                        int64_t x, float* out) {
   const int64_t C = d.C;
   const float* top = img + ((y - 1) * d.W + (x - 1)) * C;  // input pixel (y - 1, x - 1)
   int64_t c = 0;
   for (; c + kVec <= C; c += kVec) {
     const Vec b = bias ? Vec::loadu(bias + c) : Vec(0.f);
-    Vec a0 = b, a1 = b, a2 = b, a3 = b;
+    Vec a[N];
+    for (int j = 0; j < N; ++j) a[j] = b;
     for (int64_t ky = 0; ky < 3; ++ky) {
       const float* row = top + ky * d.W * C + c;
       const float* w = wt + ky * 3 * C + c;
       const Vec w0 = Vec::loadu(w), w1 = Vec::loadu(w + C), w2 = Vec::loadu(w + 2 * C);
-      const Vec i0 = Vec::loadu(row), i1 = Vec::loadu(row + C), i2 = Vec::loadu(row + 2 * C);
-      const Vec i3 = Vec::loadu(row + 3 * C), i4 = Vec::loadu(row + 4 * C),
-                i5 = Vec::loadu(row + 5 * C);
-      a0 = at::vec::fmadd(i2, w2, at::vec::fmadd(i1, w1, at::vec::fmadd(i0, w0, a0)));
-      a1 = at::vec::fmadd(i3, w2, at::vec::fmadd(i2, w1, at::vec::fmadd(i1, w0, a1)));
-      a2 = at::vec::fmadd(i4, w2, at::vec::fmadd(i3, w1, at::vec::fmadd(i2, w0, a2)));
-      a3 = at::vec::fmadd(i5, w2, at::vec::fmadd(i4, w1, at::vec::fmadd(i3, w0, a3)));
+      Vec left = Vec::loadu(row), mid = Vec::loadu(row + C);
+      for (int j = 0; j < N; ++j) {
+        const Vec right = Vec::loadu(row + (j + 2) * C);
+        a[j] = at::vec::fmadd(right, w2, at::vec::fmadd(mid, w1, at::vec::fmadd(left, w0, a[j])));
+        left = mid;
+        mid = right;
+      }
     }
-    a0.store(out + c);
-    a1.store(out + C + c);
-    a2.store(out + 2 * C + c);
-    a3.store(out + 3 * C + c);
+    for (int j = 0; j < N; ++j) a[j].store(out + j * C + c);
   }
   for (; c < C; ++c)
-    for (int64_t j = 0; j < 4; ++j) {
+    for (int64_t j = 0; j < N; ++j) {
       float a = bias ? bias[c] : 0.f;
       for (int64_t ky = 0; ky < 3; ++ky)
         for (int64_t kx = 0; kx < 3; ++kx)
@@ -101,13 +101,20 @@ inline void conv4_k3(const float* img, const float* wt, const float* bias, Dims 
 }
 
 // Conv outputs from pixel p of one image on, up to (not including) p_end, into out (pixel p's C
-// values first): 4 pixels at once where conv4_k3 applies, else 1. Returns how many were done.
+// values first): 8 or 4 pixels at once where conv_row_k3 applies, else 1. Returns how many were
+// done.
 inline int64_t conv_run(const float* img, const float* wt, const float* bias, int64_t k, Dims d,
                         int64_t p, int64_t p_end, float* out) {
   const int64_t y = p / d.W, x = p % d.W;
-  if (k == 3 && p + 4 <= p_end && y >= 1 && y + 1 < d.H && x >= 1 && x + 5 <= d.W) {
-    conv4_k3(img, wt, bias, d, y, x, out);
-    return 4;
+  if (k == 3 && y >= 1 && y + 1 < d.H && x >= 1) {
+    if (p + 8 <= p_end && x + 9 <= d.W) {
+      conv_row_k3<8>(img, wt, bias, d, y, x, out);
+      return 8;
+    }
+    if (p + 4 <= p_end && x + 5 <= d.W) {
+      conv_row_k3<4>(img, wt, bias, d, y, x, out);
+      return 4;
+    }
   }
   conv_pixel(img, wt, bias, k, d, y, x, out);
   return 1;
