@@ -1,7 +1,8 @@
 """CPU inference of the default model beside its peers with the calls interleaved, one process.
 
     python benchmarks/cpu_inference_interleaved.py [--batch 1] [--rounds 40] [--threads 2]
-        [--models hdkd hdkd_student hdkd_teacher] [--precisions float32 bfloat16] [--json PATH]
+        [--models hdkd hdkd_student hdkd_teacher] [--precisions float32 bfloat16]
+        [--impls hdkd eager compile compile_hdkd onnxruntime] [--json PATH]
 
 test_cpu_inference.py times each implementation in its own block of rounds, one after another
 in one process. The process's state then differs from block to block: the allocator's, above
@@ -11,7 +12,8 @@ calls each implementation once, in a new random order, so that all of them share
 waits PAUSE_S after each call, so that none starts while another's thread pool still spins (ONNX
 Runtime's does after a run: without the pause, the call after it measured up to 1.5x slower). The
 medians and their ratios are what is reported. Same models, weights and inputs as
-test_cpu_inference.py (its _runner); ONNX Runtime is the float32 peer only.
+test_cpu_inference.py (its _runner); ONNX Runtime is the float32 peer only, and is left out,
+with its reason printed, where it cannot run.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import statistics
 import sys
 import time
 
+import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -33,11 +36,21 @@ IMPLS = ["hdkd", "eager", "compile", "compile_hdkd", "onnxruntime"]
 PAUSE_S = 0.02  # between calls: ONNX Runtime's pool spins on after a run, taking the cores
 
 
-def measure(name: str, batch: int, precision: str, rounds: int, seed: int) -> dict:
+def _runners(name: str, batch: int, precision: str, impls: list[str]) -> dict:
+    out = {}
+    for impl in impls:
+        try:
+            out[impl] = suite._runner(name, impl, batch, precision)[0]
+        except pytest.skip.Exception as e:  # ONNX Runtime: not installed, or no bfloat16
+            print(f"{name} {precision}: {impl} left out: {e}")
+    return out
+
+
+def measure(name: str, batch: int, precision: str, rounds: int, seed: int,
+            impls: list[str] = IMPLS) -> dict:
     size = suite._size()
     inputs = [torch.randn(batch, 3, size, size) for _ in range(2)]
-    runners = {impl: suite._runner(name, impl, batch, precision)[0] for impl in IMPLS
-               if impl != "onnxruntime" or precision == "float32"}
+    runners = _runners(name, batch, precision, impls)
     # after the last _runner (each compiled one resets dynamo): compilation, caches, folding
     for fn in runners.values():
         for x in inputs * 2:
@@ -59,15 +72,18 @@ def measure(name: str, batch: int, precision: str, rounds: int, seed: int) -> di
             "hdkd_speedup": {k: v / med["hdkd"] for k, v in med.items() if k != "hdkd"}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="+", default=suite.MODELS)
     p.add_argument("--precisions", nargs="+", default=suite.PRECISIONS)
+    p.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
     p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if "hdkd" not in args.impls:
+        p.error("--impls must include hdkd (the ratios are against it)")
     torch.set_num_threads(args.threads)
     # two compiled models alive at once run the same blocks' forward code: room for both in
     # dynamo's per-code cache, or one of them silently runs eagerly
@@ -77,7 +93,8 @@ def main() -> None:
           f"batch {args.batch}, {args.rounds} interleaved rounds")
     for precision in args.precisions:
         for name in args.models:
-            r = measure(name, args.batch, precision, args.rounds, seed=len(results))
+            r = measure(name, args.batch, precision, args.rounds, seed=len(results),
+                        impls=args.impls)
             results.append(r)
             ms = "  ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
             ratios = "  ".join(f"{k} {v:.2f}x" for k, v in r["hdkd_speedup"].items())
