@@ -2,6 +2,7 @@
 #include "cpu/channel_spatial_gates.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,14 +19,8 @@ namespace {
 inline float nan_max(float a, float b) { return b > a || std::isnan(b) ? b : a; }
 
 float dot(const float* a, const float* b, int64_t n) {
-  Vec acc(0.f);
-  int64_t i = 0;
-  for (; i + kVec <= n; i += kVec) acc = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), acc);
-  float lanes[kVec], s = 0.f;
-  acc.store(lanes);
-  for (float v : lanes) s += v;
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+  return at::vec::map2_reduce_all<float>([](const Vec& x, const Vec& y) { return x * y; },
+                                         [](const Vec& x, const Vec& y) { return x + y; }, a, b, n);
 }
 
 }  // namespace
