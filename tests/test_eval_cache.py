@@ -1,6 +1,7 @@
-"""The eval path's cached folded weights (hdkd.nn.eval_cache): computed once, reused, and picked up
-again after anything that changes a parameter or buffer: load_state_dict, an optimizer step, a
-training forward (running statistics), an in-place edit, .to(); never in the state_dict."""
+"""The eval path's cached folded and packed weights (hdkd.nn.eval_cache): computed once, reused,
+and picked up again after anything that changes a parameter or buffer: load_state_dict, an
+optimizer step, a training forward (running statistics), an in-place edit, .to(); never in the
+state_dict."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +12,7 @@ import torch
 
 import hdkd
 from helpers import assert_close_rel
-from hdkd.nn import MBCSA, ConvBNGELU
+from hdkd.nn import DFLT, MBCSA, ConvBNGELU
 
 
 def _small_student(backend="auto"):
@@ -33,7 +34,8 @@ def _randomize(model):
 
 
 def _caches(model):
-    return [m.folded_cache for m in model.modules() if isinstance(m, (MBCSA, ConvBNGELU))]
+    return [m.packed_cache if isinstance(m, DFLT) else m.folded_cache for m in model.modules()
+            if isinstance(m, (MBCSA, ConvBNGELU, DFLT))]
 
 
 def _check(model, reference, x):
@@ -55,7 +57,7 @@ def test_folded_once_and_reused(pair):
         for _ in range(3):
             model(x)
     caches = _caches(model)
-    assert len(caches) == 6 and all(c.computed == 1 for c in caches)
+    assert len(caches) == 7 and all(c.computed == 1 for c in caches)
     _check(model, reference, x)
 
 
@@ -193,3 +195,68 @@ def test_inductor_compile_of_the_default_eval_model(pair):
     reference.load_state_dict(model.state_dict())
     with torch.inference_mode():
         torch.testing.assert_close(compiled(x), reference.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def _dflt_pair():
+    torch.manual_seed(0)
+    model = DFLT(12, (4, 6), dim=32, depth=2, heads=2, head_dim=16).eval()
+    reference = DFLT(12, (4, 6), dim=32, depth=2, heads=2, head_dim=16, backend="torch").eval()
+    reference.load_state_dict(model.state_dict())
+    return model, reference
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_dflt_packed_linears_equal_nn_linear(layout):
+    """The DFLT's eval path (linears from packed oneDNN weights, GELU fused into fc1) against
+    nn.Linear, batch 1 and 3, under inference_mode with 2 threads; packed once."""
+    model, reference = _dflt_pair()
+    for batch in (1, 3):
+        x = torch.randn(batch, 12, 4, 12)[..., ::2] if layout == "strided" else \
+            torch.randn(batch, 12, 4, 6)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            got, want = model(x), reference(x)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    assert model.packed_cache.computed == 1 and reference.packed_cache.computed == 0
+
+
+def test_dflt_packed_linears_in_bfloat16():
+    """Under autocast the linears run from bfloat16 packed weights, as autocast's nn.Linear runs
+    them; switching precision packs again."""
+    model, reference = _dflt_pair()
+    x = torch.randn(2, 12, 4, 6)
+    with torch.inference_mode():
+        model(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            got, want = model(x), reference(x)
+    assert model.packed_cache.computed == 2
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g.float(), w.float(), rtol=3e-2, atol=3e-2)
+
+
+def test_dflt_weights_that_are_inference_tensors_run_unpacked():
+    """A DFLT built under inference_mode has inference-tensor weights (no version counter to
+    tell a change): nn.Linear runs, nothing is cached."""
+    with torch.inference_mode():
+        model = DFLT(12, (4, 6), dim=32, depth=1, heads=2, head_dim=16).eval()
+        model(torch.randn(1, 12, 4, 6))
+    assert model.packed_cache.computed == 0
+
+
+def test_dflt_hooks_on_submodules_still_fire():
+    """A forward hook on a DFLT submodule (attention rollout's, a feature probe's) is called: the
+    submodules run while it is there, the packed linears once it is removed."""
+    model, reference = _dflt_pair()
+    x = torch.randn(1, 12, 4, 6)
+    seen = []
+    handle = model.layers[1].attn.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.inference_mode():
+        model(x)
+        assert len(seen) == 1 and model.packed_cache.computed == 0
+        handle.remove()
+        got, want = model(x), reference(x)
+    assert model.packed_cache.computed == 1
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)

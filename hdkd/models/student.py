@@ -45,7 +45,7 @@ class HDKDStudent(StagedModel):
         feat = stage_output_size(img_size)
         dflt = ScriptableDFLT if scriptable else DFLT
         self.dflt = dflt(widths[2], (feat, feat), 2, dim, depth, heads, head_dim, mlp_ratio,
-                         distillation, dropout, emb_dropout)
+                         distillation, dropout, emb_dropout, backend)
         self.head_hidden_size = dim
         self.head = self._new_head(num_classes)
         self.head_dist = self._new_head(num_classes) if distillation else None

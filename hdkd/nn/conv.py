@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from ..ops.backends import get_backend, validate_backend_name
 from ..ops.checks import check_activation
+from ..ops.measured import compute_dtype
 from ..ops.reference import BatchNormState, fold_conv_batch_norm
 from ._validate import odd_kernel, positive_int
 from .eval_cache import EvalCache, records_grad
@@ -66,7 +67,7 @@ def conv_gelu(x: Tensor, weight: Tensor, bias: Tensor, stride, padding) -> Tenso
     op returns the bias's dtype, so a float32 bias would make a compiled model run on in
     float32."""
     x = x.contiguous(memory_format=torch.channels_last)
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     if (x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
             and _MKLDNN and not torch.compiler.is_exporting()):
         return torch.ops.mkldnn._convolution_pointwise(
@@ -76,9 +77,3 @@ def conv_gelu(x: Tensor, weight: Tensor, bias: Tensor, stride, padding) -> Tenso
         weight, bias = weight.to(x.dtype), bias.to(x.dtype)
     return F.gelu(F.conv2d(x, weight, bias, stride, padding))
 
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype a convolution of x runs in: autocast's where autocast is on, else x's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype

@@ -1,12 +1,18 @@
 """DFLT: the student's small ViT over the stage-3 feature map (docs/model.md, section 10)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.backends import get_backend, validate_backend_name
 from ..ops.checks import check_activation
+from ..ops.measured import compute_dtype
 from ._validate import positive_int
+from .eval_cache import EvalCache, caching_allowed, records_grad
+from .packed_linear import PackedLinear, pack_linear, packed_linear, packing_supported
 
 
 def patchify(x: Tensor, patch: int) -> Tensor:
@@ -38,6 +44,14 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         return self.dropout(self.proj(out.transpose(1, 2).reshape(b, n, -1)))
 
+    def forward_packed(self, x: Tensor, qkv: PackedLinear, proj: PackedLinear) -> Tensor:
+        """forward in eval, with the linears from their packed weights."""
+        b, n, _ = x.shape
+        q, k, v = packed_linear(self.norm(x), qkv).reshape(
+            b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return packed_linear(out.transpose(1, 2).reshape(b, n, -1), proj)
+
 
 class FeedForward(nn.Module):
     """Linear -> GELU -> dropout -> Linear -> dropout (no norm in front, as in the original)."""
@@ -51,6 +65,10 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
 
+    def forward_packed(self, x: Tensor, fc1: PackedLinear, fc2: PackedLinear) -> Tensor:
+        """forward in eval, with the linears from their packed weights (GELU fused into fc1)."""
+        return packed_linear(packed_linear(x, fc1, gelu=True), fc2)
+
 
 class TransformerLayer(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int, dropout: float):
@@ -62,6 +80,20 @@ class TransformerLayer(nn.Module):
         x = x + self.attn(x)
         return x + self.ff(x)
 
+    def linears(self) -> list[nn.Linear]:
+        return [self.attn.qkv, self.attn.proj, self.ff.fc1, self.ff.fc2]
+
+    def forward_packed(self, x: Tensor, packed: list[PackedLinear]) -> Tensor:
+        """forward in eval, with packed (qkv, proj, fc1, fc2) in the order of linears()."""
+        qkv, proj, fc1, fc2 = packed
+        x = x + self.attn.forward_packed(x, qkv, proj)
+        return x + self.ff.forward_packed(x, fc1, fc2)
+
+
+class PackedDFLT(NamedTuple):
+    patch_proj: PackedLinear
+    layers: list[list[PackedLinear]]
+
 
 class DFLT(nn.Module):
     """Patchify p x p -> LN -> Linear -> LN -> [class token, (distillation token), tokens] +
@@ -69,13 +101,19 @@ class DFLT(nn.Module):
 
     Returns the class-token feature, or (class, distillation) token features when distillation.
     feature_size: the (H, W) of the input feature map, which fixes the position embedding.
+
+    An eval forward without gradients on the CPU, in float32 or bfloat16 (autocast or bfloat16
+    input), runs its linears from weights prepacked for oneDNN (hdkd.nn.packed_linear), packed
+    once and cached until a weight changes (hdkd.nn.eval_cache). backend="torch" (module or
+    process-wide) keeps nn.Linear.
     """
 
     def __init__(self, in_channels: int = 192, feature_size=(28, 28), patch_size: int = 2,
                  dim: int = 256, depth: int = 3, heads: int = 8, head_dim: int = 32,
                  mlp_ratio: int = 4, distillation: bool = True, dropout: float = 0.0,
-                 emb_dropout: float = 0.0):
+                 emb_dropout: float = 0.0, backend: str = "auto"):
         super().__init__()
+        self.backend = validate_backend_name(backend)
         for name, v in (("in_channels", in_channels), ("patch_size", patch_size), ("dim", dim),
                         ("depth", depth), ("heads", heads), ("head_dim", head_dim),
                         ("mlp_ratio", mlp_ratio)):
@@ -98,6 +136,7 @@ class DFLT(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(dim, heads, head_dim, dim * mlp_ratio, dropout)
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
+        self.packed_cache = EvalCache()
 
     def forward(self, x: Tensor):
         check_activation("DFLT", "input", x, channels=self.in_channels)
@@ -105,13 +144,45 @@ class DFLT(nn.Module):
             raise ValueError(f"DFLT: expected a {self.feature_size[0]} x {self.feature_size[1]} "
                              f"feature map (its position embedding is sized for it), got "
                              f"{x.shape[2]} x {x.shape[3]}")
-        tokens = self.embed_norm(self.patch_proj(self.patch_norm(patchify(x, self.patch_size))))
+        packed = self._packed(x)
+        patches = self.patch_norm(patchify(x, self.patch_size))
+        tokens = self.embed_norm(self.patch_proj(patches) if packed is None
+                                 else packed_linear(patches, packed.patch_proj))
         b = tokens.shape[0]
         lead = [self.cls_token.expand(b, -1, -1)]
         if self.distillation:
             lead.append(self.dist_token.expand(b, -1, -1))
         x = self.pos_drop(torch.cat([*lead, tokens], dim=1) + self.pos_embed)
-        for layer in self.layers:
-            x = layer(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if packed is None else layer.forward_packed(x, packed.layers[i])
         x = self.norm(x)
         return (x[:, 0], x[:, 1]) if self.distillation else x[:, 0]
+
+    def _packed(self, x: Tensor):
+        """The packed linears for this forward, or None where the submodules run: training,
+        gradients, backend "torch", tracing, compiling or exporting (the graph then has the
+        reference's ops), inference-tensor weights, a dtype or device oneDNN does not serve, and
+        forward hooks on a submodule (attention rollout's, a feature probe's: they would not
+        fire)."""
+        name = self.backend if self.backend != "auto" else get_backend()
+        dtype = compute_dtype(x)
+        if (self.training or name == "torch" or torch.compiler.is_exporting()
+                or not packing_supported(x, dtype) or records_grad(self, x)
+                or self._submodule_hooked()):
+            return None
+        sources = [t for lin in self._linears() for t in (lin.weight, lin.bias)]
+        if not caching_allowed(sources):
+            return None
+        return self.packed_cache.get(sources, lambda: self._pack(dtype), extra=(dtype,))
+
+    def _submodule_hooked(self) -> bool:
+        return any(m._forward_hooks or m._forward_pre_hooks
+                   for m in self.modules() if m is not self)
+
+    def _linears(self) -> list[nn.Linear]:
+        return [self.patch_proj, *(lin for layer in self.layers for lin in layer.linears())]
+
+    def _pack(self, dtype: torch.dtype) -> PackedDFLT:
+        return PackedDFLT(pack_linear(self.patch_proj, dtype),
+                          [[pack_linear(lin, dtype) for lin in layer.linears()]
+                           for layer in self.layers])
