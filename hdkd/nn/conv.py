@@ -1,6 +1,8 @@
 """ConvBNGELU: the stem block (conv k x k -> BN -> GELU)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,6 +13,7 @@ from ..ops.measured import compute_dtype
 from ..ops.reference import BatchNormState, fold_conv_batch_norm
 from ._validate import odd_kernel, positive_int
 from .eval_cache import EvalCache, records_grad
+from .eval_plan import EvalPlan, input_key, may_plan
 
 
 class ConvBNGELU(nn.Module):
@@ -18,8 +21,9 @@ class ConvBNGELU(nn.Module):
 
     An eval forward without gradients runs one convolution with the BN folded into its weight
     and bias (folded once, cached until a parameter or buffer changes) and the GELU fused into
-    it (oneDNN's post-op on the CPU), in channels_last. backend="torch" (module or process-wide)
-    keeps the three separate reference ops."""
+    it (oneDNN's post-op on the CPU), in channels_last; the next such forward on an input like
+    the last runs it without checking again (hdkd.nn.eval_plan). backend="torch" (module or
+    process-wide) keeps the three separate reference ops."""
 
     def __init__(self, inp: int, oup: int, kernel_size: int = 3, downsample: bool = False,
                  backend: str = "auto"):
@@ -32,8 +36,15 @@ class ConvBNGELU(nn.Module):
                               bias=False)
         self.norm = nn.BatchNorm2d(oup)
         self.folded_cache = EvalCache()
+        self.eval_plan = EvalPlan()
 
     def forward(self, x: Tensor) -> Tensor:
+        planned = may_plan(self, x)
+        if planned:
+            key = (*input_key(x), self.backend, get_backend(), self.norm.eps)
+            run = self.eval_plan.get(self, key)
+            if run is not None:
+                return run(x)
         check_activation("ConvBNGELU", "input", x, channels=self.conv.in_channels)
         if self._reference_path(x):
             return F.gelu(self.norm(self.conv(x)))
@@ -44,7 +55,10 @@ class ConvBNGELU(nn.Module):
             lambda: fold_conv_batch_norm(self.conv.weight.float(),
                                          BatchNormState(*(t.float() for t in bn)), n.eps),
             extra=(n.eps,))
-        return conv_gelu(x, weight, bias, self.conv.stride, self.conv.padding)
+        run = conv_gelu_runner(x, weight, bias, self.conv.stride, self.conv.padding)
+        if planned:
+            self.eval_plan.set(self, key, run)
+        return run(x)
 
     def _reference_path(self, x: Tensor) -> bool:
         name = self.backend if self.backend != "auto" else get_backend()
@@ -66,14 +80,22 @@ def conv_gelu(x: Tensor, weight: Tensor, bias: Tensor, stride, padding) -> Tenso
     convolution with the GELU as its post-op. Its bias is cast too: inductor's lowering of the
     op returns the bias's dtype, so a float32 bias would make a compiled model run on in
     float32."""
-    x = x.contiguous(memory_format=torch.channels_last)
+    return conv_gelu_runner(x, weight, bias, stride, padding)(x)
+
+
+def conv_gelu_runner(x: Tensor, weight: Tensor, bias: Tensor, stride,
+                     padding) -> Callable[[Tensor], Tensor]:
+    """conv_gelu as a callable on x, and on any input with x's dtype and device under the same
+    autocast setting, with the weight and bias cast once."""
     dtype = compute_dtype(x)
     if (x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
             and _MKLDNN and not torch.compiler.is_exporting()):
-        return torch.ops.mkldnn._convolution_pointwise(
-            x.to(dtype), weight.to(dtype), bias.to(dtype), list(padding), list(stride), [1, 1], 1,
-            "gelu", [], "none")
+        weight, bias = weight.to(dtype), bias.to(dtype)
+        padding, stride = list(padding), list(stride)
+        return lambda t: torch.ops.mkldnn._convolution_pointwise(
+            t.contiguous(memory_format=torch.channels_last).to(dtype), weight, bias, padding,
+            stride, [1, 1], 1, "gelu", [], "none")
     if not torch.is_autocast_enabled(x.device.type):
         weight, bias = weight.to(x.dtype), bias.to(x.dtype)
-    return F.gelu(F.conv2d(x, weight, bias, stride, padding))
-
+    return lambda t: F.gelu(F.conv2d(t.contiguous(memory_format=torch.channels_last), weight,
+                                     bias, stride, padding))

@@ -1,7 +1,7 @@
 """DFLT: the student's small ViT over the stage-3 feature map (docs/model.md, section 10)."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from ..ops.checks import check_activation
 from ..ops.measured import compute_dtype
 from ._validate import positive_int
 from .eval_cache import EvalCache, caching_allowed, records_grad
+from .eval_plan import EvalPlan, input_key, may_plan
 from .packed_linear import PackedLinear, pack_linear, packed_linear, packing_supported
 
 
@@ -104,8 +105,9 @@ class DFLT(nn.Module):
 
     An eval forward without gradients on the CPU, in float32 or bfloat16 (autocast or bfloat16
     input), runs its linears from weights prepacked for oneDNN (hdkd.nn.packed_linear), packed
-    once and cached until a weight changes (hdkd.nn.eval_cache). backend="torch" (module or
-    process-wide) keeps nn.Linear.
+    once and cached until a weight changes (hdkd.nn.eval_cache); the next such forward on an
+    input like the last runs them without checking again (hdkd.nn.eval_plan). backend="torch"
+    (module or process-wide) keeps nn.Linear.
     """
 
     def __init__(self, in_channels: int = 192, feature_size=(28, 28), patch_size: int = 2,
@@ -137,6 +139,7 @@ class DFLT(nn.Module):
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.packed_cache = EvalCache()
+        self.eval_plan = EvalPlan()
 
     def forward(self, x: Tensor):
         check_activation("DFLT", "input", x, channels=self.in_channels)
@@ -144,7 +147,19 @@ class DFLT(nn.Module):
             raise ValueError(f"DFLT: expected a {self.feature_size[0]} x {self.feature_size[1]} "
                              f"feature map (its position embedding is sized for it), got "
                              f"{x.shape[2]} x {x.shape[3]}")
+        planned = may_plan(self, x)
+        if planned:
+            key = (*input_key(x), self.backend, get_backend())
+            packed = self.eval_plan.get(self, key)
+            if packed is not None:
+                return self._forward(x, packed)
         packed = self._packed(x)
+        if planned and packed is not None:
+            self.eval_plan.set(self, key, packed)
+        return self._forward(x, packed)
+
+    def _forward(self, x: Tensor, packed: Optional[PackedDFLT]):
+        """The forward after the checks: the submodules, or the packed linears when given."""
         patches = self.patch_norm(patchify(x, self.patch_size))
         tokens = self.embed_norm(self.patch_proj(patches) if packed is None
                                  else packed_linear(patches, packed.patch_proj))

@@ -5,10 +5,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops.functional import mbcsa_eval_runner
 from ..ops.reference import BatchNormState, MBCSAWeights, fold_mbcsa_float32
 from ._validate import odd_kernel, positive_int
 from .channel_spatial_attention import ChannelSpatialAttention
 from .eval_cache import EvalCache, caching_allowed, records_grad
+from .eval_plan import EvalPlan, input_key, may_plan
 
 
 def _bn_state(bn: nn.BatchNorm2d) -> BatchNormState:
@@ -28,7 +30,9 @@ class MBCSA(nn.Module):
     of ordinary nn.Conv2d / nn.BatchNorm2d submodules, and BN running statistics are updated in
     training exactly as nn.BatchNorm2d does (all BNs share pre_norm's momentum and eps). An eval
     forward without gradients folds the BNs into the convs once and reuses the folded weights
-    until a parameter or buffer changes (hdkd.nn.eval_cache).
+    until a parameter or buffer changes (hdkd.nn.eval_cache), and the next such forward on an
+    input like the last runs the same route without checking and choosing again
+    (hdkd.nn.eval_plan).
     """
 
     def __init__(self, inp: int, oup: int, kernel_size: int = 3, downsample: bool = False,
@@ -66,6 +70,7 @@ class MBCSA(nn.Module):
         self.project_norm = nn.BatchNorm2d(oup)
         self.shortcut = nn.Conv2d(inp, oup, 1, bias=False) if downsample else None
         self.folded_cache = EvalCache()
+        self.eval_plan = EvalPlan()
 
     def weights(self) -> MBCSAWeights:
         """The block's tensors as the ops take them (no copies)."""
@@ -89,6 +94,12 @@ class MBCSA(nn.Module):
                 if m is not None]
 
     def forward(self, x: Tensor) -> Tensor:
+        planned = may_plan(self, x) and self.expand is not None
+        if planned:
+            key = (*input_key(x), self.backend, ops.get_backend(), self.pre_norm.eps)
+            run = self.eval_plan.get(self, key)
+            if run is not None:
+                return run(x)
         momentum = self.pre_norm.momentum
         if momentum is None:  # nn.BatchNorm2d's cumulative moving average
             momentum = 1.0 / float(self.pre_norm.num_batches_tracked + 1)
@@ -100,6 +111,10 @@ class MBCSA(nn.Module):
                 and caching_allowed(sources)):
             folded = self.folded_cache.get(sources, lambda: fold_mbcsa_float32(w, eps),
                                            extra=(eps,))
+        if planned and folded is not None:
+            run = mbcsa_eval_runner(x, w, momentum, eps, backend=self.backend, folded=folded)
+            self.eval_plan.set(self, key, run)
+            return run(x)
         out = ops.mbcsa(x, w, self.training, momentum, eps, backend=self.backend, folded=folded)
         if self.training:
             for bn in self.batch_norms():

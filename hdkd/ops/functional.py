@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from torch import Tensor
 
@@ -12,7 +12,7 @@ from . import reference
 from .backends import resolve
 from .checks import check_activation, check_same_device_dtype, check_shape
 from .reference import BatchNormState, MBCSAWeights
-from .rules import mbcsa_tensors, records_grad
+from .rules import mbcsa_records_grad, records_grad
 
 
 def channel_spatial_attention(h: Tensor, fc1_weight: Tensor, fc2_weight: Tensor,
@@ -63,6 +63,29 @@ def mbcsa(x: Tensor, w: MBCSAWeights, training: bool, momentum: float = 0.1, eps
     folded (eval only): reference.fold_mbcsa_float32(w, eps), computed by the caller once for
     many calls (hdkd.nn.MBCSA caches it); backends with a fused eval kernel use it instead of
     folding on every call, the torch backend (the reference) ignores it."""
+    if training:
+        if folded is not None:
+            raise ValueError("hdkd.mbcsa: folded weights are for eval (running statistics), "
+                             "not training")
+        return _mbcsa_ops(x, w, training, backend).mbcsa_train(x, w, momentum, eps)
+    return mbcsa_eval_runner(x, w, momentum, eps, backend=backend, folded=folded)(x)
+
+
+def mbcsa_eval_runner(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1e-5,
+                      *, backend: Optional[str] = "auto",
+                      folded: Optional[reference.FoldedMBCSA] = None
+                      ) -> Callable[[Tensor], Tensor]:
+    """mbcsa in eval as a callable on x, and on any input with x's dtype, device, shape and
+    strides under the same grad mode, autocast and backend settings: the checks and the backend
+    choice are made here, once (hdkd.nn.eval_plan keeps the callable)."""
+    impl = _mbcsa_ops(x, w, False, backend).mbcsa_eval
+    if folded is None:
+        return lambda t: impl(t, w, momentum, eps)
+    return lambda t: impl(t, w, momentum, eps, folded=folded)
+
+
+def _mbcsa_ops(x: Tensor, w: MBCSAWeights, training: bool, backend: Optional[str]):
+    """The checks of mbcsa's arguments, then the ops of the backend that runs it."""
     op = "hdkd.mbcsa"
     cin = w.pre_norm.weight.shape[0]
     check_activation(op, "x", x, channels=cin)
@@ -73,15 +96,8 @@ def mbcsa(x: Tensor, w: MBCSAWeights, training: bool, momentum: float = 0.1, eps
         if bn is not None:
             _check_bn(op, field, bn, bn.weight.shape[0], x)
     name = "mbcsa_train" if training else "mbcsa_eval"
-    ops = resolve(name, x.device, backend, x=x, grad=records_grad(mbcsa_tensors(x, w))).ops
-    if training:
-        if folded is not None:
-            raise ValueError(f"{op}: folded weights are for eval (running statistics), "
-                             f"not training")
-        return ops.mbcsa_train(x, w, momentum, eps)
-    if folded is None:
-        return ops.mbcsa_eval(x, w, momentum, eps)
-    return ops.mbcsa_eval(x, w, momentum, eps, folded=folded)
+    return resolve(name, x.device, backend, x=x, grad=mbcsa_records_grad(x, w)).ops
+
 
 def _check_bn(op: str, name: str, bn: BatchNormState, channels: int, x: Tensor) -> None:
     for part, t in zip(bn._fields, bn):

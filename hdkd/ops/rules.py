@@ -47,6 +47,11 @@ def mbcsa_tensors(x: Tensor, w: MBCSAWeights) -> list[Tensor]:
     return tensors + [t for bn in w if isinstance(bn, BatchNormState) for t in bn]
 
 
+def mbcsa_records_grad(x: Tensor, w: MBCSAWeights) -> bool:
+    """records_grad of x and w's tensors; with grad mode off, without listing them."""
+    return torch.is_grad_enabled() and records_grad(mbcsa_tensors(x, w))
+
+
 def update_running_stats(bn: BatchNormState, mean: Tensor, var_unbiased: Tensor,
                          momentum: float) -> None:
     """In place, as F.batch_norm does in training (with the unbiased batch variance)."""

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .. import reference
 from ..reference import FoldedMBCSA, MBCSAWeights
-from ..rules import conv_out_hw, empty_like_input, mbcsa_tensors, records_grad
+from ..rules import conv_out_hw, empty_like_input, mbcsa_records_grad
 from .channel_spatial_attention import channel_spatial_attention
 from .devices import runs_kernels
 from .dwconv_bn_gelu import dwconv_bn_gelu
@@ -51,7 +51,7 @@ def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1
     """folded: reference.fold_mbcsa_float32(w, eps) when the caller has it cached."""
     if not runs_kernels(x, w.dw) or w.expand is None:
         return reference.mbcsa(x, w, False, momentum, eps)
-    if records_grad(mbcsa_tensors(x, w)):
+    if mbcsa_records_grad(x, w):
         return _composed(x, w, False, momentum, eps)
     if folded is not None:
         return torch.ops.hdkd.mbcsa_eval(x, *folded)

@@ -11,8 +11,7 @@ from torch import Tensor
 
 from .. import reference
 from ..reference import FoldedMBCSA, MBCSAWeights
-from ..rules import (conv_out_hw, empty_like_input, mbcsa_tensors, records_grad,
-                     update_running_stats)
+from ..rules import conv_out_hw, empty_like_input, mbcsa_records_grad, update_running_stats
 from .channel_spatial_attention_project import channel_spatial_attention_project
 from .dwconv_bn_gelu import dwconv_bn_gelu, dwconv_bn_gelu_forward
 from .expand_bn_gelu import expand_bn_gelu
@@ -77,7 +76,7 @@ def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float, eps: float,
     """folded: reference.fold_mbcsa_float32(w, eps) when the caller has it cached."""
     if x.dtype == torch.float64:
         return reference.mbcsa(x, w, False, momentum, eps)
-    if w.expand is None or records_grad(mbcsa_tensors(x, w)):
+    if w.expand is None or mbcsa_records_grad(x, w):
         return _composed(x, w, False, momentum, eps)
     if folded is None:
         with torch.no_grad():
