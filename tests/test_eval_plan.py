@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import gc
 import io
+import threading
 import weakref
 
 import pytest
@@ -164,3 +165,34 @@ def test_a_plan_does_not_keep_its_model_alive():
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_two_threads_with_different_inputs_share_a_model(pair):
+    """One model run from two Python threads at once, one in float32 and one under bfloat16
+    autocast, so that its plans change hands on every call: each thread gets its own input's
+    result."""
+    model, reference, x = pair
+    with torch.inference_mode():
+        want32 = reference(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            want16 = reference(x).float()
+    errors = []
+
+    def run(bf16: bool):
+        try:
+            for _ in range(30):
+                with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    out = model(x)
+                if bf16:
+                    torch.testing.assert_close(out.float(), want16, rtol=5e-2, atol=5e-2)
+                else:
+                    torch.testing.assert_close(out, want32, rtol=1e-4, atol=1e-5)
+        except AssertionError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(bf16,)) for bf16 in (False, True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]

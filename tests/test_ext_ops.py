@@ -146,3 +146,23 @@ def test_kernel_gelu_elementwise():
     assert ((y.double() - ref)[positive].abs() / ref[positive]).max() <= 5e-7
     assert torch.equal(y[~finite].isnan(), ref[~finite].isnan())
     assert torch.equal(y[~finite & ~ref.isnan()], ref[~finite & ~ref.isnan()].float())
+
+
+def test_prepared_folded_weights_give_the_same_bits():
+    """The backend's prepare_folded (GEMM weights cast to bfloat16 once per eval plan) against
+    the kernel casting the float32 folded weights itself, bfloat16 and float32 inputs."""
+    from hdkd.ops.ext.mbcsa import prepare_folded
+
+    for down, dtype in ((False, torch.bfloat16), (True, torch.bfloat16), (True, torch.float32)):
+        block, _ = _blocks(16, 24 if down else 16, down, seed=3)
+        block.eval().to(dtype)
+        x = torch.randn(1, 16, 9, 10).to(dtype)
+        with torch.inference_mode():
+            block(x)
+            folded = block.folded_cache._entry[1]
+            prepared = prepare_folded(x, folded)
+            assert (prepared.expand_weight.dtype == dtype) and (prepared.dw_weight.dtype
+                                                                == torch.float32)
+            assert torch.equal(torch.ops.hdkd.mbcsa_eval(x, *prepared),
+                               torch.ops.hdkd.mbcsa_eval(x, *folded))
+            assert torch.equal(block(x), torch.ops.hdkd.mbcsa_eval(x, *folded))

@@ -38,8 +38,7 @@ class EvalCache:
     tensor differs from the last call (see the module doc)."""
 
     def __init__(self) -> None:
-        self._key: Optional[tuple] = None
-        self._value = None
+        self._entry: Optional[tuple] = None  # (key, value), replaced whole (threads)
         self.computed = 0  # how many times derive() ran (tests, benchmarks)
 
     def get(self, sources: list[Optional[Tensor]], derive: Callable[[], object], extra=()):
@@ -47,14 +46,16 @@ class EvalCache:
         if not caching_allowed(sources):
             return derive()
         key = (extra, *(None if t is None else _stamp(t) for t in sources))
-        if key != self._key:
-            # ordinary tensors even under inference_mode, so that later calls outside it may
-            # use them too
-            with torch.inference_mode(False), torch.no_grad():
-                self._value = derive()
-            self._key = key
-            self.computed += 1
-        return self._value
+        entry = self._entry
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        # ordinary tensors even under inference_mode, so that later calls outside it may use
+        # them too
+        with torch.inference_mode(False), torch.no_grad():
+            value = derive()
+        self._entry = (key, value)
+        self.computed += 1
+        return value
 
     # Not pickled or deep-copied with its module: a copy recomputes on its first eval call.
     def __getstate__(self):

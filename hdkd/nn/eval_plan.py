@@ -37,8 +37,8 @@ def input_key(x: torch.Tensor) -> tuple:
 def _snapshot(module: nn.Module, root: bool = True) -> list:
     """(the module, its parameters, buffers and submodules, its forward hooks), for the module
     (None: the root, which the plan's owner passes in) and every submodule below it."""
-    out = [(None if root else module, tuple(module._parameters.values()), tuple(module._buffers.values()),
-            tuple(module._modules.values()), _hooks(module))]
+    out = [(None if root else module, tuple(module._parameters.values()),
+            tuple(module._buffers.values()), tuple(module._modules.values()), _hooks(module))]
     for child in module._modules.values():
         if child is not None:
             out += _snapshot(child, root=False)
@@ -55,27 +55,28 @@ def _same(current: dict, seen: tuple) -> bool:
 
 class EvalPlan:
     def __init__(self) -> None:
-        self._value = None
-        self._key = None
-        self._tree: list = []
-        self._versions: list = []  # (tensor, data_ptr, version)
+        # (key, value, snapshot, [(tensor, data_ptr, version)]), replaced whole, so that a
+        # thread never reads one plan's key with another's value
+        self._plan = None
         self.made = 0  # how many plans were made (tests)
 
     def get(self, module: nn.Module, key):
         """The plan's value when it holds for module and key, else None."""
-        if self._value is None or key != self._key:
+        plan = self._plan
+        if plan is None or key != plan[0]:
             return None
+        _, value, tree, versions = plan
         # each submodule is checked as its parent's entry, so the snapshot's objects are the
         # module's as they are now, down from the root
-        for m, params, buffers, modules, hooks in self._tree:
+        for m, params, buffers, modules, hooks in tree:
             m = module if m is None else m
             if not (_same(m._parameters, params) and _same(m._buffers, buffers)
                     and _same(m._modules, modules) and _hooks(m) == hooks):
                 return None
-        for t, ptr, version in self._versions:
+        for t, ptr, version in versions:
             if t.data_ptr() != ptr or t._version != version:
                 return None
-        return self._value
+        return value
 
     def set(self, module: nn.Module, key, value) -> None:
         """value: what get returns while the plan holds; it must not refer to module (the
@@ -84,11 +85,9 @@ class EvalPlan:
         tensors = [t for _, params, buffers, _, _ in tree for t in (*params, *buffers)
                    if t is not None]
         if any(t.is_inference() for t in tensors):  # no version counter to tell a change
-            self._value = None
+            self._plan = None
             return
-        self._tree = tree
-        self._versions = [(t, t.data_ptr(), t._version) for t in tensors]
-        self._key, self._value = key, value
+        self._plan = (key, value, tree, [(t, t.data_ptr(), t._version) for t in tensors])
         self.made += 1
 
     def __getstate__(self):

@@ -21,6 +21,7 @@ import torch
 from . import measured
 from .contract import BackendOps
 from .op_table import WORKLOADS, check_op
+from .reference import FoldedMBCSA
 
 # Fastest first, for cases without measurements. The Triton interpreter is never chosen
 # automatically: it is for testing. The extension's CUDA kernels are left out on CUDA until they
@@ -46,6 +47,10 @@ class Backend:
     describe: Callable[[], str] = lambda: ""
     # why it does not run on a device kind it could run on in another build or machine, or None
     device_problem: Callable[[str], Optional[str]] = lambda kind: None
+    # (x, folded) -> the folded MBCSA weights as its mbcsa_eval takes them for inputs like x:
+    # what it would convert on every call, converted once for a caller that keeps the result
+    # (hdkd.ops.functional.mbcsa_eval_runner)
+    prepare_folded: Callable[[torch.Tensor, FoldedMBCSA], FoldedMBCSA] = lambda x, folded: folded
 
 
 _registry: dict[str, Backend] = {}

@@ -67,7 +67,7 @@ def mbcsa(x: Tensor, w: MBCSAWeights, training: bool, momentum: float = 0.1, eps
         if folded is not None:
             raise ValueError("hdkd.mbcsa: folded weights are for eval (running statistics), "
                              "not training")
-        return _mbcsa_ops(x, w, training, backend).mbcsa_train(x, w, momentum, eps)
+        return _mbcsa_backend(x, w, training, backend).ops.mbcsa_train(x, w, momentum, eps)
     return mbcsa_eval_runner(x, w, momentum, eps, backend=backend, folded=folded)(x)
 
 
@@ -78,14 +78,16 @@ def mbcsa_eval_runner(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: fl
     """mbcsa in eval as a callable on x, and on any input with x's dtype, device, shape and
     strides under the same grad mode, autocast and backend settings: the checks and the backend
     choice are made here, once (hdkd.nn.eval_plan keeps the callable)."""
-    impl = _mbcsa_ops(x, w, False, backend).mbcsa_eval
+    chosen = _mbcsa_backend(x, w, False, backend)
+    impl = chosen.ops.mbcsa_eval
     if folded is None:
         return lambda t: impl(t, w, momentum, eps)
+    folded = chosen.prepare_folded(x, folded)
     return lambda t: impl(t, w, momentum, eps, folded=folded)
 
 
-def _mbcsa_ops(x: Tensor, w: MBCSAWeights, training: bool, backend: Optional[str]):
-    """The checks of mbcsa's arguments, then the ops of the backend that runs it."""
+def _mbcsa_backend(x: Tensor, w: MBCSAWeights, training: bool, backend: Optional[str]):
+    """The checks of mbcsa's arguments, then the backend that runs it."""
     op = "hdkd.mbcsa"
     cin = w.pre_norm.weight.shape[0]
     check_activation(op, "x", x, channels=cin)
@@ -96,7 +98,7 @@ def _mbcsa_ops(x: Tensor, w: MBCSAWeights, training: bool, backend: Optional[str
         if bn is not None:
             _check_bn(op, field, bn, bn.weight.shape[0], x)
     name = "mbcsa_train" if training else "mbcsa_eval"
-    return resolve(name, x.device, backend, x=x, grad=mbcsa_records_grad(x, w)).ops
+    return resolve(name, x.device, backend, x=x, grad=mbcsa_records_grad(x, w))
 
 
 def _check_bn(op: str, name: str, bn: BatchNormState, channels: int, x: Tensor) -> None:

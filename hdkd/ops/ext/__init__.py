@@ -43,4 +43,5 @@ register_backend(Backend(
         dwconv_bn_gelu=dwconv_bn_gelu.dwconv_bn_gelu, mbcsa_train=mbcsa.mbcsa_train,
         mbcsa_eval=mbcsa.mbcsa_eval),
     unavailable_reason=lambda: _reason, describe=_describe,
-    device_problem=lambda kind: devices.cuda_problem() if kind == "cuda" else None))
+    device_problem=lambda kind: devices.cuda_problem() if kind == "cuda" else None,
+    prepare_folded=mbcsa.prepare_folded))

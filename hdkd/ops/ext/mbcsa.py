@@ -67,3 +67,15 @@ def mbcsa_eval(x: Tensor, w: MBCSAWeights, momentum: float = 0.1, eps: float = 1
     return torch.ops.hdkd.mbcsa_eval(x, expand_weight, expand_bias, dw_weight, dw_bias, w.ca_fc1,
                                      w.ca_fc2, w.sa_weight, project_weight, project_bias,
                                      w.shortcut)
+
+
+def prepare_folded(x: Tensor, folded: FoldedMBCSA) -> FoldedMBCSA:
+    """The CPU kernel multiplies in bfloat16 when x is bfloat16: its GEMM weights (expand,
+    project, shortcut) cast to it once, not on every call. The rest stays float32."""
+    if x.device.type != "cpu" or x.dtype != torch.bfloat16:
+        return folded
+    def cast(t):
+        return None if t is None else t.to(torch.bfloat16)
+    return folded._replace(expand_weight=cast(folded.expand_weight),
+                           project_weight=cast(folded.project_weight),
+                           shortcut=cast(folded.shortcut))
