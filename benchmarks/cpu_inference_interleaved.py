@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import sys
 import time
@@ -56,20 +57,30 @@ def measure(name: str, batch: int, precision: str, rounds: int, seed: int,
         for x in inputs * 2:
             fn(x)
     times = {impl: [] for impl in runners}
+    faults = {impl: 0 for impl in runners}
     order = list(runners)
     rng = random.Random(seed)
     for r in range(rounds):
         rng.shuffle(order)
         for impl in order:
             x = inputs[r % 2]
+            before = _minor_faults()
             start = time.perf_counter()
             runners[impl](x)
             times[impl].append(time.perf_counter() - start)
+            faults[impl] += _minor_faults() - before
             time.sleep(PAUSE_S)
     med = {impl: statistics.median(t) for impl, t in times.items()}
     return {"model": name, "batch": batch, "precision": precision, "rounds": rounds,
             "median_ms": {k: v * 1e3 for k, v in med.items()},
-            "hdkd_speedup": {k: v / med["hdkd"] for k, v in med.items() if k != "hdkd"}}
+            "hdkd_speedup": {k: v / med["hdkd"] for k, v in med.items() if k != "hdkd"},
+            "page_faults_per_call": {k: v / rounds for k, v in faults.items()}}
+
+
+def _minor_faults() -> int:
+    """The process's minor page faults so far: memory the allocator handed back to the system
+    and takes again, a cost that depends on the process's allocation history (NOTES.md)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
             results.append(r)
             ms = "  ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
             ratios = "  ".join(f"{k} {v:.2f}x" for k, v in r["hdkd_speedup"].items())
-            print(f"{name} {precision}: ms {ms} | hdkd vs: {ratios}", flush=True)
+            faults = "  ".join(f"{k} {v:.0f}" for k, v in r["page_faults_per_call"].items())
+            print(f"{name} {precision}: ms {ms} | hdkd vs: {ratios} | page faults per call: "
+                  f"{faults}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": harness.cpu_name(), "torch": torch.__version__,

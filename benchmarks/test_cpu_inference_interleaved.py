@@ -22,3 +22,5 @@ def test_interleaved_smoke(tmp_path):
     assert {"hdkd", "eager"} <= set(result["median_ms"]) <= {"hdkd", "eager", "onnxruntime"}
     assert all(t > 0 for t in result["median_ms"].values())
     assert set(result["hdkd_speedup"]) == set(result["median_ms"]) - {"hdkd"}
+    assert set(result["page_faults_per_call"]) == set(result["median_ms"])
+    assert all(f >= 0 for f in result["page_faults_per_call"].values())
