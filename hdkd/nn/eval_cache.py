@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
+from ..ops import rules
+
 
 def _stamp(t: Tensor) -> tuple:
     return (t.data_ptr(), t._version, t.dtype, t.device, t.shape, t.stride())
@@ -23,8 +25,7 @@ def _stamp(t: Tensor) -> tuple:
 def records_grad(module: torch.nn.Module, x: Tensor) -> bool:
     """Whether module(x) builds an autograd graph: then its differentiable path runs, not the
     cached eval weights."""
-    return torch.is_grad_enabled() and (
-        x.requires_grad or any(p.requires_grad for p in module.parameters()))
+    return torch.is_grad_enabled() and rules.records_grad([x, *module.parameters()])
 
 
 def caching_allowed(sources: Iterable[Optional[Tensor]]) -> bool:
