@@ -69,8 +69,8 @@ class ConvBNGELU(nn.Module):
 
 
 # Read once: dynamo cannot trace torch.backends.mkldnn.is_available(), and calling it in
-# conv_gelu broke a compiled model's graph at every stem block.
-_MKLDNN = torch.backends.mkldnn.is_available()
+# conv_gelu broke a compiled model's graph at every stem block. hdkd.nn.packed_linear uses it too.
+MKLDNN = torch.backends.mkldnn.is_available()
 
 
 def conv_gelu(x: Tensor, weight: Tensor, bias: Tensor, stride, padding) -> Tensor:
@@ -89,7 +89,7 @@ def conv_gelu_runner(x: Tensor, weight: Tensor, bias: Tensor, stride,
     autocast setting, with the weight and bias cast once."""
     dtype = compute_dtype(x)
     if (x.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
-            and _MKLDNN and not torch.compiler.is_exporting()):
+            and MKLDNN and not torch.compiler.is_exporting()):
         weight, bias = weight.to(dtype), bias.to(dtype)
         padding, stride = list(padding), list(stride)
         return lambda t: torch.ops.mkldnn._convolution_pointwise(

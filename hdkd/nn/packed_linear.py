@@ -13,8 +13,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-# Read once: dynamo cannot trace torch.backends.mkldnn.is_available().
-_MKLDNN = torch.backends.mkldnn.is_available()
+from .conv import MKLDNN
 
 
 class PackedLinear(NamedTuple):
@@ -26,7 +25,7 @@ class PackedLinear(NamedTuple):
 def packing_supported(x: Tensor, dtype: torch.dtype) -> bool:
     """Whether packed linears can run x's layer in dtype (float32, or bfloat16 where oneDNN has
     it) on this machine."""
-    if x.device.type != "cpu" or not _MKLDNN:
+    if x.device.type != "cpu" or not MKLDNN:
         return False
     if dtype == torch.bfloat16:
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
