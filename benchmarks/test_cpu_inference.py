@@ -57,25 +57,46 @@ def _model(name: str, backend: str) -> torch.nn.Module:
     return cases.randomize_bn_stats(m).eval()
 
 
-@functools.lru_cache(maxsize=None)
-def _onnx_session(name: str):
-    """(InferenceSession, input name) for the export of the reference model, or a skip reason."""
+# removed when the process exits (each export is 15-20 MB)
+_EXPORTS = tempfile.TemporaryDirectory(prefix="hdkd-onnx-")
+
+
+def onnx_export(name: str):
+    """(path of the ONNX export of the reference model with a dynamic batch, None), or (None, the
+    reason it could not be made)."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         return None, "onnxruntime is not installed (pip install onnxruntime onnxscript)"
     model = _model(name, "torch")
     x = torch.randn(2, 3, _size(), _size())
-    path = os.path.join(tempfile.mkdtemp(prefix="hdkd-onnx-"), f"{name}.onnx")
+    path = os.path.join(tempfile.mkdtemp(dir=_EXPORTS.name), f"{name}.onnx")
     try:
         torch.onnx.export(model, (x,), path, dynamo=True, opset_version=18,
                           dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     except Exception as e:  # noqa: BLE001 (the exporter raises many kinds; the reason is what counts)
         return None, f"torch.onnx.export failed: {type(e).__name__}: {str(e)[:200]}"
+    return path, None
+
+
+def onnx_session_options():
+    """ONNX Runtime's options for the peer: torch's thread count, one inter-op thread."""
+    import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return options
+
+
+@functools.lru_cache(maxsize=None)
+def _onnx_session(name: str):
+    """(InferenceSession, input name) for the export of the reference model, or a skip reason."""
+    path, reason = onnx_export(name)
+    if path is None:
+        return None, reason
+    import onnxruntime as ort
+    session = ort.InferenceSession(path, onnx_session_options(),
+                                   providers=["CPUExecutionProvider"])
     return session, session.get_inputs()[0].name
 
 
