@@ -11,7 +11,7 @@ faults per batch-1 call, depending on what ran before it (benchmarks/NOTES.md). 
 calls each implementation once, in a new random order, so that all of them share that state, and
 waits PAUSE_S after each call, so that none starts while another's thread pool still spins (ONNX
 Runtime's does after a run: without a pause, the call after it measured up to 1.5x slower; with
-0.02 s, the first 25 ms of the hdkd forward after it still ran 1.4x slower). The
+0.02 s, the hdkd forward after it still took 48.4 ms against 35.4, NOTES.md). The
 medians and their ratios are what is reported. Same models, weights and inputs as
 test_cpu_inference.py (its _runner); ONNX Runtime is the float32 peer only, and is left out,
 with its reason printed, where it cannot run.

@@ -43,8 +43,8 @@ import harness  # noqa: E402
 import test_cpu_inference as suite  # noqa: E402
 from hdkd.flops import flop_analysis  # noqa: E402
 
-# After each call: ONNX Runtime's thread pool spins on after a run. With 0.02 s here, the first
-# 25 ms of the hdkd forward after it ran 1.4x slower (48.4 against 35.4 ms in all).
+# After each call: ONNX Runtime's thread pool spins on after a run. With 0.02 s here, the hdkd
+# forward after it took 48.4 ms against 35.4, all of it in its first four blocks.
 PAUSE_S = 0.1
 STAGES = ("stage1", "stage2", "stage3")
 
