@@ -19,10 +19,8 @@ with its reason printed, where it cannot run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import resource
 import statistics
 import sys
 import time
@@ -65,23 +63,17 @@ def measure(name: str, batch: int, precision: str, rounds: int, seed: int,
         rng.shuffle(order)
         for impl in order:
             x = inputs[r % 2]
-            before = _minor_faults()
+            before = harness.minor_faults()
             start = time.perf_counter()
             runners[impl](x)
             times[impl].append(time.perf_counter() - start)
-            faults[impl] += _minor_faults() - before
+            faults[impl] += harness.minor_faults() - before
             time.sleep(PAUSE_S)
     med = {impl: statistics.median(t) for impl, t in times.items()}
     return {"model": name, "batch": batch, "precision": precision, "rounds": rounds,
             "median_ms": {k: v * 1e3 for k, v in med.items()},
             "hdkd_speedup": {k: v / med["hdkd"] for k, v in med.items() if k != "hdkd"},
             "page_faults_per_call": {k: v / rounds for k, v in faults.items()}}
-
-
-def _minor_faults() -> int:
-    """The process's minor page faults so far: memory the allocator handed back to the system
-    and takes again, a cost that depends on the process's allocation history (NOTES.md)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,9 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} {precision}: ms {ms} | hdkd vs: {ratios} | page faults per call: "
                   f"{faults}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": harness.cpu_name(), "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "results": results}, f, indent=1)
+        harness.write_cpu_report(args.json, results=results)
 
 
 if __name__ == "__main__":

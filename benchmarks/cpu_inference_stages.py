@@ -28,24 +28,20 @@ import argparse
 import ast
 import json
 import os
-import resource
 import statistics
 import sys
 import time
 from collections import defaultdict
 
-import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import floors  # noqa: E402
 import harness  # noqa: E402
 import test_cpu_inference as suite  # noqa: E402
+from cpu_inference_interleaved import PAUSE_S  # noqa: E402
 from hdkd.flops import flop_analysis  # noqa: E402
 
-# After each call: ONNX Runtime's thread pool spins on after a run. With 0.02 s here, the hdkd
-# forward after it took 48.4 ms against 35.4, all of it in its first four blocks.
-PAUSE_S = 0.1
 STAGES = ("stage1", "stage2", "stage3")
 
 
@@ -160,11 +156,11 @@ def measure(name: str, batch: int, rounds: int) -> dict:
         for r in range(rounds):
             t = inputs[r % 2]
             for block, fn in parts:
-                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                before = harness.minor_faults()
                 start = time.perf_counter()
                 y = fn(t)
                 times[block].append(time.perf_counter() - start)
-                faults[block] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+                faults[block] += harness.minor_faults() - before
                 shapes[block] = (t.numel(), y.numel())
                 t = y
             time.sleep(PAUSE_S)
@@ -222,9 +218,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{'-' if ort is None else f'{ort:.2f}':>7s}")
     print("total", {k: round(v, 2) for k, v in r["total"].items()})
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": harness.cpu_name(), "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "result": r}, f, indent=1)
+        harness.write_cpu_report(args.json, result=r)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ CPU: time.perf_counter, inputs rotated. Every round runs one call; the median is
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import platform
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -194,6 +196,20 @@ def cpu_name() -> str:
     except OSError:
         names = []
     return f"CPU: {names[0] if names else platform.processor() or platform.machine()}"
+
+
+def minor_faults() -> int:
+    """The process's minor page faults so far: memory the allocator handed back to the system
+    and takes again, a cost that depends on the process's allocation history (NOTES.md)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def write_cpu_report(path: str, **fields) -> None:
+    """A CPU script's results as JSON at path, with the CPU's name, torch's version and its
+    thread count."""
+    with open(path, "w") as f:
+        json.dump({"machine": cpu_name(), "torch": torch.__version__,
+                   "threads": torch.get_num_threads(), **fields}, f, indent=1)
 
 
 def fill_speedups(benchmarks: list[dict]) -> None:
